@@ -1,0 +1,79 @@
+//! `tailops-agent enroll`: pin the controller's CA by fingerprint, generate the host key here,
+//! and trade a join token plus a CSR for a certificate.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tailops_pki::Fingerprint;
+use tailops_proto::v1::{self, enrollment_client::EnrollmentClient};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use crate::state::{AgentConfig, AgentState};
+use crate::{AgentError, error_chain};
+
+#[derive(Debug, Clone)]
+pub struct EnrollOptions {
+    pub controller_url: String,
+    pub token: String,
+    pub ca_fingerprint: Fingerprint,
+    pub state_dir: PathBuf,
+    /// Defaults to the machine's host name.
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub async fn enroll(options: EnrollOptions) -> Result<AgentState, AgentError> {
+    if let Some(name) = AgentState::enrolled_name(&options.state_dir).await {
+        return Err(AgentError::AlreadyEnrolled {
+            path: options.state_dir,
+            name,
+        });
+    }
+    let name = options.name.unwrap_or_else(crate::host::hostname);
+    if name.is_empty() {
+        return Err(AgentError::BadName(name));
+    }
+    let url = options.controller_url.trim_end_matches('/').to_owned();
+    let ca_pem = tailops_pki::pin::fetch_pinned_ca(&url, &options.ca_fingerprint).await?;
+    let (key_pem, csr_pem) = tailops_pki::csr::generate_key_and_csr(&name)?;
+
+    // From here on the controller is verified against the pinned CA like any other connection.
+    let connect_err = |e: tonic::transport::Error| AgentError::Connect {
+        url: url.clone(),
+        detail: error_chain(&e),
+    };
+    let channel = Endpoint::from_shared(url.clone())
+        .map_err(connect_err)?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
+        .map_err(connect_err)?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(connect_err)?;
+    let response = EnrollmentClient::new(channel)
+        .enroll(v1::EnrollRequest {
+            token: options.token,
+            csr_pem,
+            name,
+            labels: options.labels,
+        })
+        .await
+        .map_err(AgentError::Refused)?
+        .into_inner();
+
+    let state = AgentState {
+        dir: options.state_dir,
+        config: AgentConfig {
+            controller_url: url,
+            host_id: response.host_id,
+            name: response.name,
+        },
+        ca_pem,
+        cert_pem: response.certificate_pem,
+        key_pem,
+    };
+    state.save_new().await?;
+    Ok(state)
+}

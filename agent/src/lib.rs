@@ -1,0 +1,58 @@
+//! The TailOps agent: enrolls once with a join token, then holds one outbound mutual-TLS stream
+//! to the controller and runs the jobs it is sent.
+//!
+//! - [`state`]: the state directory (identity, controller address, pinned CA).
+//! - [`enroll`]: join-token enrollment with CA pinning; the key never leaves the host.
+//! - [`link`]: the long-lived stream, heartbeats, reconnects, certificate renewal.
+//! - [`executor`]: running one command safely.
+//! - [`host`]: what the agent says about its host.
+
+pub mod enroll;
+pub mod executor;
+pub mod host;
+pub mod link;
+pub mod state;
+
+use std::path::PathBuf;
+
+pub use enroll::{EnrollOptions, enroll};
+pub use link::{LinkOptions, run};
+pub use state::AgentState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Pki(#[from] tailops_pki::PkiError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not valid: {message}", path.display())]
+    BadState { path: PathBuf, message: String },
+    #[error("{} is not enrolled; run `tailops-agent enroll` first", .0.display())]
+    NotEnrolled(PathBuf),
+    #[error("{} already holds an enrolled agent ({name}); use another --state-dir, or remove it to enroll again", path.display())]
+    AlreadyEnrolled { path: PathBuf, name: String },
+    #[error("cannot connect to the controller at {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("the controller refused: {}", .0.message())]
+    Refused(tonic::Status),
+    #[error("invalid --name {0:?}: use 1-63 letters, digits, '-', '_' or '.'")]
+    BadName(String),
+}
+
+/// The full cause chain of an error on one line (transport errors hide the useful part).
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

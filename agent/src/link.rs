@@ -1,0 +1,372 @@
+//! The agent link: one outbound mutual-TLS bidirectional stream to the controller, held forever.
+//!
+//! Reconnects with exponential backoff and jitter; logs an error when it changes, not on every
+//! attempt. Renews its certificate at about 70% of its lifetime over the authenticated stream.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tailops_pki::CertificateInfo;
+use tailops_proto::v1::{
+    self, agent_link_client::AgentLinkClient, agent_message, controller_message,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::executor::{ExecSpec, OutputChunk, execute};
+use crate::state::AgentState;
+use crate::{AgentError, error_chain};
+
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+const OUTBOX_CAPACITY: usize = 1024;
+/// Renew when this fraction of the certificate's lifetime has passed.
+const RENEW_AT_FRACTION: f64 = 0.7;
+/// Job ids remembered after they finish, so a redelivered job does not run twice.
+const REMEMBERED_JOBS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub state_dir: PathBuf,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl LinkOptions {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled. Fails only if the state directory is unusable.
+pub async fn run(options: LinkOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let mut state = AgentState::load(&options.state_dir).await?;
+    tracing::info!(name = %state.config.name, controller = %state.config.controller_url, "agent starting");
+    let mut backoff = options.min_backoff;
+    let mut last_error: Option<String> = None;
+    let mut finished_jobs = RecentJobs::default();
+    loop {
+        let started = Instant::now();
+        let outcome = session(&mut state, &shutdown, &mut finished_jobs, &mut last_error).await;
+        if shutdown.is_cancelled() {
+            tracing::info!("agent stopped");
+            return Ok(());
+        }
+        let message = match outcome {
+            Ok(()) => "the controller closed the stream".to_owned(),
+            Err(e) => error_chain(&e),
+        };
+        if last_error.as_deref() != Some(message.as_str()) {
+            tracing::warn!(error = %message, "link down; reconnecting with backoff");
+            last_error = Some(message);
+        } else {
+            tracing::debug!(error = %message, "link still down");
+        }
+        if started.elapsed() >= STABLE_SESSION {
+            backoff = options.min_backoff;
+        }
+        let delay = jittered(backoff);
+        backoff = (backoff * 2).min(options.max_backoff);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Between half and all of `base`, so a fleet that lost its controller does not reconnect in step.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+fn endpoint(state: &AgentState) -> Result<Endpoint, AgentError> {
+    let url = state.config.controller_url.clone();
+    let err = |e: tonic::transport::Error| AgentError::Connect {
+        url: url.clone(),
+        detail: error_chain(&e),
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&state.ca_pem))
+        .identity(Identity::from_pem(&state.cert_pem, &state.key_pem));
+    Ok(Endpoint::from_shared(url.clone())
+        .map_err(err)?
+        .tls_config(tls)
+        .map_err(err)?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// One connected session; returns when the stream ends.
+async fn session(
+    state: &mut AgentState,
+    shutdown: &CancellationToken,
+    finished_jobs: &mut RecentJobs,
+    last_error: &mut Option<String>,
+) -> Result<(), AgentError> {
+    let channel: Channel = endpoint(state)?
+        .connect()
+        .await
+        .map_err(|e| AgentError::Connect {
+            url: state.config.controller_url.clone(),
+            detail: error_chain(&e),
+        })?;
+    let (outbox, outbound) = mpsc::channel::<v1::AgentMessage>(OUTBOX_CAPACITY);
+    let hello = agent_message::Kind::Hello(crate::host::hello().await);
+    outbox
+        .try_send(v1::AgentMessage { kind: Some(hello) })
+        .map_err(|_| AgentError::Connect {
+            url: state.config.controller_url.clone(),
+            detail: "outbox closed".into(),
+        })?;
+    let mut inbound = AgentLinkClient::new(channel)
+        .connect(ReceiverStream::new(outbound))
+        .await
+        .map_err(AgentError::Refused)?
+        .into_inner();
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(v1::ControllerMessage {
+            kind: Some(controller_message::Kind::Welcome(w)),
+        }))) => w,
+        Ok(Err(status)) => return Err(AgentError::Refused(status)),
+        _ => {
+            return Err(AgentError::Refused(tonic::Status::unavailable(
+                "the controller did not welcome the agent",
+            )));
+        }
+    };
+    if last_error.take().is_some() {
+        tracing::info!(name = %welcome.name, "link restored");
+    } else {
+        tracing::info!(name = %welcome.name, host_id = %welcome.host_id, "connected to the controller");
+    }
+
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(
+        welcome.heartbeat_interval_ms.max(100),
+    ));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await; // the first tick is immediate; the hello just said we are alive
+    let renew_at = renewal_instant(&state.cert_pem);
+    let mut pending_key: Option<String> = None;
+    let mut running: HashMap<u64, CancellationToken> = HashMap::new();
+    let (job_done_tx, mut job_done) = mpsc::unbounded_channel::<u64>();
+
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            _ = heartbeat.tick() => {
+                let beat = v1::Heartbeat { sent_at_ms: unix_ms() };
+                let _ = outbox.try_send(v1::AgentMessage { kind: Some(agent_message::Kind::Heartbeat(beat)) });
+            }
+            () = tokio::time::sleep_until(renew_at), if pending_key.is_none() => {
+                match tailops_pki::csr::generate_key_and_csr(&state.config.name) {
+                    Ok((key, csr_pem)) => {
+                        tracing::info!("renewing the agent certificate");
+                        pending_key = Some(key);
+                        let renew = agent_message::Kind::RenewCertificate(v1::RenewCertificate { csr_pem });
+                        let _ = outbox.send(v1::AgentMessage { kind: Some(renew) }).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot generate a key for renewal"),
+                }
+            }
+            Some(job_id) = job_done.recv() => {
+                running.remove(&job_id);
+                finished_jobs.insert(job_id);
+            }
+            message = inbound.message() => match message {
+                Ok(Some(v1::ControllerMessage { kind: Some(kind) })) => match kind {
+                    controller_message::Kind::RunJob(job) => {
+                        start_job(job, &mut running, finished_jobs, &outbox, &job_done_tx);
+                    }
+                    controller_message::Kind::CancelJob(cancel) => {
+                        if let Some(token) = running.get(&cancel.job_id) {
+                            tracing::info!(job = cancel.job_id, "cancelling job");
+                            token.cancel();
+                        }
+                    }
+                    controller_message::Kind::CertificateIssued(issued) => {
+                        if let Some(key) = pending_key.take() {
+                            store_renewed(state, key, issued.certificate_pem).await;
+                        }
+                    }
+                    controller_message::Kind::Welcome(_) => {}
+                },
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(AgentError::Refused(status)),
+            },
+        }
+    };
+    // Results of jobs still running could not be delivered on a new stream, and the controller
+    // has already written them off as unreachable: stop them rather than leave them orphaned.
+    for token in running.values() {
+        token.cancel();
+    }
+    result
+}
+
+async fn store_renewed(state: &mut AgentState, key_pem: String, cert_pem: String) {
+    match CertificateInfo::from_pem(&cert_pem) {
+        Ok(info) if info.principal.name == state.config.host_id => {
+            match state.save_renewed(key_pem, cert_pem).await {
+                Ok(()) => {
+                    tracing::info!(expires = %format_ms(info.not_after_ms), "agent certificate renewed")
+                }
+                Err(e) => tracing::error!(error = %e, "could not store the renewed certificate"),
+            }
+        }
+        Ok(info) => {
+            tracing::error!(principal = %info.principal, "renewed certificate names another identity; ignored")
+        }
+        Err(e) => tracing::error!(error = %e, "renewed certificate is unreadable; ignored"),
+    }
+}
+
+/// When to renew: 70% into the certificate's lifetime (now, if that has passed).
+fn renewal_instant(cert_pem: &str) -> Instant {
+    let Ok(info) = CertificateInfo::from_pem(cert_pem) else {
+        return Instant::now();
+    };
+    let lifetime = info.not_after_ms.saturating_sub(info.not_before_ms).max(0);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+    let renew_ms = info.not_before_ms + (lifetime as f64 * RENEW_AT_FRACTION) as i64;
+    if info.not_after_ms <= unix_ms() {
+        tracing::error!(
+            expired = %format_ms(info.not_after_ms),
+            "the agent certificate has expired; the controller will refuse it. Enroll again with a new join token"
+        );
+    }
+    let wait = u64::try_from(renew_ms.saturating_sub(unix_ms())).unwrap_or(0);
+    Instant::now() + Duration::from_millis(wait)
+}
+
+fn start_job(
+    job: v1::RunJob,
+    running: &mut HashMap<u64, CancellationToken>,
+    finished_jobs: &RecentJobs,
+    outbox: &mpsc::Sender<v1::AgentMessage>,
+    done: &mpsc::UnboundedSender<u64>,
+) {
+    let job_id = job.job_id;
+    if running.contains_key(&job_id) || finished_jobs.contains(job_id) {
+        tracing::info!(job = job_id, "job already delivered; not running it again");
+        return;
+    }
+    let argv = match job.action.and_then(|a| a.kind) {
+        Some(v1::job_action::Kind::Exec(exec)) => exec.argv,
+        None => Vec::new(),
+    };
+    let outbox = outbox.clone();
+    let done = done.clone();
+    let cancel = CancellationToken::new();
+    running.insert(job_id, cancel.clone());
+    tokio::spawn(async move {
+        let result = if argv.is_empty() || job.timeout_ms == 0 {
+            // Re-validated here: the agent does not trust that the controller checked.
+            v1::CommandResult {
+                error: "refused: empty command or zero timeout".into(),
+                ..Default::default()
+            }
+        } else {
+            tracing::info!(job = job_id, program = %argv[0], "running job");
+            let started = agent_message::Kind::JobStarted(v1::JobStarted { job_id });
+            let _ = outbox
+                .send(v1::AgentMessage {
+                    kind: Some(started),
+                })
+                .await;
+            let spec = ExecSpec {
+                argv,
+                timeout: Duration::from_millis(job.timeout_ms),
+                output_cap: job.output_cap_bytes,
+            };
+            let (chunks_tx, chunks) = mpsc::channel(64);
+            let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
+            let result = execute(spec, cancel, chunks_tx).await;
+            let _ = forward.await;
+            result
+        };
+        let finished = agent_message::Kind::JobFinished(v1::JobFinished {
+            job_id,
+            result: Some(result),
+        });
+        let _ = outbox
+            .send(v1::AgentMessage {
+                kind: Some(finished),
+            })
+            .await;
+        let _ = done.send(job_id);
+    });
+}
+
+async fn forward_output(
+    job_id: u64,
+    mut chunks: mpsc::Receiver<OutputChunk>,
+    outbox: mpsc::Sender<v1::AgentMessage>,
+) {
+    while let Some(chunk) = chunks.recv().await {
+        let output = v1::JobOutput {
+            job_id,
+            stream: chunk.stream as i32,
+            seq: chunk.seq,
+            data: chunk.data,
+        };
+        if outbox
+            .send(v1::AgentMessage {
+                kind: Some(agent_message::Kind::JobOutput(output)),
+            })
+            .await
+            .is_err()
+        {
+            // The stream is gone; keep draining so the command is never blocked on its output.
+            while chunks.recv().await.is_some() {}
+            return;
+        }
+    }
+}
+
+/// A bounded memory of finished job ids.
+#[derive(Debug, Default)]
+struct RecentJobs {
+    order: VecDeque<u64>,
+    ids: HashSet<u64>,
+}
+
+impl RecentJobs {
+    fn insert(&mut self, id: u64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > REMEMBERED_JOBS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ids.remove(&old);
+            }
+        }
+    }
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+}
+
+fn unix_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn format_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}

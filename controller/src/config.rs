@@ -1,0 +1,96 @@
+//! `controller.toml` in the data directory: written by `init`, read by `serve`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Names principals: `spiffe://<trust_domain>/<kind>/<name>`.
+    pub trust_domain: String,
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// DNS names and IPs clients use to reach the controller; all are in the server certificate.
+    /// The first one is the address printed in enrollment commands and written to profiles.
+    pub advertise: Vec<String>,
+    #[serde(default)]
+    pub timing: Timing,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timing {
+    /// How often agents send heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// A host goes offline after this many heartbeat intervals without a message.
+    pub offline_after_missed: u32,
+    pub agent_cert_lifetime_secs: u64,
+    pub admin_cert_lifetime_secs: u64,
+    pub server_cert_lifetime_secs: u64,
+    pub join_token_default_ttl_secs: u64,
+    pub join_token_max_ttl_secs: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 10_000,
+            offline_after_missed: 3,
+            agent_cert_lifetime_secs: 24 * 3600,
+            admin_cert_lifetime_secs: 365 * 24 * 3600,
+            server_cert_lifetime_secs: 365 * 24 * 3600,
+            join_token_default_ttl_secs: 15 * 60,
+            join_token_max_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub default_job_timeout_secs: u64,
+    pub max_job_timeout_secs: u64,
+    /// Per stream (stdout, stderr) and host.
+    pub default_output_cap_bytes: u64,
+    pub max_output_cap_bytes: u64,
+    pub max_argv_bytes: usize,
+    pub max_join_token_uses: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_job_timeout_secs: 30,
+            max_job_timeout_secs: 24 * 3600,
+            default_output_cap_bytes: 1024 * 1024,
+            max_output_cap_bytes: 64 * 1024 * 1024,
+            max_argv_bytes: 128 * 1024,
+            max_join_token_uses: 10_000,
+        }
+    }
+}
+
+impl ControllerConfig {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.timing.heartbeat_interval_ms.max(100))
+    }
+
+    /// Silence longer than this takes a host offline.
+    pub fn offline_after(&self) -> Duration {
+        self.heartbeat_interval() * self.timing.offline_after_missed.max(1)
+    }
+
+    /// `https://<first advertised name>:<port>`, the URL agents and profiles use.
+    pub fn public_url(&self, port: u16) -> String {
+        let host = self.advertise.first().map_or("localhost", String::as_str);
+        if host.contains(':') {
+            format!("https://[{host}]:{port}")
+        } else {
+            format!("https://{host}:{port}")
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Wires the services into one TLS-only gRPC server behind the authorization layer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tailops_pki::CertificateAuthority;
+use tailops_proto::v1::{
+    agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer,
+    fleet_server::FleetServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::agents::AgentRegistry;
+use crate::auth::{AuthLayer, Authorizer};
+use crate::config::ControllerConfig;
+use crate::data_dir::{self, DataDir};
+use crate::jobs::JobManager;
+use crate::services::{
+    agent_link::AgentLinkService, enrollment::EnrollmentService, fleet::FleetService,
+};
+use crate::store::Store;
+use crate::{ControllerError, now_ms};
+
+/// Largest gRPC message accepted from any peer.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long in-flight calls get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the services share, injected as one value.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<ControllerConfig>,
+    pub store: Store,
+    pub ca: Arc<CertificateAuthority>,
+    pub agents: Arc<AgentRegistry>,
+    pub jobs: Arc<JobManager>,
+    /// `https://HOST:PORT` that agents and profiles use to reach this controller.
+    pub public_url: String,
+}
+
+/// A controller loaded from its data directory, ready to serve.
+#[derive(Debug)]
+pub struct Controller {
+    config: ControllerConfig,
+    store: Store,
+    ca: CertificateAuthority,
+    server_cert_pem: String,
+    server_key_pem: String,
+}
+
+impl Controller {
+    /// Loads configuration, CA and server identity, opens the database, and clears state that
+    /// cannot have survived a restart (online flags, running jobs).
+    pub async fn open(dir: &DataDir) -> Result<Self, ControllerError> {
+        let config = dir.load_config().await?;
+        let ca = dir.load_ca(&config.trust_domain).await?;
+        let server_cert_pem = dir.read(data_dir::SERVER_CERT).await?;
+        let server_key_pem = dir.read(data_dir::SERVER_KEY).await?;
+        let store = Store::open(&dir.file(data_dir::DATABASE)).await?;
+        store.mark_all_offline().await?;
+        let interrupted = store.close_interrupted_jobs(now_ms()).await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                jobs = interrupted,
+                "closed jobs left running by the previous run as failed"
+            );
+        }
+        Ok(Self {
+            config,
+            store,
+            ca,
+            server_cert_pem,
+            server_key_pem,
+        })
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Binds `addr`, or the configured listen address.
+    pub async fn bind(&self, addr: Option<SocketAddr>) -> Result<TcpListener, ControllerError> {
+        let addr = addr.unwrap_or(self.config.listen);
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ControllerError::Listen {
+                addr: addr.to_string(),
+                source,
+            })
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), ControllerError> {
+        let local = listener
+            .local_addr()
+            .map_err(|source| ControllerError::Listen {
+                addr: "listener".into(),
+                source,
+            })?;
+        let agents = Arc::new(AgentRegistry::default());
+        let state = AppState {
+            public_url: self.config.public_url(local.port()),
+            config: Arc::new(self.config),
+            jobs: Arc::new(JobManager::new(self.store.clone(), agents.clone())),
+            store: self.store,
+            ca: Arc::new(self.ca),
+            agents,
+        };
+
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                &self.server_cert_pem,
+                &self.server_key_pem,
+            ))
+            .client_ca_root(Certificate::from_pem(state.ca.cert_pem()))
+            // A client certificate is optional at the TLS layer only so that enrollment and health
+            // checks work without one; the auth layer requires it for every other method.
+            .client_auth_optional(true);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<FleetServer<FleetService>>().await;
+        health
+            .set_serving::<AgentLinkServer<AgentLinkService>>()
+            .await;
+        health
+            .set_serving::<EnrollmentServer<EnrollmentService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tailops_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ControllerError::Config {
+                path: "reflection".into(),
+                message: e.to_string(),
+            })?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tailops_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ControllerError::Config {
+                path: "reflection".into(),
+                message: e.to_string(),
+            })?;
+
+        let sweeper = tokio::spawn(liveness_sweeper(state.clone(), shutdown.clone()));
+
+        let authorizer = Authorizer::new(state.store.clone(), state.config.trust_domain.clone());
+        let router = Server::builder()
+            .tls_config(tls)?
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(AuthLayer::new(authorizer))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(
+                EnrollmentServer::new(EnrollmentService::new(state.clone()))
+                    .max_decoding_message_size(64 * 1024),
+            )
+            .add_service(
+                AgentLinkServer::new(AgentLinkService::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                FleetServer::new(FleetService::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            );
+
+        tracing::info!(listen = %local, url = %state.public_url, fingerprint = %state.ca.fingerprint(), "controller serving");
+        let agents = state.agents.clone();
+        let stop = shutdown.clone();
+        let serve =
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                stop.cancelled().await;
+                // Agent streams never end on their own; close them so the graceful shutdown can finish.
+                for conn in agents.snapshot() {
+                    conn.closed.cancel();
+                }
+            });
+        tokio::pin!(serve);
+        let result = tokio::select! {
+            result = &mut serve => result.map_err(ControllerError::from),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!("in-flight calls did not finish within the shutdown grace period");
+                Ok(())
+            }
+        };
+        sweeper.abort();
+        result
+    }
+}
+
+/// Takes silent agents offline and records last-seen times, once per heartbeat interval, so no
+/// request ever waits on a dead host.
+async fn liveness_sweeper(state: AppState, shutdown: CancellationToken) {
+    let interval = state.config.heartbeat_interval();
+    let offline_after = i64::try_from(state.config.offline_after().as_millis()).unwrap_or(i64::MAX);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = now_ms();
+        let mut seen = Vec::new();
+        for conn in state.agents.snapshot() {
+            let last_seen = conn.last_seen_ms();
+            if now - last_seen > offline_after {
+                tracing::warn!(host = %conn.host_name, silent_ms = now - last_seen, "agent went silent; marking it offline");
+                conn.closed.cancel();
+            } else {
+                seen.push((conn.host_id.clone(), last_seen));
+            }
+        }
+        if let Err(e) = state.store.record_last_seen(&seen).await {
+            tracing::error!(error = %e, "could not record last-seen times");
+        }
+    }
+}

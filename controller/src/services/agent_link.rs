@@ -1,0 +1,200 @@
+//! `AgentLink.Connect`: one bidirectional stream per agent.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tailops_pki::PrincipalKind;
+use tailops_proto::v1::{self, agent_link_server::AgentLink, agent_message, controller_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::agents::AgentConnection;
+use crate::auth::Principal;
+use crate::jobs::AgentJobMessage;
+use crate::store::HostReport;
+use crate::{AppState, now_ms};
+
+/// An agent must say hello this soon after opening its stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// Messages queued towards one agent before senders wait.
+const OUTBOX_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct AgentLinkService {
+    state: AppState,
+}
+
+impl AgentLinkService {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+type ControllerStream = Pin<Box<dyn Stream<Item = Result<v1::ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentLink for AgentLinkService {
+    type ConnectStream = ControllerStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let principal = Principal::of(&request)?;
+        if principal.id.kind != PrincipalKind::Agent {
+            return Err(Status::permission_denied(
+                "only agents may use the agent link",
+            ));
+        }
+        let host_id = principal.id.name.clone();
+        let mut inbound = request.into_inner();
+
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(v1::AgentMessage {
+                kind: Some(agent_message::Kind::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message on the agent link must be hello",
+                ));
+            }
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no hello from the agent")),
+        };
+        let host = self
+            .state
+            .store
+            .host(&host_id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::permission_denied("this host is not enrolled"))?;
+
+        let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let welcome = v1::ControllerMessage {
+            kind: Some(controller_message::Kind::Welcome(v1::Welcome {
+                host_id: host_id.clone(),
+                name: host.name.clone(),
+                heartbeat_interval_ms: u64::try_from(
+                    self.state.config.heartbeat_interval().as_millis(),
+                )
+                .unwrap_or(10_000),
+            })),
+        };
+        outbox
+            .try_send(Ok(welcome))
+            .map_err(|_| Status::internal("agent outbox full at start"))?;
+
+        let now = now_ms();
+        let report = HostReport {
+            agent_version: hello.agent_version,
+            hostname: hello.hostname,
+            os: hello.os,
+            arch: hello.arch,
+            kernel: hello.kernel,
+        };
+        self.state
+            .store
+            .mark_online(&host_id, &report, now)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let conn = self
+            .state
+            .agents
+            .register(&host_id, &host.name, outbox, now);
+        tracing::info!(host = %host.name, version = %report.agent_version, "agent connected");
+
+        let state = self.state.clone();
+        tokio::spawn(async move { read_agent_stream(state, conn, principal, inbound).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Reads everything the agent sends until the stream ends, is replaced, or goes silent.
+async fn read_agent_stream(
+    state: AppState,
+    conn: AgentConnection,
+    principal: Principal,
+    mut inbound: Streaming<v1::AgentMessage>,
+) {
+    loop {
+        let message = tokio::select! {
+            () = conn.closed.cancelled() => break,
+            message = inbound.message() => message,
+        };
+        let kind = match message {
+            Ok(Some(v1::AgentMessage { kind: Some(kind) })) => kind,
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(host = %conn.host_name, %status, "agent stream error");
+                break;
+            }
+        };
+        conn.touch(now_ms());
+        match kind {
+            agent_message::Kind::Heartbeat(_) => {}
+            agent_message::Kind::Hello(_) => {
+                tracing::debug!(host = %conn.host_name, "repeated hello ignored");
+            }
+            agent_message::Kind::JobStarted(m) => state
+                .jobs
+                .on_agent_message(&conn.host_id, AgentJobMessage::Started(m)),
+            agent_message::Kind::JobOutput(m) => state
+                .jobs
+                .on_agent_message(&conn.host_id, AgentJobMessage::Output(m)),
+            agent_message::Kind::JobFinished(m) => {
+                state
+                    .jobs
+                    .on_agent_message(&conn.host_id, AgentJobMessage::Finished(m));
+            }
+            agent_message::Kind::RenewCertificate(renew) => {
+                renew_certificate(&state, &conn, &principal, &renew.csr_pem).await
+            }
+        }
+    }
+    let last_seen = conn.last_seen_ms();
+    if state.agents.unregister(&conn) {
+        tracing::info!(host = %conn.host_name, "agent disconnected");
+        if let Err(e) = state.store.mark_offline(&conn.host_id, last_seen).await {
+            tracing::error!(host = %conn.host_name, error = %e, "could not record the host as offline");
+        }
+    }
+}
+
+/// Signs a fresh certificate for the same identity over the authenticated link.
+async fn renew_certificate(
+    state: &AppState,
+    conn: &AgentConnection,
+    principal: &Principal,
+    csr_pem: &str,
+) {
+    let lifetime = Duration::from_secs(state.config.timing.agent_cert_lifetime_secs);
+    let cert = match state.ca.sign_csr(csr_pem, &principal.id, lifetime) {
+        Ok(cert) => cert,
+        Err(e) => {
+            tracing::warn!(host = %conn.host_name, error = %e, "certificate renewal refused");
+            return;
+        }
+    };
+    if let Err(e) = state
+        .store
+        .record_certificate(&cert, &principal.id.uri(), now_ms())
+        .await
+    {
+        tracing::error!(host = %conn.host_name, error = %e, "could not record a renewed certificate");
+        return;
+    }
+    let issued = v1::ControllerMessage {
+        kind: Some(controller_message::Kind::CertificateIssued(
+            v1::CertificateIssued {
+                certificate_pem: cert.pem,
+                expires_at_ms: cert.not_after_ms,
+            },
+        )),
+    };
+    if conn.outbox.send(Ok(issued)).await.is_ok() {
+        tracing::info!(host = %conn.host_name, "agent certificate renewed");
+    }
+}

@@ -1,0 +1,197 @@
+//! `Fleet`: the admin API (join tokens, hosts, jobs).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use base64::Engine;
+use futures::{Stream, StreamExt};
+use tailops_proto::v1::{self, fleet_server::Fleet};
+use tonic::{Request, Response, Status};
+
+use crate::auth::Principal;
+use crate::jobs::{JobRequest, selector_matches};
+use crate::services::enrollment::hash_secret;
+use crate::services::validate_labels;
+use crate::store::NewJoinToken;
+use crate::{AppState, now_ms};
+
+/// Join token secrets start with this, so they are recognisable in a secret scanner.
+const TOKEN_PREFIX: &str = "tops_";
+const DEFAULT_JOB_LIST: u32 = 50;
+const MAX_JOB_LIST: u32 = 1000;
+
+#[derive(Debug, Clone)]
+pub struct FleetService {
+    state: AppState,
+}
+
+impl FleetService {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "fleet request failed");
+    Status::internal("the controller failed to answer; see its log")
+}
+
+#[tonic::async_trait]
+impl Fleet for FleetService {
+    async fn create_join_token(
+        &self,
+        request: Request<v1::CreateJoinTokenRequest>,
+    ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let req = request.into_inner();
+        validate_labels(&req.labels)?;
+        let timing = &self.state.config.timing;
+        let ttl_secs = match req.ttl_secs {
+            0 => timing.join_token_default_ttl_secs,
+            n if n > timing.join_token_max_ttl_secs => {
+                return Err(Status::invalid_argument(format!(
+                    "ttl {} exceeds the limit of {}",
+                    humantime::format_duration(Duration::from_secs(n)),
+                    humantime::format_duration(Duration::from_secs(timing.join_token_max_ttl_secs))
+                )));
+            }
+            n => n,
+        };
+        let max_uses = self.state.config.limits.max_join_token_uses;
+        let uses = match req.uses {
+            0 => 1,
+            n if n > max_uses => {
+                return Err(Status::invalid_argument(format!(
+                    "uses {n} exceeds the limit of {max_uses}"
+                )));
+            }
+            n => n,
+        };
+        let secret_bytes: [u8; 32] = rand::random();
+        let secret = format!(
+            "{TOKEN_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes)
+        );
+        let id = hex::encode(rand::random::<[u8; 6]>());
+        let now = now_ms();
+        let expires_at_ms =
+            now.saturating_add(i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+        self.state
+            .store
+            .insert_join_token(&NewJoinToken {
+                id: id.clone(),
+                secret_hash: hash_secret(&secret),
+                labels: req.labels,
+                created_by: principal.id.uri(),
+                created_at_ms: now,
+                expires_at_ms,
+                uses,
+            })
+            .await
+            .map_err(internal)?;
+        tracing::info!(token_id = %id, by = %principal.id, uses, ttl_secs, "join token created");
+        Ok(Response::new(v1::CreateJoinTokenResponse {
+            token: secret,
+            token_id: id,
+            expires_at_ms,
+            uses,
+            ca_fingerprint: self.state.ca.fingerprint().to_string(),
+            controller_url: self.state.public_url.clone(),
+        }))
+    }
+
+    async fn list_hosts(
+        &self,
+        request: Request<v1::ListHostsRequest>,
+    ) -> Result<Response<v1::ListHostsResponse>, Status> {
+        let selector = request.into_inner().selector;
+        let mut hosts = self.state.store.list_hosts().await.map_err(internal)?;
+        if let Some(selector) = selector {
+            hosts.retain(|h| selector_matches(&selector, h));
+        }
+        // The live registry is the truth for online state; the database may lag a sweep behind.
+        for host in &mut hosts {
+            match self.state.agents.get(&host.id) {
+                Some(conn) => {
+                    host.online = true;
+                    host.last_seen_ms = host.last_seen_ms.max(conn.last_seen_ms());
+                }
+                None => host.online = false,
+            }
+        }
+        Ok(Response::new(v1::ListHostsResponse { hosts }))
+    }
+
+    type RunJobStream = EventStream;
+
+    async fn run_job(
+        &self,
+        request: Request<v1::RunJobRequest>,
+    ) -> Result<Response<Self::RunJobStream>, Status> {
+        let principal = Principal::of(&request)?;
+        let req = JobRequest::from_wire(
+            principal.id.uri(),
+            request.into_inner(),
+            &self.state.config.limits,
+        )?;
+        let job = self.state.jobs.start(req).await?;
+        Ok(Response::new(Box::pin(job.events().map(Ok))))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<v1::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let events = self.state.jobs.watch(request.into_inner().job_id).await?;
+        Ok(Response::new(Box::pin(events.map(Ok))))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => DEFAULT_JOB_LIST,
+            n => n.min(MAX_JOB_LIST),
+        };
+        let jobs = self.state.store.list_jobs(limit).await.map_err(internal)?;
+        Ok(Response::new(v1::ListJobsResponse { jobs }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::GetJobResponse>, Status> {
+        let id = request.into_inner().job_id;
+        let (job, targets) = self
+            .state
+            .store
+            .job(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "job {id} not found; list jobs with `tailopsctl jobs ls`"
+                ))
+            })?;
+        Ok(Response::new(v1::GetJobResponse {
+            job: Some(job),
+            targets,
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::CancelJobResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let id = request.into_inner().job_id;
+        let response = self.state.jobs.cancel(id).await?;
+        tracing::info!(job = id, by = %principal.id, "job cancel");
+        Ok(Response::new(response))
+    }
+}

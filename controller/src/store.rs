@@ -1,0 +1,587 @@
+//! The controller's durable state in SQLite (WAL, migrations embedded), behind one narrow type so
+//! another backend can replace it without touching the services.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use prost::Message;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tailops_pki::IssuedCertificate;
+use tailops_proto::v1;
+
+/// Labels on hosts and tokens.
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    #[error("unknown join token; create one with `tailopsctl token create`")]
+    TokenUnknown,
+    #[error("join token expired at {0}; create a new one with `tailopsctl token create`")]
+    TokenExpired(String),
+    #[error("join token has no uses left; create a new one with `tailopsctl token create`")]
+    TokenUsedUp,
+    #[error("a host named {0:?} is already enrolled; pick another name with --name")]
+    HostNameTaken(String),
+}
+
+/// A join token as stored: only the hash of its secret.
+#[derive(Debug, Clone)]
+pub struct NewJoinToken {
+    pub id: String,
+    pub secret_hash: Vec<u8>,
+    pub labels: Labels,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub uses: u32,
+}
+
+/// A host about to be enrolled.
+#[derive(Debug, Clone)]
+pub struct NewHost {
+    pub id: String,
+    pub name: String,
+    /// Labels the agent asked for; the token's labels are added over them.
+    pub labels: Labels,
+    /// The identity URI its certificate will carry.
+    pub principal_uri: String,
+}
+
+/// What the agent reports about itself in its `Hello`.
+#[derive(Debug, Clone, Default)]
+pub struct HostReport {
+    pub agent_version: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub kernel: String,
+}
+
+/// A user principal's standing, read on every call.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub role: String,
+    pub disabled: bool,
+}
+
+/// A new job and the hosts it resolved to.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub requested_by: String,
+    pub selector: v1::HostSelector,
+    pub action: v1::JobAction,
+    pub concurrency: u32,
+    pub output_cap: u64,
+    pub created_at_ms: i64,
+    pub deadline_ms: i64,
+    pub targets: Vec<v1::JobTarget>,
+}
+
+/// The final record of one host's part in a job.
+#[derive(Debug, Clone)]
+pub struct TargetOutcome {
+    pub state: v1::TargetState,
+    pub result: v1::CommandResult,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL is durable against process crashes and only loses the last
+            // transactions on power loss, at a fraction of FULL's fsync cost.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    // ----- join tokens and enrollment -------------------------------------------------------
+
+    pub async fn insert_join_token(&self, token: &NewJoinToken) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO join_tokens (id, secret_hash, labels, created_by, created_at, expires_at, uses_left)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.id)
+        .bind(&token.secret_hash)
+        .bind(labels_to_json(&token.labels))
+        .bind(&token.created_by)
+        .bind(token.created_at_ms)
+        .bind(token.expires_at_ms)
+        .bind(i64::from(token.uses))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Consumes one use of the token, records the host and its certificate, atomically: if any
+    /// step fails (bad token, name taken), nothing is written and the token keeps its use.
+    ///
+    /// `issue` receives the final labels (token labels override the agent's) and signs the cert.
+    pub async fn enroll_host<E>(
+        &self,
+        secret_hash: &[u8],
+        host: &NewHost,
+        now_ms: i64,
+        issue: impl FnOnce() -> Result<IssuedCertificate, E>,
+    ) -> Result<Result<(Labels, IssuedCertificate), E>, StoreError> {
+        let NewHost {
+            id: host_id,
+            name,
+            labels: requested_labels,
+            principal_uri,
+        } = host;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT labels, expires_at, uses_left FROM join_tokens WHERE secret_hash = ?",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::TokenUnknown)?;
+        let expires_at: i64 = row.try_get("expires_at")?;
+        if expires_at <= now_ms {
+            return Err(StoreError::TokenExpired(format_ms(expires_at)));
+        }
+        if row.try_get::<i64, _>("uses_left")? <= 0 {
+            return Err(StoreError::TokenUsedUp);
+        }
+        let mut labels = requested_labels.clone();
+        labels.extend(labels_from_json(&row.try_get::<String, _>("labels")?)?);
+
+        sqlx::query("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE secret_hash = ?")
+            .bind(secret_hash)
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO hosts (id, name, labels, enrolled_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(host_id)
+        .bind(name)
+        .bind(labels_to_json(&labels))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::HostNameTaken(name.clone()));
+        }
+        let cert = match issue() {
+            Ok(cert) => cert,
+            Err(e) => return Ok(Err(e)),
+        };
+        insert_certificate(&mut *tx, &cert, principal_uri, now_ms).await?;
+        tx.commit().await?;
+        Ok(Ok((labels, cert)))
+    }
+
+    // ----- principals and certificates ------------------------------------------------------
+
+    pub async fn insert_user(&self, name: &str, role: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO users (name, role, created_at) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(role)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("SELECT role, disabled FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(UserRecord {
+                role: r.try_get("role")?,
+                disabled: r.try_get("disabled")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn record_certificate(
+        &self,
+        cert: &IssuedCertificate,
+        principal_uri: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        insert_certificate(&self.pool, cert, principal_uri, now_ms).await
+    }
+
+    /// Whether the certificate with `serial` may be used by `principal_uri`: it must have been
+    /// issued by this controller to that principal and not be revoked. Unknown = no.
+    pub async fn certificate_usable(
+        &self,
+        serial: &str,
+        principal_uri: &str,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT principal, revoked_at FROM certificates WHERE serial = ?")
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => {
+                r.try_get::<String, _>("principal")? == principal_uri
+                    && r.try_get::<Option<i64>, _>("revoked_at")?.is_none()
+            }
+            None => false,
+        })
+    }
+
+    // ----- hosts ----------------------------------------------------------------------------
+
+    pub async fn list_hosts(&self) -> Result<Vec<v1::Host>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM hosts ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    pub async fn host(&self, id: &str) -> Result<Option<v1::Host>, StoreError> {
+        let row = sqlx::query("SELECT * FROM hosts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(host_from_row).transpose()
+    }
+
+    pub async fn mark_online(
+        &self,
+        id: &str,
+        report: &HostReport,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET online = 1, last_seen = ?, agent_version = ?, hostname = ?, os = ?, arch = ?, kernel = ?
+             WHERE id = ?",
+        )
+        .bind(now_ms)
+        .bind(&report.agent_version)
+        .bind(&report.hostname)
+        .bind(&report.os)
+        .bind(&report.arch)
+        .bind(&report.kernel)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_offline(&self, id: &str, last_seen_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET online = 0, last_seen = max(last_seen, ?) WHERE id = ?")
+            .bind(last_seen_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records heartbeat times for many hosts in one transaction.
+    pub async fn record_last_seen(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in seen {
+            sqlx::query("UPDATE hosts SET last_seen = max(last_seen, ?) WHERE id = ?")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// At start-up no agent is connected yet, whatever the last run left behind.
+    pub async fn mark_all_offline(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET online = 0 WHERE online = 1")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ----- jobs -----------------------------------------------------------------------------
+
+    /// Persists a job and one pending row per target; returns the job id.
+    pub async fn create_job(&self, job: &NewJob) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO jobs (requested_by, selector, action, concurrency, output_cap, created_at, deadline, state)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&job.requested_by)
+        .bind(job.selector.encode_to_vec())
+        .bind(job.action.encode_to_vec())
+        .bind(i64::from(job.concurrency))
+        .bind(i64::try_from(job.output_cap).unwrap_or(i64::MAX))
+        .bind(job.created_at_ms)
+        .bind(job.deadline_ms)
+        .bind(v1::JobState::Running as i32)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        for target in &job.targets {
+            sqlx::query(
+                "INSERT INTO job_targets (job_id, host_id, host_name, state) VALUES (?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(&target.host_id)
+            .bind(&target.host_name)
+            .bind(v1::TargetState::Pending as i32)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("negative job id {id}")))
+    }
+
+    pub async fn finish_target(
+        &self,
+        job_id: u64,
+        host_id: &str,
+        outcome: &TargetOutcome,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE job_targets SET state = ?, result = ?, stdout = ?, stderr = ?, started_at = ?, finished_at = ?
+             WHERE job_id = ? AND host_id = ?",
+        )
+        .bind(outcome.state as i32)
+        .bind(outcome.result.encode_to_vec())
+        .bind(&outcome.stdout)
+        .bind(&outcome.stderr)
+        .bind(outcome.started_at_ms)
+        .bind(outcome.finished_at_ms)
+        .bind(job_id_sql(job_id))
+        .bind(host_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn finish_job(
+        &self,
+        job_id: u64,
+        state: v1::JobState,
+        finished_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?")
+            .bind(state as i32)
+            .bind(finished_at_ms)
+            .bind(job_id_sql(job_id))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Jobs a previous run left running can no longer finish: close them as failed, with their
+    /// unfinished targets unreachable, so nothing claims to be running when it is not.
+    pub async fn close_interrupted_jobs(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE job_targets SET state = ?, finished_at = ?
+             WHERE state IN (?, ?) AND job_id IN (SELECT id FROM jobs WHERE state = ?)",
+        )
+        .bind(v1::TargetState::Unreachable as i32)
+        .bind(now_ms)
+        .bind(v1::TargetState::Pending as i32)
+        .bind(v1::TargetState::Running as i32)
+        .bind(v1::JobState::Running as i32)
+        .execute(&mut *tx)
+        .await?;
+        let closed = sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE state = ?")
+            .bind(v1::JobState::Failed as i32)
+            .bind(now_ms)
+            .bind(v1::JobState::Running as i32)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    pub async fn list_jobs(&self, limit: u32) -> Result<Vec<v1::Job>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut job = job_from_row(row)?;
+            job.summary = Some(self.summary(job.id).await?);
+            jobs.push(job);
+        }
+        Ok(jobs)
+    }
+
+    pub async fn job(
+        &self,
+        job_id: u64,
+    ) -> Result<Option<(v1::Job, Vec<v1::TargetDetail>)>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+            .bind(job_id_sql(job_id))
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut job = job_from_row(&row)?;
+        let rows = sqlx::query("SELECT * FROM job_targets WHERE job_id = ? ORDER BY host_name")
+            .bind(job_id_sql(job_id))
+            .fetch_all(&self.pool)
+            .await?;
+        let targets = rows
+            .iter()
+            .map(target_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        job.summary = Some(summarize(targets.iter().map(|t| t.state())));
+        Ok(Some((job, targets)))
+    }
+
+    async fn summary(&self, job_id: u64) -> Result<v1::JobSummary, StoreError> {
+        let rows = sqlx::query("SELECT state FROM job_targets WHERE job_id = ?")
+            .bind(job_id_sql(job_id))
+            .fetch_all(&self.pool)
+            .await?;
+        let states = rows
+            .iter()
+            .map(|r| {
+                r.try_get::<i32, _>("state")
+                    .map(|s| v1::TargetState::try_from(s).unwrap_or_default())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(summarize(states.into_iter()))
+    }
+}
+
+/// Counts target states into a summary.
+pub fn summarize(states: impl Iterator<Item = v1::TargetState>) -> v1::JobSummary {
+    let mut s = v1::JobSummary::default();
+    for state in states {
+        s.total += 1;
+        match state {
+            v1::TargetState::Succeeded => s.succeeded += 1,
+            v1::TargetState::Failed => s.failed += 1,
+            v1::TargetState::TimedOut => s.timed_out += 1,
+            v1::TargetState::Unreachable => s.unreachable += 1,
+            v1::TargetState::Cancelled => s.cancelled += 1,
+            v1::TargetState::Pending | v1::TargetState::Running | v1::TargetState::Unspecified => {}
+        }
+    }
+    s
+}
+
+async fn insert_certificate<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    cert: &IssuedCertificate,
+    principal_uri: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO certificates (serial, principal, issued_at, not_after) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&cert.serial)
+    .bind(principal_uri)
+    .bind(now_ms)
+    .bind(cert.not_after_ms)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+fn job_id_sql(job_id: u64) -> i64 {
+    i64::try_from(job_id).unwrap_or(i64::MAX)
+}
+
+fn labels_to_json(labels: &Labels) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn labels_from_json(json: &str) -> Result<Labels, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("labels: {e}")))
+}
+
+fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::Host, StoreError> {
+    Ok(v1::Host {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        labels: labels_from_json(&row.try_get::<String, _>("labels")?)?,
+        online: row.try_get("online")?,
+        last_seen_ms: row.try_get("last_seen")?,
+        agent_version: row.try_get("agent_version")?,
+        os: row.try_get("os")?,
+        arch: row.try_get("arch")?,
+        hostname: row.try_get("hostname")?,
+        kernel: row.try_get("kernel")?,
+        enrolled_at_ms: row.try_get("enrolled_at")?,
+    })
+}
+
+fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::Job, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    Ok(v1::Job {
+        id: u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("job id {id}")))?,
+        requested_by: row.try_get("requested_by")?,
+        selector: Some(decode("selector", &row.try_get::<Vec<u8>, _>("selector")?)?),
+        action: Some(decode("action", &row.try_get::<Vec<u8>, _>("action")?)?),
+        created_at_ms: row.try_get("created_at")?,
+        deadline_ms: row.try_get("deadline")?,
+        state: row.try_get("state")?,
+        finished_at_ms: row.try_get("finished_at")?,
+        summary: None,
+        concurrency: u32::try_from(row.try_get::<i64, _>("concurrency")?).unwrap_or(0),
+    })
+}
+
+fn target_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::TargetDetail, StoreError> {
+    let result: Option<Vec<u8>> = row.try_get("result")?;
+    Ok(v1::TargetDetail {
+        target: Some(v1::JobTarget {
+            host_id: row.try_get("host_id")?,
+            host_name: row.try_get("host_name")?,
+        }),
+        state: row.try_get("state")?,
+        result: result.map(|r| decode("result", &r)).transpose()?,
+        stdout: row.try_get("stdout")?,
+        stderr: row.try_get("stderr")?,
+        started_at_ms: row.try_get("started_at")?,
+        finished_at_ms: row.try_get("finished_at")?,
+    })
+}
+
+/// RFC 3339 for a unix-ms instant, for error messages.
+pub fn format_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,379 @@
+//! Tables for people, JSON for programs.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use serde_json::{Value, json};
+use tailops_proto::v1::{self, job_event};
+
+use super::Output;
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_header(header.iter().copied());
+    t
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// "3s ago", "2h ago", or "never".
+fn ago(ms: i64) -> String {
+    if ms <= 0 {
+        return "never".into();
+    }
+    let then = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    match SystemTime::now().duration_since(then) {
+        Ok(d) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(d.as_secs().max(1)))
+        ),
+        Err(_) => "just now".into(),
+    }
+}
+
+fn rfc3339(ms: i64) -> Value {
+    if ms <= 0 {
+        return Value::Null;
+    }
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    Value::String(humantime::format_rfc3339_millis(t).to_string())
+}
+
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn argv_of(action: Option<&v1::JobAction>) -> Vec<String> {
+    match action.and_then(|a| a.kind.as_ref()) {
+        Some(v1::job_action::Kind::Exec(e)) => e.argv.clone(),
+        None => Vec::new(),
+    }
+}
+
+fn state_name(state: v1::TargetState) -> &'static str {
+    match state {
+        v1::TargetState::Pending => "pending",
+        v1::TargetState::Running => "running",
+        v1::TargetState::Succeeded => "succeeded",
+        v1::TargetState::Failed => "failed",
+        v1::TargetState::TimedOut => "timed_out",
+        v1::TargetState::Unreachable => "unreachable",
+        v1::TargetState::Cancelled => "cancelled",
+        v1::TargetState::Unspecified => "unknown",
+    }
+}
+
+fn job_state_name(state: v1::JobState) -> &'static str {
+    match state {
+        v1::JobState::Running => "running",
+        v1::JobState::Succeeded => "succeeded",
+        v1::JobState::Failed => "failed",
+        v1::JobState::Cancelled => "cancelled",
+        v1::JobState::Unspecified => "unknown",
+    }
+}
+
+pub fn token(t: &v1::CreateJoinTokenResponse, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        return print_json(&json!({
+            "token": t.token,
+            "token_id": t.token_id,
+            "expires_at": rfc3339(t.expires_at_ms),
+            "uses": t.uses,
+            "ca_fingerprint": t.ca_fingerprint,
+            "controller_url": t.controller_url,
+        }));
+    }
+    println!(
+        "Join token {} (uses: {}, expires {})",
+        t.token_id,
+        t.uses,
+        rfc3339(t.expires_at_ms).as_str().unwrap_or("?")
+    );
+    println!();
+    println!("Run on the host to enroll:");
+    println!();
+    println!(
+        "  TAILOPS_JOIN_TOKEN={} tailops-agent enroll --controller {} --ca-fingerprint {}",
+        t.token, t.controller_url, t.ca_fingerprint
+    );
+    println!();
+    println!("The token is shown only this once.");
+    Ok(())
+}
+
+pub fn hosts(hosts: &[v1::Host], output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        let rows: Vec<Value> = hosts
+            .iter()
+            .map(|h| {
+                json!({
+                    "id": h.id, "name": h.name, "labels": h.labels, "online": h.online,
+                    "last_seen": rfc3339(h.last_seen_ms), "agent_version": h.agent_version,
+                    "hostname": h.hostname, "os": h.os, "arch": h.arch, "kernel": h.kernel,
+                    "enrolled_at": rfc3339(h.enrolled_at_ms),
+                })
+            })
+            .collect();
+        return print_json(&Value::Array(rows));
+    }
+    if hosts.is_empty() {
+        println!("No hosts enrolled yet. Create a join token with `tailopsctl token create`.");
+        return Ok(());
+    }
+    let mut t = table(&[
+        "NAME",
+        "ID",
+        "STATUS",
+        "LAST SEEN",
+        "VERSION",
+        "OS",
+        "LABELS",
+    ]);
+    for h in hosts {
+        t.add_row(vec![
+            h.name.clone(),
+            h.id.chars().take(8).collect(),
+            if h.online {
+                "online".into()
+            } else {
+                "offline".into()
+            },
+            ago(h.last_seen_ms),
+            h.agent_version.clone(),
+            format!("{} {}", h.os, h.arch).trim().to_owned(),
+            labels_text(&h.labels),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn summary_json(s: Option<&v1::JobSummary>) -> Value {
+    let s = s.copied().unwrap_or_default();
+    json!({
+        "total": s.total, "succeeded": s.succeeded, "failed": s.failed, "timed_out": s.timed_out,
+        "unreachable": s.unreachable, "cancelled": s.cancelled,
+    })
+}
+
+fn job_json(j: &v1::Job) -> Value {
+    json!({
+        "id": j.id, "state": job_state_name(j.state()), "requested_by": j.requested_by,
+        "argv": argv_of(j.action.as_ref()), "created_at": rfc3339(j.created_at_ms),
+        "deadline": rfc3339(j.deadline_ms), "finished_at": rfc3339(j.finished_at_ms),
+        "concurrency": j.concurrency, "summary": summary_json(j.summary.as_ref()),
+    })
+}
+
+pub fn jobs(jobs: &[v1::Job], output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        return print_json(&Value::Array(jobs.iter().map(job_json).collect()));
+    }
+    if jobs.is_empty() {
+        println!("No jobs yet. Try `tailopsctl exec --all -- uname -a`.");
+        return Ok(());
+    }
+    let mut t = table(&["ID", "STATE", "CREATED", "BY", "HOSTS OK", "COMMAND"]);
+    for j in jobs {
+        let s = j.summary.unwrap_or_default();
+        let by = j
+            .requested_by
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        t.add_row(vec![
+            j.id.to_string(),
+            job_state_name(j.state()).to_owned(),
+            ago(j.created_at_ms),
+            by,
+            format!("{}/{}", s.succeeded, s.total),
+            argv_of(j.action.as_ref()).join(" "),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn result_text(state: v1::TargetState, result: Option<&v1::CommandResult>) -> String {
+    let r = result.cloned().unwrap_or_default();
+    let mut text = match (state, r.exit_code, r.signal) {
+        (v1::TargetState::Unreachable, ..) => format!("unreachable: {}", r.error),
+        (v1::TargetState::TimedOut, ..) => format!(
+            "timed out after {}",
+            humantime::format_duration(Duration::from_millis(r.duration_ms))
+        ),
+        (v1::TargetState::Cancelled, ..) => "cancelled".to_owned(),
+        (_, Some(code), _) => format!("exit {code}"),
+        (_, None, Some(signal)) => format!("killed by signal {signal}"),
+        _ if !r.error.is_empty() => format!("error: {}", r.error),
+        _ => state_name(state).to_owned(),
+    };
+    if r.duration_ms > 0 && !matches!(state, v1::TargetState::TimedOut) {
+        text.push_str(&format!(
+            " ({})",
+            humantime::format_duration(Duration::from_millis(r.duration_ms))
+        ));
+    }
+    for (name, truncated, total) in [
+        ("stdout", r.stdout_truncated, r.stdout_bytes),
+        ("stderr", r.stderr_truncated, r.stderr_bytes),
+    ] {
+        if truncated {
+            text.push_str(&format!("; {name} truncated ({total} bytes produced)"));
+        }
+    }
+    text
+}
+
+pub fn target_status(
+    host: &str,
+    state: v1::TargetState,
+    result: Option<&v1::CommandResult>,
+) -> String {
+    let mark = if state == v1::TargetState::Succeeded {
+        "ok"
+    } else {
+        "FAILED"
+    };
+    format!("{host}: {mark} {}", result_text(state, result))
+}
+
+pub fn summary_line(job_id: u64, c: &v1::JobCompleted) -> String {
+    let s = c.summary.unwrap_or_default();
+    format!(
+        "job {job_id} {}: {} host(s), {} succeeded, {} failed, {} timed out, {} unreachable, {} cancelled",
+        job_state_name(c.state()),
+        s.total,
+        s.succeeded,
+        s.failed,
+        s.timed_out,
+        s.unreachable,
+        s.cancelled
+    )
+}
+
+fn result_json(r: Option<&v1::CommandResult>) -> Value {
+    let Some(r) = r else { return Value::Null };
+    json!({
+        "exit_code": r.exit_code, "signal": r.signal, "timed_out": r.timed_out, "cancelled": r.cancelled,
+        "duration_ms": r.duration_ms, "stdout_truncated": r.stdout_truncated, "stderr_truncated": r.stderr_truncated,
+        "stdout_bytes": r.stdout_bytes, "stderr_bytes": r.stderr_bytes,
+        "error": if r.error.is_empty() { Value::Null } else { Value::String(r.error.clone()) },
+    })
+}
+
+pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result<()> {
+    let Some(job) = &detail.job else {
+        anyhow::bail!("the controller returned no job")
+    };
+    if output == Output::Json {
+        let targets: Vec<Value> = detail
+            .targets
+            .iter()
+            .map(|t| {
+                let target = t.target.clone().unwrap_or_default();
+                json!({
+                    "host_id": target.host_id, "host": target.host_name, "state": state_name(t.state()),
+                    "result": result_json(t.result.as_ref()),
+                    "stdout": String::from_utf8_lossy(&t.stdout), "stderr": String::from_utf8_lossy(&t.stderr),
+                    "started_at": rfc3339(t.started_at_ms), "finished_at": rfc3339(t.finished_at_ms),
+                })
+            })
+            .collect();
+        let mut value = job_json(job);
+        value["targets"] = Value::Array(targets);
+        return print_json(&value);
+    }
+    println!("Job {}  {}", job.id, job_state_name(job.state()));
+    println!("  command:   {}", argv_of(job.action.as_ref()).join(" "));
+    println!("  by:        {}", job.requested_by);
+    println!(
+        "  created:   {}",
+        rfc3339(job.created_at_ms).as_str().unwrap_or("-")
+    );
+    println!();
+    let mut t = table(&["HOST", "STATE", "RESULT"]);
+    for target in &detail.targets {
+        let name = target
+            .target
+            .as_ref()
+            .map(|t| t.host_name.clone())
+            .unwrap_or_default();
+        t.add_row(vec![
+            name,
+            state_name(target.state()).to_owned(),
+            result_text(target.state(), target.result.as_ref()),
+        ]);
+    }
+    println!("{t}");
+    for target in &detail.targets {
+        let name = target
+            .target
+            .as_ref()
+            .map(|t| t.host_name.as_str())
+            .unwrap_or_default();
+        for (label, bytes) in [("", &target.stdout), (" (stderr)", &target.stderr)] {
+            for line in String::from_utf8_lossy(bytes).lines() {
+                println!("[{name}]{label} {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn cancelled(id: u64, r: &v1::CancelJobResponse, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        return print_json(
+            &json!({"job_id": id, "cancelled_targets": r.cancelled_targets, "already_finished": r.already_finished}),
+        );
+    }
+    if r.already_finished {
+        println!("job {id} had already finished");
+    } else {
+        println!(
+            "job {id}: cancel sent to {} unfinished host(s)",
+            r.cancelled_targets
+        );
+    }
+    Ok(())
+}
+
+/// One JSON object per event, for `--output json` streaming.
+pub fn event_json(event: &v1::JobEvent) -> Value {
+    let host =
+        |t: &Option<v1::JobTarget>| t.as_ref().map(|t| t.host_name.clone()).unwrap_or_default();
+    match &event.kind {
+        Some(job_event::Kind::Accepted(a)) => json!({
+            "job_id": event.job_id, "event": "accepted",
+            "hosts": a.targets.iter().map(|t| t.host_name.clone()).collect::<Vec<_>>(),
+            "argv": argv_of(a.action.as_ref()), "deadline": rfc3339(a.deadline_ms),
+        }),
+        Some(job_event::Kind::Started(s)) => {
+            json!({"job_id": event.job_id, "event": "started", "host": host(&s.target)})
+        }
+        Some(job_event::Kind::Output(o)) => json!({
+            "job_id": event.job_id, "event": "output", "host": host(&o.target),
+            "stream": if o.stream() == v1::OutputStream::Stderr { "stderr" } else { "stdout" },
+            "data": String::from_utf8_lossy(&o.data),
+        }),
+        Some(job_event::Kind::Finished(f)) => json!({
+            "job_id": event.job_id, "event": "finished", "host": host(&f.target),
+            "state": state_name(f.state()), "result": result_json(f.result.as_ref()),
+        }),
+        Some(job_event::Kind::Completed(c)) => json!({
+            "job_id": event.job_id, "event": "completed", "state": job_state_name(c.state()),
+            "summary": summary_json(c.summary.as_ref()),
+        }),
+        None => json!({"job_id": event.job_id, "event": "unknown"}),
+    }
+}
