@@ -121,6 +121,15 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// A transaction that takes the write lock up front. A deferred one that reads first and
+    /// writes later fails with SQLITE_BUSY when another writer got in between, which the busy
+    /// timeout cannot retry.
+    async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     // ----- join tokens and enrollment -------------------------------------------------------
 
     pub async fn insert_join_token(&self, token: &NewJoinToken) -> Result<(), StoreError> {
@@ -157,7 +166,7 @@ impl Store {
             labels: requested_labels,
             principal_uri,
         } = host;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let row = sqlx::query(
             "SELECT labels, expires_at, uses_left FROM join_tokens WHERE secret_hash = ?",
         )
@@ -308,7 +317,7 @@ impl Store {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for (id, at) in seen {
             sqlx::query("UPDATE hosts SET last_seen = max(last_seen, ?) WHERE id = ?")
                 .bind(at)
@@ -332,7 +341,7 @@ impl Store {
 
     /// Persists a job and one pending row per target; returns the job id.
     pub async fn create_job(&self, job: &NewJob) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO jobs (requested_by, selector, action, concurrency, output_cap, created_at, deadline, state)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -404,7 +413,7 @@ impl Store {
     /// Jobs a previous run left running can no longer finish: close them as failed, with their
     /// unfinished targets unreachable, so nothing claims to be running when it is not.
     pub async fn close_interrupted_jobs(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query(
             "UPDATE job_targets SET state = ?, finished_at = ?
              WHERE state IN (?, ?) AND job_id IN (SELECT id FROM jobs WHERE state = ?)",

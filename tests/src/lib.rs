@@ -1,1 +1,329 @@
+//! Harness for end-to-end tests: a real controller on `127.0.0.1:0` with a fresh data directory
+//! and PKI, real agents (in-process tasks or `tailops-agent` processes), real mutual TLS, real
+//! SQLite. Nothing is mocked.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tailops_agent::{EnrollOptions, LinkOptions};
+use tailops_controller::Controller;
+use tailops_controller::config::ControllerConfig;
+use tailops_controller::data_dir::{self, DataDir, InitOptions};
+use tailops_pki::Fingerprint;
+use tailops_proto::v1::{self, fleet_client::FleetClient};
+use tailopsctl::Profile;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Heartbeats in tests are fast so that liveness is observable in a second or two.
+pub const TEST_HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// A controller serving on an ephemeral loopback port.
+#[derive(Debug)]
+pub struct TestController {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub admin: Profile,
+    pub fingerprint: Fingerprint,
+    shutdown: CancellationToken,
+    server: JoinHandle<Result<(), tailops_controller::ControllerError>>,
+}
+
+impl TestController {
+    pub async fn start() -> Self {
+        tailops_pki::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::new(dir.path().join("controller"));
+        let options = InitOptions {
+            trust_domain: "test.tailops".into(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            advertise: vec!["localhost".into(), "127.0.0.1".into()],
+        };
+        let init = data_dir::initialize(&data, options).await.expect("init");
+        set_fast_timing(&data).await;
+
+        let controller = Controller::open(&data).await.expect("open controller");
+        let listener = controller.bind(None).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let url = format!("https://127.0.0.1:{}", addr.port());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(controller.serve(listener, shutdown.clone()));
+        let mut admin = init.admin_profile;
+        admin.endpoint = url.clone();
+        Self {
+            dir,
+            addr,
+            url,
+            admin,
+            fingerprint: init.ca_fingerprint,
+            shutdown,
+            server,
+        }
+    }
+
+    pub fn data_dir(&self) -> DataDir {
+        DataDir::new(self.dir.path().join("controller"))
+    }
+
+    pub async fn fleet(&self) -> FleetClient<Channel> {
+        FleetClient::new(
+            tailopsctl::connect(&self.admin)
+                .await
+                .expect("admin connects"),
+        )
+    }
+
+    /// Writes the admin profile to a file (for the CLI binary) and returns its path.
+    pub async fn admin_profile_file(&self) -> PathBuf {
+        let path = self.dir.path().join("admin-test.profile.toml");
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            self.admin.save_new(&path).await.expect("save profile");
+        }
+        path
+    }
+
+    pub async fn token(&self, labels: &[(&str, &str)], uses: u32, ttl: Duration) -> String {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.fleet()
+            .await
+            .create_join_token(v1::CreateJoinTokenRequest {
+                labels,
+                ttl_secs: ttl.as_secs(),
+                uses,
+            })
+            .await
+            .expect("create token")
+            .into_inner()
+            .token
+    }
+
+    pub fn enroll_options(&self, token: &str, name: &str, state_dir: &Path) -> EnrollOptions {
+        EnrollOptions {
+            controller_url: self.url.clone(),
+            token: token.to_owned(),
+            ca_fingerprint: self.fingerprint,
+            state_dir: state_dir.to_owned(),
+            name: Some(name.to_owned()),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Enrolls a new host with its own token carrying `labels` and starts it in-process.
+    pub async fn agent(&self, name: &str, labels: &[(&str, &str)]) -> TestAgent {
+        let token = self.token(labels, 1, Duration::from_secs(60)).await;
+        let state_dir = tempfile::tempdir().expect("agent dir");
+        tailops_agent::enroll(self.enroll_options(&token, name, state_dir.path()))
+            .await
+            .expect("enroll");
+        let agent = TestAgent::start(state_dir, name);
+        self.wait_online(name, true).await;
+        agent
+    }
+
+    pub async fn host(&self, name: &str) -> Option<v1::Host> {
+        let hosts = self
+            .fleet()
+            .await
+            .list_hosts(v1::ListHostsRequest::default())
+            .await
+            .expect("list")
+            .into_inner();
+        hosts.hosts.into_iter().find(|h| h.name == name)
+    }
+
+    /// Waits (up to 20 s) until host `name` is online (or offline).
+    pub async fn wait_online(&self, name: &str, online: bool) {
+        for _ in 0..200 {
+            if self.host(name).await.is_some_and(|h| h.online == online) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "host {name} did not become {}",
+            if online { "online" } else { "offline" }
+        );
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+    }
+}
+
+async fn set_fast_timing(data: &DataDir) {
+    let path = data.file(data_dir::CONFIG_FILE);
+    let text = tokio::fs::read_to_string(&path).await.expect("read config");
+    let mut config: ControllerConfig = toml::from_str(&text).expect("parse config");
+    config.timing.heartbeat_interval_ms = u64::try_from(TEST_HEARTBEAT.as_millis()).expect("ms");
+    config.timing.offline_after_missed = 3;
+    tokio::fs::write(&path, toml::to_string(&config).expect("toml"))
+        .await
+        .expect("write config");
+}
+
+/// An agent running as a task in the test process.
+#[derive(Debug)]
+pub struct TestAgent {
+    pub name: String,
+    pub state_dir: TempDir,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestAgent {
+    pub fn start(state_dir: TempDir, name: &str) -> Self {
+        let mut agent = Self {
+            name: name.to_owned(),
+            state_dir,
+            shutdown: CancellationToken::new(),
+            task: None,
+        };
+        agent.resume();
+        agent
+    }
+
+    /// Disconnects (cleanly closing the stream); running jobs are stopped.
+    pub async fn pause(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    pub fn resume(&mut self) {
+        self.shutdown = CancellationToken::new();
+        let mut options = LinkOptions::new(self.state_dir.path());
+        options.min_backoff = Duration::from_millis(100);
+        options.max_backoff = Duration::from_millis(500);
+        let shutdown = self.shutdown.clone();
+        self.task = Some(tokio::spawn(async move {
+            tailops_agent::run(options, shutdown)
+                .await
+                .expect("agent state is usable");
+        }));
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Path of a workspace binary (`tailops-agent`, `tailopsctl`, ...), built by `cargo build` or by
+/// `cargo nextest run --workspace` before the tests run.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (the test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Convenience: an exec request.
+pub fn exec_request(
+    selector: v1::HostSelector,
+    argv: &[&str],
+    timeout: Duration,
+) -> v1::RunJobRequest {
+    v1::RunJobRequest {
+        selector: Some(selector),
+        action: Some(v1::JobAction {
+            kind: Some(v1::job_action::Kind::Exec(v1::ExecAction {
+                argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            })),
+        }),
+        timeout_ms: u64::try_from(timeout.as_millis()).expect("ms"),
+        concurrency: 0,
+        output_cap_bytes: 0,
+    }
+}
+
+pub fn all_hosts() -> v1::HostSelector {
+    v1::HostSelector {
+        all: true,
+        ..Default::default()
+    }
+}
+
+pub fn label_selector(key: &str, value: &str) -> v1::HostSelector {
+    v1::HostSelector {
+        labels: [(key.to_owned(), value.to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+/// Collects every event of a job stream until it ends.
+pub async fn collect_events(mut stream: tonic::Streaming<v1::JobEvent>) -> Vec<v1::JobEvent> {
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("job stream stalled")
+        .expect("job stream error")
+    {
+        events.push(event);
+    }
+    events
+}
+
+/// Everything one host wrote to one stream, from a job's events.
+pub fn output_of(events: &[v1::JobEvent], host: &str, stream: v1::OutputStream) -> String {
+    let mut bytes = Vec::new();
+    for event in events {
+        if let Some(v1::job_event::Kind::Output(out)) = &event.kind
+            && out.target.as_ref().is_some_and(|t| t.host_name == host)
+            && out.stream() == stream
+        {
+            bytes.extend_from_slice(&out.data);
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The `finished` events by host name.
+pub fn finished_by_host(events: &[v1::JobEvent]) -> BTreeMap<String, v1::TargetFinished> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(v1::job_event::Kind::Finished(f)) => {
+                Some((f.target.clone().unwrap_or_default().host_name, f.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn completed(events: &[v1::JobEvent]) -> v1::JobCompleted {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(v1::job_event::Kind::Completed(c)) => Some(*c),
+            _ => None,
+        })
+        .expect("job completed")
+}
+
+/// Whether process `pid` is still alive (zombies count as gone: they no longer run).
+pub async fn process_alive(pid: i32) -> bool {
+    match tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
