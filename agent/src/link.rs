@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tailops_pki::CertificateInfo;
+use tailops_proto::time::{format_ms, now_ms};
 use tailops_proto::v1::{
     self, agent_link_client::AgentLinkClient, agent_message, controller_message,
 };
@@ -166,7 +167,7 @@ async fn session(
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
             _ = heartbeat.tick() => {
-                let beat = v1::Heartbeat { sent_at_ms: unix_ms() };
+                let beat = v1::Heartbeat { sent_at_ms: now_ms() };
                 let _ = outbox.try_send(v1::AgentMessage { kind: Some(agent_message::Kind::Heartbeat(beat)) });
             }
             () = tokio::time::sleep_until(renew_at), if pending_key.is_none() => {
@@ -241,13 +242,13 @@ fn renewal_instant(cert_pem: &str) -> Instant {
     let lifetime = info.not_after_ms.saturating_sub(info.not_before_ms).max(0);
     #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
     let renew_ms = info.not_before_ms + (lifetime as f64 * RENEW_AT_FRACTION) as i64;
-    if info.not_after_ms <= unix_ms() {
+    if info.not_after_ms <= now_ms() {
         tracing::error!(
             expired = %format_ms(info.not_after_ms),
             "the agent certificate has expired; the controller will refuse it. Enroll again with a new join token"
         );
     }
-    let wait = u64::try_from(renew_ms.saturating_sub(unix_ms())).unwrap_or(0);
+    let wait = u64::try_from(renew_ms.saturating_sub(now_ms())).unwrap_or(0);
     Instant::now() + Duration::from_millis(wait)
 }
 
@@ -357,16 +358,4 @@ impl RecentJobs {
     fn contains(&self, id: u64) -> bool {
         self.ids.contains(&id)
     }
-}
-
-fn unix_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn format_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -48,10 +48,4 @@ pub enum ControllerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Milliseconds since the Unix epoch, the time unit of the store and the wire.
-pub fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
+pub use tailops_proto::time::now_ms;

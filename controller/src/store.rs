@@ -9,6 +9,7 @@ use prost::Message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tailops_pki::IssuedCertificate;
+use tailops_proto::time::format_ms;
 use tailops_proto::v1;
 
 /// Labels on hosts and tokens.
@@ -587,10 +588,4 @@ fn target_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::TargetDetail, St
         started_at_ms: row.try_get("started_at")?,
         finished_at_ms: row.try_get("finished_at")?,
     })
-}
-
-/// RFC 3339 for a unix-ms instant, for error messages.
-pub fn format_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
 }

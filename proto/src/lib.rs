@@ -12,3 +12,22 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every TailOps proto file (for reflection and descriptor walks).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tailops_descriptor.bin"));
+
+/// Timestamps on the wire and in the store are milliseconds since the Unix epoch (`int64`).
+pub mod time {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// The current time in wire milliseconds.
+    pub fn now_ms() -> i64 {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// RFC 3339 (seconds) for a wire timestamp, for messages a person reads.
+    pub fn format_ms(ms: i64) -> String {
+        let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+}

@@ -36,6 +36,11 @@ pub struct TestController {
 
 impl TestController {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a controller after `configure` adjusts its configuration (on top of fast timing).
+    pub async fn start_with(configure: impl FnOnce(&mut ControllerConfig)) -> Self {
         tailops_pki::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let data = DataDir::new(dir.path().join("controller"));
@@ -45,7 +50,7 @@ impl TestController {
             advertise: vec!["localhost".into(), "127.0.0.1".into()],
         };
         let init = data_dir::initialize(&data, options).await.expect("init");
-        set_fast_timing(&data).await;
+        set_fast_timing(&data, configure).await;
 
         let controller = Controller::open(&data).await.expect("open controller");
         let listener = controller.bind(None).await.expect("bind");
@@ -159,12 +164,13 @@ impl TestController {
     }
 }
 
-async fn set_fast_timing(data: &DataDir) {
+async fn set_fast_timing(data: &DataDir, configure: impl FnOnce(&mut ControllerConfig)) {
     let path = data.file(data_dir::CONFIG_FILE);
     let text = tokio::fs::read_to_string(&path).await.expect("read config");
     let mut config: ControllerConfig = toml::from_str(&text).expect("parse config");
     config.timing.heartbeat_interval_ms = u64::try_from(TEST_HEARTBEAT.as_millis()).expect("ms");
     config.timing.offline_after_missed = 3;
+    configure(&mut config);
     tokio::fs::write(&path, toml::to_string(&config).expect("toml"))
         .await
         .expect("write config");
@@ -219,16 +225,34 @@ impl Drop for TestAgent {
     }
 }
 
-/// Path of a workspace binary (`tailops-agent`, `tailopsctl`, ...), built by `cargo build` or by
-/// `cargo nextest run --workspace` before the tests run.
-pub fn binary(name: &str) -> PathBuf {
+/// Path of a workspace binary (`tailops-agent`, `tailopsctl`, ...). Test runners build only
+/// libraries and test targets for other packages, so the first call in a test process builds the
+/// workspace binaries with the same cargo (cargo's own lock serialises concurrent test processes).
+pub async fn binary(name: &str) -> PathBuf {
+    static BUILT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/debug/deps/<test binary> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned();
+    BUILT
+        .get_or_init(|| async {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = tokio::process::Command::new(cargo)
+                .args(["build", "--workspace", "--bins"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .await
+                .expect("run cargo build");
+            assert!(status.success(), "building the workspace binaries failed");
+        })
+        .await;
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace` (the test command does)",
+        "{} is missing after cargo build --workspace --bins",
         path.display()
     );
     path

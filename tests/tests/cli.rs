@@ -6,7 +6,7 @@ use tailops_tests::*;
 
 async fn ctl(controller: &TestController, args: &[&str]) -> Output {
     let profile = controller.admin_profile_file().await;
-    tokio::process::Command::new(binary("tailopsctl"))
+    tokio::process::Command::new(binary("tailopsctl").await)
         .arg("--profile")
         .arg(&profile)
         .args(args)
@@ -141,7 +141,7 @@ async fn usage_errors_are_clear() {
         text(&no_selector.stderr)
     );
 
-    let missing_profile = tokio::process::Command::new(binary("tailopsctl"))
+    let missing_profile = tokio::process::Command::new(binary("tailopsctl").await)
         .args(["--profile", "/nonexistent/profile.toml", "hosts", "ls"])
         .output()
         .await

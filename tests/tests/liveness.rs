@@ -26,7 +26,7 @@ async fn a_silent_agent_process_is_marked_offline_and_recovers() {
         .token(&[("role", "proc")], 1, Duration::from_secs(60))
         .await;
     let state = tempfile::tempdir().expect("dir");
-    let enroll = tokio::process::Command::new(binary("tailops-agent"))
+    let enroll = tokio::process::Command::new(binary("tailops-agent").await)
         .args([
             "enroll",
             "--controller",
@@ -47,7 +47,7 @@ async fn a_silent_agent_process_is_marked_offline_and_recovers() {
     );
     assert!(String::from_utf8_lossy(&enroll.stdout).contains("Enrolled as sleeper"));
 
-    let mut child = tokio::process::Command::new(binary("tailops-agent"))
+    let mut child = tokio::process::Command::new(binary("tailops-agent").await)
         .args(["run", "--state-dir"])
         .arg(state.path())
         .kill_on_drop(true)
@@ -83,5 +83,36 @@ async fn agent_state_survives_a_controller_restart() {
         hosts.iter().any(|h| h.name == "steady" && !h.online),
         "a reopened controller starts with hosts offline"
     );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_renews_its_certificate_over_the_link() {
+    // A lifetime this short puts the 70% mark in the past at once (validity starts five minutes
+    // early for clock skew), so the agent renews as soon as it connects.
+    let controller =
+        TestController::start_with(|config| config.timing.agent_cert_lifetime_secs = 60).await;
+    let mut agent = controller.agent("renewer", &[]).await;
+    let cert_path = agent.state_dir.path().join("agent.crt");
+    let original = tokio::fs::read_to_string(&cert_path).await.expect("cert");
+    let mut renewed = original.clone();
+    for _ in 0..100 {
+        renewed = tokio::fs::read_to_string(&cert_path).await.expect("cert");
+        if renewed != original {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(renewed, original, "the certificate was not renewed");
+    let old = tailops_pki::CertificateInfo::from_pem(&original).expect("old");
+    let new = tailops_pki::CertificateInfo::from_pem(&renewed).expect("new");
+    assert_eq!(old.principal, new.principal);
+    assert_ne!(old.serial, new.serial);
+
+    // The renewed key and certificate work for the next connection.
+    agent.pause().await;
+    controller.wait_online("renewer", false).await;
+    agent.resume();
+    controller.wait_online("renewer", true).await;
     controller.stop().await;
 }
