@@ -9,6 +9,8 @@ const PROTOS: &[&str] = &[
     "tailops/v1/enrollment.proto",
     "tailops/v1/agent_link.proto",
     "tailops/v1/fleet.proto",
+    "tailops/v1/identity.proto",
+    "tailops/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -25,10 +25,7 @@ pub struct EnrollOptions {
 
 pub async fn enroll(options: EnrollOptions) -> Result<AgentState, AgentError> {
     if let Some(name) = AgentState::enrolled_name(&options.state_dir).await {
-        return Err(AgentError::AlreadyEnrolled {
-            path: options.state_dir,
-            name,
-        });
+        return Err(AgentError::AlreadyEnrolled { path: options.state_dir, name });
     }
     let name = options.name.unwrap_or_else(crate::host::hostname);
     if name.is_empty() {
@@ -39,10 +36,8 @@ pub async fn enroll(options: EnrollOptions) -> Result<AgentState, AgentError> {
     let (key_pem, csr_pem) = tailops_pki::csr::generate_key_and_csr(&name)?;
 
     // From here on the controller is verified against the pinned CA like any other connection.
-    let connect_err = |e: tonic::transport::Error| AgentError::Connect {
-        url: url.clone(),
-        detail: error_chain(&e),
-    };
+    let connect_err =
+        |e: tonic::transport::Error| AgentError::Connect { url: url.clone(), detail: error_chain(&e) };
     let channel = Endpoint::from_shared(url.clone())
         .map_err(connect_err)?
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
@@ -53,23 +48,14 @@ pub async fn enroll(options: EnrollOptions) -> Result<AgentState, AgentError> {
         .await
         .map_err(connect_err)?;
     let response = EnrollmentClient::new(channel)
-        .enroll(v1::EnrollRequest {
-            token: options.token,
-            csr_pem,
-            name,
-            labels: options.labels,
-        })
+        .enroll(v1::EnrollRequest { token: options.token, csr_pem, name, labels: options.labels })
         .await
         .map_err(AgentError::Refused)?
         .into_inner();
 
     let state = AgentState {
         dir: options.state_dir,
-        config: AgentConfig {
-            controller_url: url,
-            host_id: response.host_id,
-            name: response.name,
-        },
+        config: AgentConfig { controller_url: url, host_id: response.host_id, name: response.name },
         ca_pem,
         cert_pem: response.certificate_pem,
         key_pem,

@@ -63,26 +63,12 @@ pub async fn execute(
         Ok(child) => child,
         Err(e) => return failed(&format!("cannot start {program:?}: {e}"), started),
     };
-    let Some(group) = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw)
-    else {
+    let Some(group) = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw) else {
         return failed("the process exited before it could be tracked", started);
     };
 
-    let stdout = Pump::spawn(
-        child.stdout.take(),
-        v1::OutputStream::Stdout,
-        spec.output_cap,
-        output.clone(),
-    );
-    let stderr = Pump::spawn(
-        child.stderr.take(),
-        v1::OutputStream::Stderr,
-        spec.output_cap,
-        output,
-    );
+    let stdout = Pump::spawn(child.stdout.take(), v1::OutputStream::Stdout, spec.output_cap, output.clone());
+    let stderr = Pump::spawn(child.stderr.take(), v1::OutputStream::Stderr, spec.output_cap, output);
 
     let mut timed_out = false;
     let mut cancelled = false;
@@ -151,11 +137,7 @@ fn signal_group(group: Pid, signal: Signal) {
 }
 
 fn failed(error: &str, started: Instant) -> v1::CommandResult {
-    v1::CommandResult {
-        error: error.to_owned(),
-        duration_ms: elapsed_ms(started),
-        ..Default::default()
-    }
+    v1::CommandResult { error: error.to_owned(), duration_ms: elapsed_ms(started), ..Default::default() }
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
@@ -197,11 +179,7 @@ impl Pump {
                 }
                 if keep > 0 {
                     forwarded += keep as u64;
-                    let chunk = OutputChunk {
-                        stream,
-                        seq,
-                        data: buf[..keep].to_vec(),
-                    };
+                    let chunk = OutputChunk { stream, seq, data: buf[..keep].to_vec() };
                     seq += 1;
                     // A closed receiver means nobody listens any more; keep draining the pipe so
                     // the process never blocks on a full pipe.
@@ -209,11 +187,7 @@ impl Pump {
                 }
             }
         });
-        Self {
-            task,
-            total,
-            truncated,
-        }
+        Self { task, total, truncated }
     }
 
     /// Waits for the pipe to close (or `until`), then returns (total bytes, truncated).
@@ -222,10 +196,7 @@ impl Pump {
         if tokio::time::timeout_at(until, &mut task).await.is_err() {
             task.abort();
         }
-        (
-            self.total.load(Ordering::Relaxed),
-            self.truncated.load(Ordering::Relaxed),
-        )
+        (self.total.load(Ordering::Relaxed), self.truncated.load(Ordering::Relaxed))
     }
 }
 
@@ -233,17 +204,10 @@ impl Pump {
 mod tests {
     use super::*;
 
-    async fn run(
-        argv: &[&str],
-        timeout: Duration,
-        cap: u64,
-    ) -> (v1::CommandResult, Vec<OutputChunk>) {
+    async fn run(argv: &[&str], timeout: Duration, cap: u64) -> (v1::CommandResult, Vec<OutputChunk>) {
         let (tx, mut rx) = mpsc::channel(1024);
-        let spec = ExecSpec {
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-            timeout,
-            output_cap: cap,
-        };
+        let spec =
+            ExecSpec { argv: argv.iter().map(|s| (*s).to_owned()).collect(), timeout, output_cap: cap };
         let result = execute(spec, CancellationToken::new(), tx).await;
         let mut chunks = Vec::new();
         while let Some(c) = rx.recv().await {
@@ -253,22 +217,15 @@ mod tests {
     }
 
     fn collect(chunks: &[OutputChunk], stream: v1::OutputStream) -> String {
-        let bytes: Vec<u8> = chunks
-            .iter()
-            .filter(|c| c.stream == stream)
-            .flat_map(|c| c.data.clone())
-            .collect();
+        let bytes: Vec<u8> =
+            chunks.iter().filter(|c| c.stream == stream).flat_map(|c| c.data.clone()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     #[tokio::test]
     async fn captures_both_streams_and_exit_code() {
-        let (result, chunks) = run(
-            &["sh", "-c", "echo out; echo err >&2; exit 3"],
-            Duration::from_secs(10),
-            1024,
-        )
-        .await;
+        let (result, chunks) =
+            run(&["sh", "-c", "echo out; echo err >&2; exit 3"], Duration::from_secs(10), 1024).await;
         assert_eq!(result.exit_code, Some(3));
         assert_eq!(collect(&chunks, v1::OutputStream::Stdout), "out\n");
         assert_eq!(collect(&chunks, v1::OutputStream::Stderr), "err\n");
@@ -277,20 +234,15 @@ mod tests {
 
     #[tokio::test]
     async fn argv_is_not_interpreted_by_a_shell() {
-        let (result, chunks) =
-            run(&["echo", "$HOME;", "`id`"], Duration::from_secs(10), 1024).await;
+        let (result, chunks) = run(&["echo", "$HOME;", "`id`"], Duration::from_secs(10), 1024).await;
         assert_eq!(result.exit_code, Some(0));
         assert_eq!(collect(&chunks, v1::OutputStream::Stdout), "$HOME; `id`\n");
     }
 
     #[tokio::test]
     async fn reports_the_cap_instead_of_cutting_silently() {
-        let (result, chunks) = run(
-            &["sh", "-c", "head -c 10000 /dev/zero"],
-            Duration::from_secs(10),
-            100,
-        )
-        .await;
+        let (result, chunks) =
+            run(&["sh", "-c", "head -c 10000 /dev/zero"], Duration::from_secs(10), 100).await;
         assert_eq!(result.exit_code, Some(0));
         assert!(result.stdout_truncated);
         assert_eq!(result.stdout_bytes, 10_000);

@@ -15,10 +15,7 @@ pub async fn hello() -> v1::Hello {
 
 /// The machine's host name, the default agent name.
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default()
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
 }
 
 async fn os_name() -> String {
@@ -31,8 +28,5 @@ async fn os_name() -> String {
 }
 
 async fn read_trimmed(path: &str) -> String {
-    tokio::fs::read_to_string(path)
-        .await
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    tokio::fs::read_to_string(path).await.map(|s| s.trim().to_owned()).unwrap_or_default()
 }

@@ -24,10 +24,7 @@ pub enum AgentError {
     #[error(transparent)]
     Pki(#[from] tailops_pki::PkiError),
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{} is not valid: {message}", path.display())]
     BadState { path: PathBuf, message: String },
     #[error("{} is not enrolled; run `tailops-agent enroll` first", .0.display())]

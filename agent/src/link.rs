@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use tailops_pki::CertificateInfo;
 use tailops_proto::time::{format_ms, now_ms};
-use tailops_proto::v1::{
-    self, agent_link_client::AgentLinkClient, agent_message, controller_message,
-};
+use tailops_proto::v1::{self, agent_link_client::AgentLinkClient, agent_message, controller_message};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -91,10 +89,7 @@ fn jittered(base: Duration) -> Duration {
 
 fn endpoint(state: &AgentState) -> Result<Endpoint, AgentError> {
     let url = state.config.controller_url.clone();
-    let err = |e: tonic::transport::Error| AgentError::Connect {
-        url: url.clone(),
-        detail: error_chain(&e),
-    };
+    let err = |e: tonic::transport::Error| AgentError::Connect { url: url.clone(), detail: error_chain(&e) };
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&state.ca_pem))
         .identity(Identity::from_pem(&state.cert_pem, &state.key_pem));
@@ -116,30 +111,23 @@ async fn session(
     finished_jobs: &mut RecentJobs,
     last_error: &mut Option<String>,
 ) -> Result<(), AgentError> {
-    let channel: Channel = endpoint(state)?
-        .connect()
-        .await
-        .map_err(|e| AgentError::Connect {
-            url: state.config.controller_url.clone(),
-            detail: error_chain(&e),
-        })?;
+    let channel: Channel = endpoint(state)?.connect().await.map_err(|e| AgentError::Connect {
+        url: state.config.controller_url.clone(),
+        detail: error_chain(&e),
+    })?;
     let (outbox, outbound) = mpsc::channel::<v1::AgentMessage>(OUTBOX_CAPACITY);
     let hello = agent_message::Kind::Hello(crate::host::hello().await);
-    outbox
-        .try_send(v1::AgentMessage { kind: Some(hello) })
-        .map_err(|_| AgentError::Connect {
-            url: state.config.controller_url.clone(),
-            detail: "outbox closed".into(),
-        })?;
+    outbox.try_send(v1::AgentMessage { kind: Some(hello) }).map_err(|_| AgentError::Connect {
+        url: state.config.controller_url.clone(),
+        detail: "outbox closed".into(),
+    })?;
     let mut inbound = AgentLinkClient::new(channel)
         .connect(ReceiverStream::new(outbound))
         .await
         .map_err(AgentError::Refused)?
         .into_inner();
     let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
-        Ok(Ok(Some(v1::ControllerMessage {
-            kind: Some(controller_message::Kind::Welcome(w)),
-        }))) => w,
+        Ok(Ok(Some(v1::ControllerMessage { kind: Some(controller_message::Kind::Welcome(w)) }))) => w,
         Ok(Err(status)) => return Err(AgentError::Refused(status)),
         _ => {
             return Err(AgentError::Refused(tonic::Status::unavailable(
@@ -153,9 +141,7 @@ async fn session(
         tracing::info!(name = %welcome.name, host_id = %welcome.host_id, "connected to the controller");
     }
 
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(
-        welcome.heartbeat_interval_ms.max(100),
-    ));
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(100)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await; // the first tick is immediate; the hello just said we are alive
     let renew_at = renewal_instant(&state.cert_pem);
@@ -275,18 +261,11 @@ fn start_job(
     tokio::spawn(async move {
         let result = if argv.is_empty() || job.timeout_ms == 0 {
             // Re-validated here: the agent does not trust that the controller checked.
-            v1::CommandResult {
-                error: "refused: empty command or zero timeout".into(),
-                ..Default::default()
-            }
+            v1::CommandResult { error: "refused: empty command or zero timeout".into(), ..Default::default() }
         } else {
             tracing::info!(job = job_id, program = %argv[0], "running job");
             let started = agent_message::Kind::JobStarted(v1::JobStarted { job_id });
-            let _ = outbox
-                .send(v1::AgentMessage {
-                    kind: Some(started),
-                })
-                .await;
+            let _ = outbox.send(v1::AgentMessage { kind: Some(started) }).await;
             let spec = ExecSpec {
                 argv,
                 timeout: Duration::from_millis(job.timeout_ms),
@@ -298,15 +277,8 @@ fn start_job(
             let _ = forward.await;
             result
         };
-        let finished = agent_message::Kind::JobFinished(v1::JobFinished {
-            job_id,
-            result: Some(result),
-        });
-        let _ = outbox
-            .send(v1::AgentMessage {
-                kind: Some(finished),
-            })
-            .await;
+        let finished = agent_message::Kind::JobFinished(v1::JobFinished { job_id, result: Some(result) });
+        let _ = outbox.send(v1::AgentMessage { kind: Some(finished) }).await;
         let _ = done.send(job_id);
     });
 }
@@ -317,18 +289,8 @@ async fn forward_output(
     outbox: mpsc::Sender<v1::AgentMessage>,
 ) {
     while let Some(chunk) = chunks.recv().await {
-        let output = v1::JobOutput {
-            job_id,
-            stream: chunk.stream as i32,
-            seq: chunk.seq,
-            data: chunk.data,
-        };
-        if outbox
-            .send(v1::AgentMessage {
-                kind: Some(agent_message::Kind::JobOutput(output)),
-            })
-            .await
-            .is_err()
+        let output = v1::JobOutput { job_id, stream: chunk.stream as i32, seq: chunk.seq, data: chunk.data };
+        if outbox.send(v1::AgentMessage { kind: Some(agent_message::Kind::JobOutput(output)) }).await.is_err()
         {
             // The stream is gone; keep draining so the command is never blocked on its output.
             while chunks.recv().await.is_some() {}

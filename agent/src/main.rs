@@ -35,11 +35,7 @@ enum Command {
         /// The controller CA fingerprint printed with the token, sha256:HEX.
         #[arg(long)]
         ca_fingerprint: Fingerprint,
-        #[arg(
-            long,
-            env = "TAILOPS_AGENT_STATE_DIR",
-            default_value = "/var/lib/tailops-agent"
-        )]
+        #[arg(long, env = "TAILOPS_AGENT_STATE_DIR", default_value = "/var/lib/tailops-agent")]
         state_dir: PathBuf,
         /// Host name in the fleet (default: this machine's host name).
         #[arg(long)]
@@ -50,11 +46,7 @@ enum Command {
     },
     /// Connect to the controller and serve jobs until stopped.
     Run {
-        #[arg(
-            long,
-            env = "TAILOPS_AGENT_STATE_DIR",
-            default_value = "/var/lib/tailops-agent"
-        )]
+        #[arg(long, env = "TAILOPS_AGENT_STATE_DIR", default_value = "/var/lib/tailops-agent")]
         state_dir: PathBuf,
     },
 }
@@ -74,20 +66,10 @@ async fn main() -> anyhow::Result<()> {
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     match cli.command {
-        Command::Enroll {
-            controller,
-            token,
-            ca_fingerprint,
-            state_dir,
-            name,
-            labels,
-        } => {
+        Command::Enroll { controller, token, ca_fingerprint, state_dir, name, labels } => {
             let state = tailops_agent::enroll(EnrollOptions {
                 controller_url: controller,
                 token,
@@ -103,18 +85,14 @@ async fn main() -> anyhow::Result<()> {
                 state.config.host_id,
                 state.dir.display()
             );
-            println!(
-                "Start the agent with: tailops-agent run --state-dir {}",
-                state.dir.display()
-            );
+            println!("Start the agent with: tailops-agent run --state-dir {}", state.dir.display());
             Ok(())
         }
         Command::Run { state_dir } => {
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}

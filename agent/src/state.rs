@@ -56,16 +56,11 @@ impl AgentState {
                 return Err(AgentError::NotEnrolled(dir.to_owned()));
             }
             Err(source) => {
-                return Err(AgentError::Io {
-                    path: config_path,
-                    source,
-                });
+                return Err(AgentError::Io { path: config_path, source });
             }
         };
-        let config = toml::from_str(&text).map_err(|e| AgentError::BadState {
-            path: config_path,
-            message: e.to_string(),
-        })?;
+        let config = toml::from_str(&text)
+            .map_err(|e| AgentError::BadState { path: config_path, message: e.to_string() })?;
         Ok(Self {
             dir: dir.to_owned(),
             config,
@@ -88,29 +83,21 @@ impl AgentState {
             let path = path.to_owned();
             move |source| AgentError::Io { path, source }
         };
-        tokio::fs::create_dir_all(&self.dir)
-            .await
-            .map_err(io(&self.dir))?;
+        tokio::fs::create_dir_all(&self.dir).await.map_err(io(&self.dir))?;
         tokio::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             .await
             .map_err(io(&self.dir))?;
         write_atomic(&self.dir.join(KEY), &self.key_pem, 0o600).await?;
         write_atomic(&self.dir.join(CERT), &self.cert_pem, 0o644).await?;
         write_atomic(&self.dir.join(CA_CERT), &self.ca_pem, 0o644).await?;
-        let config = toml::to_string_pretty(&self.config).map_err(|e| AgentError::BadState {
-            path: self.dir.join(CONFIG),
-            message: e.to_string(),
-        })?;
+        let config = toml::to_string_pretty(&self.config)
+            .map_err(|e| AgentError::BadState { path: self.dir.join(CONFIG), message: e.to_string() })?;
         write_atomic(&self.dir.join(CONFIG), &config, 0o644).await
     }
 
     /// Replaces key and certificate after a renewal (key first: a crash in between leaves a
     /// mismatched pair, which the next start detects by the failing handshake; see `link`).
-    pub async fn save_renewed(
-        &mut self,
-        key_pem: String,
-        cert_pem: String,
-    ) -> Result<(), AgentError> {
+    pub async fn save_renewed(&mut self, key_pem: String, cert_pem: String) -> Result<(), AgentError> {
         write_atomic(&self.dir.join(KEY), &key_pem, 0o600).await?;
         write_atomic(&self.dir.join(CERT), &cert_pem, 0o644).await?;
         self.key_pem = key_pem;
@@ -120,29 +107,16 @@ impl AgentState {
 }
 
 async fn read(path: &Path) -> Result<String, AgentError> {
-    tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| AgentError::Io {
-            path: path.to_owned(),
-            source,
-        })
+    tokio::fs::read_to_string(path).await.map_err(|source| AgentError::Io { path: path.to_owned(), source })
 }
 
 /// Writes through a temporary file and a rename, so readers never see a half-written file.
 async fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), AgentError> {
-    let io = |source| AgentError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| AgentError::Io { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");
     let _ = tokio::fs::remove_file(&tmp).await;
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .await
-        .map_err(io)?;
+    let mut file =
+        tokio::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).await.map_err(io)?;
     file.write_all(contents.as_bytes()).await.map_err(io)?;
     file.sync_all().await.map_err(io)?;
     tokio::fs::rename(&tmp, path).await.map_err(io)

@@ -24,12 +24,29 @@ CREATE TABLE join_tokens (
     uses_left   INTEGER NOT NULL CHECK (uses_left >= 0)
 );
 
--- Human (and later automation) principals. Roles are checked on every call.
-CREATE TABLE users (
-    name       TEXT PRIMARY KEY NOT NULL,
+-- Users (humans) and bridges (automation). Role, scope and standing are read on every call.
+CREATE TABLE principals (
+    kind       TEXT NOT NULL CHECK (kind IN ('user', 'bridge')),
+    name       TEXT NOT NULL,
     role       TEXT NOT NULL,
+    scope      BLOB,                               -- protobuf HostSelector; NULL = every host
     disabled   INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+
+-- One-time invites for users and bridges, stored as SHA-256 of the secret.
+CREATE TABLE invites (
+    id          TEXT PRIMARY KEY NOT NULL,
+    secret_hash BLOB NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    scope       BLOB,
+    created_by  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER
 );
 
 -- Every certificate the CA issued, so a serial can be revoked and looked up on each call.
@@ -38,7 +55,8 @@ CREATE TABLE certificates (
     principal  TEXT NOT NULL,                      -- spiffe:// URI
     issued_at  INTEGER NOT NULL,
     not_after  INTEGER NOT NULL,
-    revoked_at INTEGER
+    revoked_at INTEGER,
+    revoked_reason TEXT
 );
 CREATE INDEX certificates_principal ON certificates (principal);
 
@@ -51,8 +69,12 @@ CREATE TABLE jobs (
     output_cap   INTEGER NOT NULL,
     created_at   INTEGER NOT NULL,
     deadline     INTEGER NOT NULL,
+    timeout_ms   INTEGER NOT NULL,
     state        INTEGER NOT NULL,                 -- tailops.v1.JobState
-    finished_at  INTEGER NOT NULL DEFAULT 0
+    finished_at  INTEGER NOT NULL DEFAULT 0,
+    reason       TEXT NOT NULL DEFAULT '',         -- the requester's, shown to approvers
+    approval_expires_at INTEGER NOT NULL DEFAULT 0,-- 0 = no approval needed
+    decided_by   TEXT NOT NULL DEFAULT ''
 );
 
 CREATE TABLE job_targets (
@@ -67,3 +89,19 @@ CREATE TABLE job_targets (
     finished_at INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, host_id)
 );
+
+-- Append-only audit log. Each row carries the hash of the previous row and of its own canonical
+-- content, so altering, deleting, inserting or reordering rows breaks the chain.
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY NOT NULL,
+    at        INTEGER NOT NULL,
+    principal TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    targets   TEXT NOT NULL,                       -- JSON array
+    arguments TEXT NOT NULL,                       -- JSON object, secrets never included
+    decision  TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash      BLOB NOT NULL
+);
+CREATE INDEX audit_at ON audit (at);

@@ -19,6 +19,31 @@ pub struct ControllerConfig {
     pub timing: Timing,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+}
+
+/// Token-bucket sizes per minute, per principal (and per source address for enrollment).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    pub observe_per_minute: u32,
+    pub control_per_minute: u32,
+    pub admin_per_minute: u32,
+    pub exec_per_minute: u32,
+    pub enroll_per_minute_per_address: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            observe_per_minute: 600,
+            control_per_minute: 30,
+            admin_per_minute: 10,
+            exec_per_minute: 10,
+            enroll_per_minute_per_address: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,10 +54,16 @@ pub struct Timing {
     /// A host goes offline after this many heartbeat intervals without a message.
     pub offline_after_missed: u32,
     pub agent_cert_lifetime_secs: u64,
+    pub user_cert_lifetime_secs: u64,
+    pub bridge_cert_lifetime_secs: u64,
+    /// The first admin's certificate (written by `init`).
     pub admin_cert_lifetime_secs: u64,
     pub server_cert_lifetime_secs: u64,
     pub join_token_default_ttl_secs: u64,
     pub join_token_max_ttl_secs: u64,
+    pub invite_default_ttl_secs: u64,
+    /// Jobs waiting for approval expire after this long.
+    pub approval_ttl_secs: u64,
 }
 
 impl Default for Timing {
@@ -41,10 +72,14 @@ impl Default for Timing {
             heartbeat_interval_ms: 10_000,
             offline_after_missed: 3,
             agent_cert_lifetime_secs: 24 * 3600,
+            user_cert_lifetime_secs: 30 * 24 * 3600,
+            bridge_cert_lifetime_secs: 7 * 24 * 3600,
             admin_cert_lifetime_secs: 365 * 24 * 3600,
             server_cert_lifetime_secs: 365 * 24 * 3600,
             join_token_default_ttl_secs: 15 * 60,
             join_token_max_ttl_secs: 7 * 24 * 3600,
+            invite_default_ttl_secs: 3600,
+            approval_ttl_secs: 3600,
         }
     }
 }
@@ -87,10 +122,6 @@ impl ControllerConfig {
     /// `https://<first advertised name>:<port>`, the URL agents and profiles use.
     pub fn public_url(&self, port: u16) -> String {
         let host = self.advertise.first().map_or("localhost", String::as_str);
-        if host.contains(':') {
-            format!("https://[{host}]:{port}")
-        } else {
-            format!("https://{host}:{port}")
-        }
+        if host.contains(':') { format!("https://[{host}]:{port}") } else { format!("https://{host}:{port}") }
     }
 }

@@ -17,7 +17,7 @@ use tailopsctl::Profile;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::ControllerConfig;
-use crate::store::Store;
+use crate::store::{NewPrincipal, Store};
 use crate::{ControllerError, now_ms};
 
 pub const CONFIG_FILE: &str = "controller.toml";
@@ -45,9 +45,7 @@ impl DataDir {
         self.0.join(name)
     }
     pub async fn is_initialized(&self) -> bool {
-        tokio::fs::try_exists(self.file(CONFIG_FILE))
-            .await
-            .unwrap_or(false)
+        tokio::fs::try_exists(self.file(CONFIG_FILE)).await.unwrap_or(false)
     }
 
     pub async fn load_config(&self) -> Result<ControllerConfig, ControllerError> {
@@ -56,22 +54,13 @@ impl DataDir {
             if source.kind() == std::io::ErrorKind::NotFound {
                 ControllerError::NotInitialized(self.0.clone())
             } else {
-                ControllerError::Io {
-                    path: path.clone(),
-                    source,
-                }
+                ControllerError::Io { path: path.clone(), source }
             }
         })?;
-        toml::from_str(&text).map_err(|e| ControllerError::Config {
-            path,
-            message: e.to_string(),
-        })
+        toml::from_str(&text).map_err(|e| ControllerError::Config { path, message: e.to_string() })
     }
 
-    pub async fn load_ca(
-        &self,
-        trust_domain: &str,
-    ) -> Result<CertificateAuthority, ControllerError> {
+    pub async fn load_ca(&self, trust_domain: &str) -> Result<CertificateAuthority, ControllerError> {
         let cert = self.read(CA_CERT).await?;
         let key = self.read(CA_KEY).await?;
         Ok(CertificateAuthority::load(trust_domain, &cert, &key)?)
@@ -79,23 +68,13 @@ impl DataDir {
 
     pub async fn read(&self, name: &str) -> Result<String, ControllerError> {
         let path = self.file(name);
-        tokio::fs::read_to_string(&path)
-            .await
-            .map_err(|source| ControllerError::Io { path, source })
+        tokio::fs::read_to_string(&path).await.map_err(|source| ControllerError::Io { path, source })
     }
 
     /// Writes a new file; `secret` files get mode 0600. Never overwrites.
-    async fn write_new(
-        &self,
-        name: &str,
-        contents: &str,
-        secret: bool,
-    ) -> Result<(), ControllerError> {
+    async fn write_new(&self, name: &str, contents: &str, secret: bool) -> Result<(), ControllerError> {
         let path = self.file(name);
-        let io_err = |source| ControllerError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io_err = |source| ControllerError::Io { path: path.clone(), source };
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -127,15 +106,8 @@ pub struct Initialized {
 
 /// Creates the data directory, CA, server certificate, database and first admin profile.
 /// Refuses if the directory already holds a controller.
-pub async fn initialize(
-    dir: &DataDir,
-    options: InitOptions,
-) -> Result<Initialized, ControllerError> {
-    if dir.is_initialized().await
-        || tokio::fs::try_exists(dir.file(CA_KEY))
-            .await
-            .unwrap_or(false)
-    {
+pub async fn initialize(dir: &DataDir, options: InitOptions) -> Result<Initialized, ControllerError> {
+    if dir.is_initialized().await || tokio::fs::try_exists(dir.file(CA_KEY)).await.unwrap_or(false) {
         return Err(ControllerError::AlreadyInitialized(dir.path().to_owned()));
     }
     create_private_dir(dir.path()).await?;
@@ -150,6 +122,7 @@ pub async fn initialize(
         advertise,
         timing: Default::default(),
         limits: Default::default(),
+        rate_limits: Default::default(),
     };
     // Validate the trust domain before creating anything that depends on it.
     let admin = PrincipalId::new(&config.trust_domain, PrincipalKind::User, FIRST_ADMIN)?;
@@ -159,15 +132,11 @@ pub async fn initialize(
         &config.advertise,
         Duration::from_secs(config.timing.server_cert_lifetime_secs),
     )?;
-    let (admin_cert, admin_key) = ca.issue_client_with_new_key(
-        &admin,
-        Duration::from_secs(config.timing.admin_cert_lifetime_secs),
-    )?;
+    let (admin_cert, admin_key) =
+        ca.issue_client_with_new_key(&admin, Duration::from_secs(config.timing.admin_cert_lifetime_secs))?;
 
-    let config_text = toml::to_string_pretty(&config).map_err(|e| ControllerError::Config {
-        path: dir.file(CONFIG_FILE),
-        message: e.to_string(),
-    })?;
+    let config_text = toml::to_string_pretty(&config)
+        .map_err(|e| ControllerError::Config { path: dir.file(CONFIG_FILE), message: e.to_string() })?;
     dir.write_new(CA_KEY, &ca.key_pem(), true).await?;
     dir.write_new(CA_CERT, ca.cert_pem(), false).await?;
     dir.write_new(SERVER_KEY, &server_key, true).await?;
@@ -175,22 +144,17 @@ pub async fn initialize(
 
     let store = Store::open(&dir.file(DATABASE)).await?;
     let now = now_ms();
-    store.insert_user(FIRST_ADMIN, "admin", now).await?;
+    let first_admin =
+        NewPrincipal { kind: "user".into(), name: FIRST_ADMIN.into(), role: "admin".into(), scope: None };
+    store.insert_principal(&first_admin, now).await?;
     store
         .record_certificate(
             &server,
-            &PrincipalId::new(
-                &config.trust_domain,
-                PrincipalKind::Controller,
-                "controller",
-            )?
-            .uri(),
+            &PrincipalId::new(&config.trust_domain, PrincipalKind::Controller, "controller")?.uri(),
             now,
         )
         .await?;
-    store
-        .record_certificate(&admin_cert, &admin.uri(), now)
-        .await?;
+    store.record_certificate(&admin_cert, &admin.uri(), now).await?;
 
     let admin_profile = Profile {
         endpoint: config.public_url(config.listen.port()),
@@ -204,22 +168,12 @@ pub async fn initialize(
     // The config goes last: its presence is what marks the directory as initialized.
     dir.write_new(CONFIG_FILE, &config_text, false).await?;
 
-    Ok(Initialized {
-        config,
-        admin_profile_path,
-        admin_profile,
-        ca_fingerprint: ca.fingerprint(),
-    })
+    Ok(Initialized { config, admin_profile_path, admin_profile, ca_fingerprint: ca.fingerprint() })
 }
 
 async fn create_private_dir(path: &Path) -> Result<(), ControllerError> {
     use std::os::unix::fs::PermissionsExt;
-    let io_err = |source| ControllerError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io_err = |source| ControllerError::Io { path: path.to_owned(), source };
     tokio::fs::create_dir_all(path).await.map_err(io_err)?;
-    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-        .await
-        .map_err(io_err)
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).await.map_err(io_err)
 }

@@ -6,7 +6,7 @@
 //! SQLite (the job, its targets and, when each host finishes, its result and capped output).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::Stream;
@@ -17,7 +17,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use serde_json::json;
+
 use crate::agents::AgentRegistry;
+use crate::audit::{AuditLog, AuditRecord};
+use crate::auth::{Grant, Principal, Risk, Tier};
 use crate::config::Limits;
 use crate::now_ms;
 use crate::store::{NewJob, Store, StoreError, TargetOutcome, summarize};
@@ -35,6 +39,10 @@ pub enum JobError {
     NoMatchingHosts,
     #[error("job {0} not found; list jobs with `tailopsctl jobs ls`")]
     NotFound(u64),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -45,6 +53,8 @@ impl From<JobError> for Status {
             JobError::InvalidArgument(m) => Status::invalid_argument(m),
             JobError::NoMatchingHosts => Status::not_found(e.to_string()),
             JobError::NotFound(_) => Status::not_found(e.to_string()),
+            JobError::PermissionDenied(m) => Status::permission_denied(m),
+            JobError::FailedPrecondition(m) => Status::failed_precondition(m),
             JobError::Store(e) => {
                 tracing::error!(error = %e, "job store failure");
                 Status::internal("the controller could not record the job; see its log")
@@ -56,18 +66,19 @@ impl From<JobError> for Status {
 /// A validated request to run an action on a set of hosts.
 #[derive(Debug, Clone)]
 pub struct JobRequest {
-    pub requested_by: String,
+    pub requester: Principal,
     pub selector: v1::HostSelector,
     pub action: v1::JobAction,
     pub timeout: Duration,
     pub concurrency: u32,
     pub output_cap: u64,
+    pub reason: String,
 }
 
 impl JobRequest {
     /// Checks a wire request against the limits and fills in defaults.
     pub fn from_wire(
-        requested_by: String,
+        requester: Principal,
         req: v1::RunJobRequest,
         limits: &Limits,
     ) -> Result<Self, JobError> {
@@ -78,9 +89,7 @@ impl JobRequest {
                 "the selector is empty: name hosts, labels, or ask for all hosts explicitly".into(),
             ));
         }
-        let action = req
-            .action
-            .ok_or_else(|| invalid("the job has no action".into()))?;
+        let action = req.action.ok_or_else(|| invalid("the job has no action".into()))?;
         match &action.kind {
             Some(v1::job_action::Kind::Exec(exec)) => {
                 if exec.argv.is_empty() || exec.argv[0].is_empty() {
@@ -104,9 +113,7 @@ impl JobRequest {
             ms => Duration::from_millis(ms),
         };
         if timeout > Duration::from_secs(timeout_secs_max) {
-            return Err(invalid(format!(
-                "timeout {timeout:?} exceeds the limit of {timeout_secs_max} s"
-            )));
+            return Err(invalid(format!("timeout {timeout:?} exceeds the limit of {timeout_secs_max} s")));
         }
         let output_cap = match req.output_cap_bytes {
             0 => limits.default_output_cap_bytes,
@@ -118,28 +125,32 @@ impl JobRequest {
             }
             n => n,
         };
+        if req.reason.len() > 1024 {
+            return Err(invalid("the reason is limited to 1024 bytes".into()));
+        }
         Ok(Self {
-            requested_by,
+            requester,
             selector,
             action,
             timeout,
             concurrency: req.concurrency,
             output_cap,
+            reason: req.reason,
         })
+    }
+}
+
+/// What an action risks. Every action a job can carry declares it here.
+pub fn risk_of(action: &v1::JobAction) -> Risk {
+    match action.kind {
+        Some(v1::job_action::Kind::Exec(_)) | None => Risk { tier: Tier::Control, exec: true },
     }
 }
 
 /// Whether `host` is addressed by `selector`.
 pub fn selector_matches(selector: &v1::HostSelector, host: &v1::Host) -> bool {
-    let labels_match = selector
-        .labels
-        .iter()
-        .all(|(k, v)| host.labels.get(k) == Some(v));
-    let named = selector.hosts.is_empty()
-        || selector
-            .hosts
-            .iter()
-            .any(|h| *h == host.name || *h == host.id);
+    let labels_match = selector.labels.iter().all(|(k, v)| host.labels.get(k) == Some(v));
+    let named = selector.hosts.is_empty() || selector.hosts.iter().any(|h| *h == host.name || *h == host.id);
     let explicit = selector.all || !selector.labels.is_empty() || !selector.hosts.is_empty();
     explicit && labels_match && named
 }
@@ -148,65 +159,287 @@ pub fn selector_matches(selector: &v1::HostSelector, host: &v1::Host) -> bool {
 pub struct JobManager {
     store: Store,
     agents: Arc<AgentRegistry>,
+    audit: AuditLog,
+    approval_ttl: Duration,
     live: Mutex<HashMap<u64, Arc<LiveJob>>>,
 }
 
 impl JobManager {
-    pub fn new(store: Store, agents: Arc<AgentRegistry>) -> Self {
-        Self {
-            store,
-            agents,
-            live: Mutex::default(),
+    pub fn new(store: Store, agents: Arc<AgentRegistry>, audit: AuditLog, approval_ttl: Duration) -> Self {
+        Self { store, agents, audit, approval_ttl, live: Mutex::default() }
+    }
+
+    /// Re-arms jobs that were waiting for approval when the controller stopped.
+    pub async fn resume_pending_approvals(self: &Arc<Self>) -> Result<usize, JobError> {
+        let pending = self.store.pending_approvals().await?;
+        let count = pending.len();
+        for p in pending {
+            let targets: Vec<v1::JobTarget> = p.targets.iter().filter_map(|t| t.target.clone()).collect();
+            let action = p.job.action.clone().unwrap_or_default();
+            let job = Arc::new(LiveJob::new(
+                p.job.id,
+                p.job.requested_by.clone(),
+                action.clone(),
+                p.output_cap,
+                Duration::from_millis(p.timeout_ms),
+                targets.clone(),
+            ));
+            job.push(job_event::Kind::Accepted(v1::JobAccepted {
+                targets,
+                deadline_ms: 0,
+                action: Some(action),
+                out_of_scope: Vec::new(),
+            }));
+            job.push(job_event::Kind::ApprovalRequired(approval_required(
+                p.job.id,
+                p.approval_expires_at_ms,
+            )));
+            self.lock_live().insert(p.job.id, job.clone());
+            let manager = self.clone();
+            let concurrency = p.job.concurrency;
+            let expires = p.approval_expires_at_ms;
+            tokio::spawn(async move { manager.await_approval(job, concurrency, expires).await });
         }
+        Ok(count)
     }
 
     /// Records the job, starts dispatching it in the background and returns its live handle.
+    /// Authorises the job per resolved host (the requester's scope narrows the selector), then
+    /// runs it at once or holds it for approval, as the requester's role says.
     pub async fn start(self: &Arc<Self>, req: JobRequest) -> Result<Arc<LiveJob>, JobError> {
+        let requested_by = req.requester.uri();
+        let risk = risk_of(&req.action);
+        let grant = req.requester.grant(risk);
+        if grant == Grant::No {
+            let role = req.requester.role.map_or("none", |r| r.name);
+            let what = if risk.exec { "exec".to_owned() } else { format!("{} actions", risk.tier) };
+            return Err(JobError::PermissionDenied(format!("role {role} may not run {what}")));
+        }
         let hosts = self.store.list_hosts().await?;
-        let targets: Vec<v1::JobTarget> = hosts
+        let (in_scope, out_of_scope): (Vec<&v1::Host>, Vec<&v1::Host>) = hosts
             .iter()
             .filter(|h| selector_matches(&req.selector, h))
-            .map(|h| v1::JobTarget {
-                host_id: h.id.clone(),
-                host_name: h.name.clone(),
-            })
-            .collect();
-        if targets.is_empty() {
-            return Err(JobError::NoMatchingHosts);
+            .partition(|h| req.requester.covers(h));
+        let out_of_scope: Vec<String> = out_of_scope.iter().map(|h| h.name.clone()).collect();
+        if in_scope.is_empty() {
+            if out_of_scope.is_empty() {
+                return Err(JobError::NoMatchingHosts);
+            }
+            return Err(JobError::PermissionDenied(format!(
+                "your role covers none of the {} matching host(s)",
+                out_of_scope.len()
+            )));
         }
+        let targets: Vec<v1::JobTarget> = in_scope
+            .iter()
+            .map(|h| v1::JobTarget { host_id: h.id.clone(), host_name: h.name.clone() })
+            .collect();
         let created_at_ms = now_ms();
         let timeout_ms = i64::try_from(req.timeout.as_millis()).unwrap_or(i64::MAX);
-        let deadline_ms = created_at_ms.saturating_add(timeout_ms);
+        let needs_approval = grant == Grant::WithApproval;
+        let approval_expires_at_ms = if needs_approval {
+            created_at_ms.saturating_add(i64::try_from(self.approval_ttl.as_millis()).unwrap_or(i64::MAX))
+        } else {
+            0
+        };
+        let deadline_ms = if needs_approval { 0 } else { created_at_ms.saturating_add(timeout_ms) };
         let id = self
             .store
             .create_job(&NewJob {
-                requested_by: req.requested_by.clone(),
+                requested_by: requested_by.clone(),
                 selector: req.selector.clone(),
                 action: req.action.clone(),
                 concurrency: req.concurrency,
                 output_cap: req.output_cap,
                 created_at_ms,
                 deadline_ms,
+                timeout_ms,
+                reason: req.reason.clone(),
+                approval_expires_at_ms,
                 targets: targets.clone(),
             })
             .await?;
-        tracing::info!(job = id, by = %req.requested_by, hosts = targets.len(), "job created");
+        tracing::info!(job = id, by = %requested_by, hosts = targets.len(), needs_approval, "job created");
+        self.audit
+            .record(AuditRecord::allow(
+                requested_by.clone(),
+                "job.create",
+                targets.iter().map(|t| t.host_name.clone()).collect(),
+                json!({
+                    "job_id": id,
+                    "action": action_json(&req.action),
+                    "timeout_ms": timeout_ms,
+                    "reason": req.reason,
+                    "out_of_scope": out_of_scope,
+                }),
+                if needs_approval { "pending approval" } else { "dispatched" },
+            ))
+            .await;
 
         let job = Arc::new(LiveJob::new(
             id,
-            &req,
+            requested_by,
+            req.action.clone(),
+            req.output_cap,
+            req.timeout,
             targets.clone(),
-            Instant::now() + req.timeout,
         ));
         job.push(job_event::Kind::Accepted(v1::JobAccepted {
             targets,
             deadline_ms,
             action: Some(req.action.clone()),
+            out_of_scope,
         }));
         self.lock_live().insert(id, job.clone());
         let manager = self.clone();
         let running = job.clone();
-        tokio::spawn(async move { manager.run(running, req.concurrency).await });
+        if needs_approval {
+            job.push(job_event::Kind::ApprovalRequired(approval_required(id, approval_expires_at_ms)));
+            tokio::spawn(async move {
+                manager.await_approval(running, req.concurrency, approval_expires_at_ms).await;
+            });
+        } else {
+            tokio::spawn(async move { manager.run(running, req.concurrency).await });
+        }
+        Ok(job)
+    }
+
+    /// Holds a job until a human decides or the approval expires.
+    async fn await_approval(self: Arc<Self>, job: Arc<LiveJob>, concurrency: u32, expires_at_ms: i64) {
+        let wait = Duration::from_millis(u64::try_from(expires_at_ms.saturating_sub(now_ms())).unwrap_or(0));
+        let mut decision = job.decision.subscribe();
+        let decided = tokio::select! {
+            d = decision.wait_for(Option::is_some) => d.ok().and_then(|d| *d),
+            () = tokio::time::sleep(wait) => None,
+        };
+        let decided = match decided {
+            Some(decided) => decided,
+            None => match self.store.decide_job(job.id, v1::JobState::Expired, "", 0).await {
+                Ok(true) => {
+                    self.audit
+                        .record(AuditRecord::allow(
+                            "controller",
+                            "approval.expire",
+                            Vec::new(),
+                            json!({"job_id": job.id}),
+                            "expired",
+                        ))
+                        .await;
+                    job.push(job_event::Kind::ApprovalDecided(v1::ApprovalDecided {
+                        approved: false,
+                        by: String::new(),
+                        reason: "the approval expired".into(),
+                    }));
+                    self.end_unrun(&job, v1::JobState::Expired, "the approval expired").await;
+                    return;
+                }
+                // Decided in the same instant: follow the decision.
+                _ => {
+                    let mut decision = job.decision.subscribe();
+                    match decision.wait_for(Option::is_some).await.ok().and_then(|d| *d) {
+                        Some(decided) => decided,
+                        None => return,
+                    }
+                }
+            },
+        };
+        if decided.approved {
+            self.run(job, concurrency).await;
+        } else {
+            self.end_unrun(&job, decided.state, "the job was not approved").await;
+        }
+    }
+
+    /// Closes a job that never ran (rejected, cancelled or expired while pending): every target
+    /// is recorded cancelled.
+    async fn end_unrun(&self, job: &LiveJob, state: v1::JobState, why: &str) {
+        for target in job.targets() {
+            let outcome = job.finish(&target.host_id, Finish::cancelled(why));
+            if let Err(e) = self.store.finish_target(job.id, &target.host_id, &outcome).await {
+                tracing::error!(job = job.id, error = %e, "could not persist a host result");
+            }
+        }
+        let summary = job.final_state().1;
+        if let Err(e) = self.store.finish_job(job.id, state, now_ms()).await {
+            tracing::error!(job = job.id, error = %e, "could not persist job completion");
+        }
+        job.push(job_event::Kind::Completed(v1::JobCompleted {
+            state: state as i32,
+            summary: Some(summary),
+        }));
+        self.lock_live().remove(&job.id);
+    }
+
+    /// Approves or rejects a pending job. The approver must be a human other than the requester
+    /// whose own role may run the job without approval on every one of its hosts.
+    pub async fn decide(
+        &self,
+        id: u64,
+        approver: &Principal,
+        approve: bool,
+        reason: &str,
+    ) -> Result<v1::Job, JobError> {
+        let job = self.lock_live().get(&id).cloned().filter(|j| j.is_waiting_for_approval());
+        let Some(job) = job else {
+            return match self.store.job(id).await? {
+                Some(_) => Err(JobError::FailedPrecondition(format!("job {id} is not waiting for approval"))),
+                None => Err(JobError::NotFound(id)),
+            };
+        };
+        let deny = |m: &str| JobError::PermissionDenied(m.to_owned());
+        if !approver.is_human() {
+            return Err(deny("only a human user may approve or reject jobs"));
+        }
+        if approver.uri() == job.requested_by {
+            return Err(deny("you cannot approve or reject your own job; ask another human"));
+        }
+        if !approver.role.is_some_and(|r| r.may_approve) || approver.grant(risk_of(&job.action)) != Grant::Yes
+        {
+            return Err(deny("your role may not run this job, so it may not approve it"));
+        }
+        if approve {
+            let hosts = self.store.list_hosts().await?;
+            let uncovered = job
+                .targets()
+                .iter()
+                .filter(|t| !hosts.iter().any(|h| h.id == t.host_id && approver.covers(h)))
+                .count();
+            if uncovered > 0 {
+                return Err(deny(&format!("{uncovered} of the job's hosts are outside your scope")));
+            }
+        } else if reason.trim().is_empty() {
+            return Err(JobError::InvalidArgument("a rejection needs a reason: --reason TEXT".into()));
+        }
+        let (state, action) = if approve {
+            (v1::JobState::Running, "approval.approve")
+        } else {
+            (v1::JobState::Rejected, "approval.reject")
+        };
+        let deadline_ms = if approve {
+            now_ms().saturating_add(i64::try_from(job.timeout.as_millis()).unwrap_or(i64::MAX))
+        } else {
+            0
+        };
+        if !self.store.decide_job(id, state, &approver.uri(), deadline_ms).await? {
+            return Err(JobError::FailedPrecondition(format!("job {id} is not waiting for approval")));
+        }
+        self.audit
+            .record(AuditRecord::allow(
+                approver.uri(),
+                action,
+                job.targets().iter().map(|t| t.host_name.clone()).collect(),
+                json!({"job_id": id, "reason": reason, "requested_by": job.requested_by}),
+                if approve { "approved" } else { "rejected" },
+            ))
+            .await;
+        job.push(job_event::Kind::ApprovalDecided(v1::ApprovalDecided {
+            approved: approve,
+            by: approver.uri(),
+            reason: reason.to_owned(),
+        }));
+        job.decision.send_replace(Some(Decision { approved: approve, state }));
+        tracing::info!(job = id, by = %approver.id, approve, "approval decided");
+        let (job, _) = self.store.job(id).await?.ok_or(JobError::NotFound(id))?;
         Ok(job)
     }
 
@@ -216,27 +449,25 @@ impl JobManager {
             return Ok(Box::pin(job.events()));
         }
         let (job, targets) = self.store.job(id).await?.ok_or(JobError::NotFound(id))?;
-        Ok(Box::pin(futures::stream::iter(replay_finished(
-            &job, &targets,
-        ))))
+        Ok(Box::pin(futures::stream::iter(replay_finished(&job, &targets))))
     }
 
     /// Cancels a running job: pending hosts never start, running ones have their process group killed.
     pub async fn cancel(&self, id: u64) -> Result<v1::CancelJobResponse, JobError> {
-        if let Some(job) = self.lock_live().get(&id).cloned() {
+        let live = self.lock_live().get(&id).cloned();
+        if let Some(job) = live {
             let cancelled_targets = job.unfinished_count();
             job.cancel.cancel();
+            if job.is_waiting_for_approval()
+                && self.store.decide_job(id, v1::JobState::Cancelled, "", 0).await?
+            {
+                job.decision.send_replace(Some(Decision { approved: false, state: v1::JobState::Cancelled }));
+            }
             tracing::info!(job = id, cancelled_targets, "job cancel requested");
-            return Ok(v1::CancelJobResponse {
-                cancelled_targets,
-                already_finished: false,
-            });
+            return Ok(v1::CancelJobResponse { cancelled_targets, already_finished: false });
         }
         match self.store.job(id).await? {
-            Some(_) => Ok(v1::CancelJobResponse {
-                cancelled_targets: 0,
-                already_finished: true,
-            }),
+            Some(_) => Ok(v1::CancelJobResponse { cancelled_targets: 0, already_finished: true }),
             None => Err(JobError::NotFound(id)),
         }
     }
@@ -246,19 +477,13 @@ impl JobManager {
     pub fn on_agent_message(&self, host_id: &str, message: AgentJobMessage) {
         let job_id = message.job_id();
         let Some(job) = self.lock_live().get(&job_id).cloned() else {
-            tracing::debug!(
-                job = job_id,
-                host = host_id,
-                "message for a job that is not running; dropped"
-            );
+            tracing::debug!(job = job_id, host = host_id, "message for a job that is not running; dropped");
             return;
         };
         let accepted = match message {
             AgentJobMessage::Started(_) => job.mark_started(host_id),
             AgentJobMessage::Output(out) => job.append_output(host_id, out.stream(), out.data),
-            AgentJobMessage::Finished(done) => {
-                job.report_finished(host_id, done.result.unwrap_or_default())
-            }
+            AgentJobMessage::Finished(done) => job.report_finished(host_id, done.result.unwrap_or_default()),
         };
         if !accepted {
             tracing::warn!(
@@ -270,12 +495,12 @@ impl JobManager {
     }
 
     async fn run(self: Arc<Self>, job: Arc<LiveJob>, concurrency: u32) {
+        // The deadline starts when the job may run (after approval, if it needed one).
+        let deadline = job.deadline();
         let targets = job.targets();
         let permits = match concurrency {
             0 => targets.len().max(1),
-            n => usize::try_from(n)
-                .unwrap_or(usize::MAX)
-                .min(Semaphore::MAX_PERMITS),
+            n => usize::try_from(n).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
         };
         let semaphore = Arc::new(Semaphore::new(permits));
         let mut running = JoinSet::new();
@@ -283,16 +508,14 @@ impl JobManager {
             let permit = tokio::select! {
                 permit = semaphore.clone().acquire_owned() => permit.ok(),
                 () = job.cancel.cancelled() => None,
-                () = tokio::time::sleep_until(job.deadline) => None,
+                () = tokio::time::sleep_until(deadline) => None,
             };
             let manager = self.clone();
             let job = job.clone();
             running.spawn(async move {
                 let outcome = match permit {
                     Some(_permit) => manager.run_target(&job, &target).await,
-                    None if job.cancel.is_cancelled() => {
-                        Finish::cancelled("cancelled before it started")
-                    }
+                    None if job.cancel.is_cancelled() => Finish::cancelled("cancelled before it started"),
                     None => Finish::timed_out("the deadline passed before this host's turn came"),
                 };
                 manager.finish_target(&job, &target, outcome).await;
@@ -311,7 +534,8 @@ impl JobManager {
         };
         let (report_tx, report_rx) = oneshot::channel();
         job.mark_dispatched(&target.host_id, report_tx);
-        let remaining = job.deadline.saturating_duration_since(Instant::now());
+        let deadline = job.deadline();
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let run = v1::ControllerMessage {
             kind: Some(controller_message::Kind::RunJob(v1::RunJob {
                 job_id: job.id,
@@ -327,7 +551,7 @@ impl JobManager {
         tokio::select! {
             report = &mut report_rx => return Finish::from_report(report.ok()),
             () = agent.closed.cancelled() => return Finish::unreachable("agent disconnected while the job ran"),
-            () = tokio::time::sleep_until(job.deadline + REPORT_GRACE) => {
+            () = tokio::time::sleep_until(deadline + REPORT_GRACE) => {
                 return Finish::timed_out("the host did not report before the deadline");
             }
             () = job.cancel.cancelled() => {}
@@ -335,9 +559,7 @@ impl JobManager {
         // Cancelled while running: ask the agent to kill the process group and wait briefly for
         // its confirmation, which carries whatever output was produced.
         let cancel = v1::ControllerMessage {
-            kind: Some(controller_message::Kind::CancelJob(v1::CancelJob {
-                job_id: job.id,
-            })),
+            kind: Some(controller_message::Kind::CancelJob(v1::CancelJob { job_id: job.id })),
         };
         let _ = agent.outbox.try_send(Ok(cancel));
         tokio::select! {
@@ -349,11 +571,7 @@ impl JobManager {
 
     async fn finish_target(&self, job: &LiveJob, target: &v1::JobTarget, finish: Finish) {
         let outcome = job.finish(&target.host_id, finish);
-        if let Err(e) = self
-            .store
-            .finish_target(job.id, &target.host_id, &outcome)
-            .await
-        {
+        if let Err(e) = self.store.finish_target(job.id, &target.host_id, &outcome).await {
             tracing::error!(job = job.id, host = %target.host_name, error = %e, "could not persist a host result");
         }
     }
@@ -369,12 +587,21 @@ impl JobManager {
         }));
         self.lock_live().remove(&job.id);
         tracing::info!(job = job.id, state = ?state, "job completed");
+        self.audit
+            .record(AuditRecord::allow(
+                job.requested_by.clone(),
+                "job.complete",
+                job.targets().iter().map(|t| t.host_name.clone()).collect(),
+                json!({"job_id": job.id, "succeeded": summary.succeeded, "failed": summary.failed,
+                       "timed_out": summary.timed_out, "unreachable": summary.unreachable,
+                       "cancelled": summary.cancelled}),
+                state.as_str_name(),
+            ))
+            .await;
     }
 
     fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<LiveJob>>> {
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -408,13 +635,7 @@ struct Finish {
 
 impl Finish {
     fn with_error(state: v1::TargetState, error: &str) -> Self {
-        Self {
-            state,
-            result: v1::CommandResult {
-                error: error.to_owned(),
-                ..Default::default()
-            },
-        }
+        Self { state, result: v1::CommandResult { error: error.to_owned(), ..Default::default() } }
     }
     fn unreachable(why: &str) -> Self {
         Self::with_error(v1::TargetState::Unreachable, why)
@@ -450,9 +671,13 @@ impl Finish {
 #[derive(Debug)]
 pub struct LiveJob {
     pub id: u64,
+    pub requested_by: String,
     action: v1::JobAction,
     output_cap: u64,
-    deadline: Instant,
+    timeout: Duration,
+    /// Set when the job starts running.
+    deadline: OnceLock<Instant>,
+    decision: watch::Sender<Option<Decision>>,
     cancel: CancellationToken,
     state: Mutex<LiveState>,
     changed: watch::Sender<u64>,
@@ -484,7 +709,23 @@ enum Next {
 }
 
 impl LiveJob {
-    fn new(id: u64, req: &JobRequest, targets: Vec<v1::JobTarget>, deadline: Instant) -> Self {
+    /// The running deadline, fixed the first time it is asked for (when the job starts).
+    fn deadline(&self) -> Instant {
+        *self.deadline.get_or_init(|| Instant::now() + self.timeout)
+    }
+
+    fn is_waiting_for_approval(&self) -> bool {
+        self.deadline.get().is_none() && self.decision.borrow().is_none() && !self.lock().completed
+    }
+
+    fn new(
+        id: u64,
+        requested_by: String,
+        action: v1::JobAction,
+        output_cap: u64,
+        timeout: Duration,
+        targets: Vec<v1::JobTarget>,
+    ) -> Self {
         let order = targets.iter().map(|t| t.host_id.clone()).collect();
         let targets = targets
             .into_iter()
@@ -503,34 +744,27 @@ impl LiveJob {
             .collect();
         Self {
             id,
-            action: req.action.clone(),
-            output_cap: req.output_cap,
-            deadline,
+            requested_by,
+            action,
+            output_cap,
+            timeout,
+            deadline: OnceLock::new(),
+            decision: watch::Sender::new(None),
             cancel: CancellationToken::new(),
-            state: Mutex::new(LiveState {
-                events: Vec::new(),
-                order,
-                targets,
-                completed: false,
-            }),
+            state: Mutex::new(LiveState { events: Vec::new(), order, targets, completed: false }),
             changed: watch::Sender::new(0),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LiveState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn push(&self, kind: job_event::Kind) {
         let completed = matches!(kind, job_event::Kind::Completed(_));
         {
             let mut state = self.lock();
-            state.events.push(v1::JobEvent {
-                job_id: self.id,
-                kind: Some(kind),
-            });
+            state.events.push(v1::JobEvent { job_id: self.id, kind: Some(kind) });
             state.completed |= completed;
         }
         self.changed.send_modify(|version| *version += 1);
@@ -538,21 +772,12 @@ impl LiveJob {
 
     fn targets(&self) -> Vec<v1::JobTarget> {
         let state = self.lock();
-        state
-            .order
-            .iter()
-            .filter_map(|id| state.targets.get(id))
-            .map(|t| t.target.clone())
-            .collect()
+        state.order.iter().filter_map(|id| state.targets.get(id)).map(|t| t.target.clone()).collect()
     }
 
     fn unfinished_count(&self) -> u32 {
         let state = self.lock();
-        let n = state
-            .targets
-            .values()
-            .filter(|t| is_unfinished(t.state))
-            .count();
+        let n = state.targets.values().filter(|t| is_unfinished(t.state)).count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -576,9 +801,7 @@ impl LiveJob {
             t.started_at_ms = now_ms();
             t.target.clone()
         };
-        self.push(job_event::Kind::Started(v1::TargetStarted {
-            target: Some(target),
-        }));
+        self.push(job_event::Kind::Started(v1::TargetStarted { target: Some(target) }));
         true
     }
 
@@ -586,10 +809,7 @@ impl LiveJob {
         let cap = usize::try_from(self.output_cap).unwrap_or(usize::MAX);
         let target = {
             let mut state = self.lock();
-            let Some(t) = state
-                .targets
-                .get_mut(host_id)
-                .filter(|t| t.dispatched && is_unfinished(t.state))
+            let Some(t) = state.targets.get_mut(host_id).filter(|t| t.dispatched && is_unfinished(t.state))
             else {
                 return false;
             };
@@ -615,12 +835,7 @@ impl LiveJob {
 
     fn report_finished(&self, host_id: &str, result: v1::CommandResult) -> bool {
         let mut state = self.lock();
-        match state
-            .targets
-            .get_mut(host_id)
-            .filter(|t| t.dispatched)
-            .and_then(|t| t.report.take())
-        {
+        match state.targets.get_mut(host_id).filter(|t| t.dispatched).and_then(|t| t.report.take()) {
             Some(report) => {
                 let _ = report.send(result);
                 true
@@ -666,7 +881,7 @@ impl LiveJob {
     fn final_state(&self) -> (v1::JobState, v1::JobSummary) {
         let state = self.lock();
         let summary = summarize(state.targets.values().map(|t| t.state));
-        let job_state = if summary.succeeded == summary.total {
+        let job_state = if summary.succeeded == summary.total && summary.total > 0 {
             v1::JobState::Succeeded
         } else if self.cancel.is_cancelled() {
             v1::JobState::Cancelled
@@ -688,25 +903,22 @@ impl LiveJob {
     /// Replays every event from the first, then follows live until the job completes.
     pub fn events(self: Arc<Self>) -> impl Stream<Item = v1::JobEvent> + Send + 'static {
         let changed = self.changed.subscribe();
-        futures::stream::unfold(
-            (self, 0usize, changed),
-            |(job, index, mut changed)| async move {
-                loop {
-                    // Mark the current version seen *before* looking, so a push between the look and
-                    // the wait still wakes us.
-                    changed.borrow_and_update();
-                    match job.next_event(index) {
-                        Next::Event(event) => return Some((*event, (job, index + 1, changed))),
-                        Next::End => return None,
-                        Next::Wait => {
-                            if changed.changed().await.is_err() {
-                                return None;
-                            }
+        futures::stream::unfold((self, 0usize, changed), |(job, index, mut changed)| async move {
+            loop {
+                // Mark the current version seen *before* looking, so a push between the look and
+                // the wait still wakes us.
+                changed.borrow_and_update();
+                match job.next_event(index) {
+                    Next::Event(event) => return Some((*event, (job, index + 1, changed))),
+                    Next::End => return None,
+                    Next::Wait => {
+                        if changed.changed().await.is_err() {
+                            return None;
                         }
                     }
                 }
-            },
-        )
+            }
+        })
     }
 }
 
@@ -716,20 +928,15 @@ fn is_unfinished(state: v1::TargetState) -> bool {
 
 /// The event sequence of a job that finished before this watcher arrived, rebuilt from SQLite.
 fn replay_finished(job: &v1::Job, targets: &[v1::TargetDetail]) -> Vec<v1::JobEvent> {
-    let event = |kind| v1::JobEvent {
-        job_id: job.id,
-        kind: Some(kind),
-    };
+    let event = |kind| v1::JobEvent { job_id: job.id, kind: Some(kind) };
     let mut events = vec![event(job_event::Kind::Accepted(v1::JobAccepted {
         targets: targets.iter().filter_map(|t| t.target.clone()).collect(),
         deadline_ms: job.deadline_ms,
         action: job.action.clone(),
+        out_of_scope: Vec::new(),
     }))];
     for t in targets {
-        for (stream, data) in [
-            (v1::OutputStream::Stdout, &t.stdout),
-            (v1::OutputStream::Stderr, &t.stderr),
-        ] {
+        for (stream, data) in [(v1::OutputStream::Stdout, &t.stdout), (v1::OutputStream::Stderr, &t.stderr)] {
             if !data.is_empty() {
                 events.push(event(job_event::Kind::Output(v1::TargetOutput {
                     target: t.target.clone(),
@@ -744,9 +951,32 @@ fn replay_finished(job: &v1::Job, targets: &[v1::TargetDetail]) -> Vec<v1::JobEv
             result: t.result.clone(),
         })));
     }
-    events.push(event(job_event::Kind::Completed(v1::JobCompleted {
-        state: job.state,
-        summary: job.summary,
-    })));
+    if !matches!(job.state(), v1::JobState::Running | v1::JobState::PendingApproval) {
+        events.push(event(job_event::Kind::Completed(v1::JobCompleted {
+            state: job.state,
+            summary: job.summary,
+        })));
+    }
     events
+}
+
+/// The event telling watchers a job waits for a human, and how to approve it.
+fn approval_required(job_id: u64, expires_at_ms: i64) -> v1::ApprovalRequired {
+    v1::ApprovalRequired { expires_at_ms, approve_command: format!("tailopsctl approvals approve {job_id}") }
+}
+
+/// An approval decision, as seen by the job's runner.
+#[derive(Debug, Clone, Copy)]
+struct Decision {
+    approved: bool,
+    /// The job's state when not approved.
+    state: v1::JobState,
+}
+
+/// The action as audit arguments.
+fn action_json(action: &v1::JobAction) -> serde_json::Value {
+    match &action.kind {
+        Some(v1::job_action::Kind::Exec(exec)) => json!({"exec": exec.argv}),
+        None => serde_json::Value::Null,
+    }
 }

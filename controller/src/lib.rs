@@ -7,10 +7,13 @@
 //! - [`services`]: the gRPC services; [`server`]: wiring them into one mTLS server.
 
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod data_dir;
 pub mod jobs;
+pub mod rate_limit;
+pub mod revocation;
 pub mod server;
 pub mod services;
 pub mod store;
@@ -27,10 +30,7 @@ pub enum ControllerError {
     #[error("{} is not an initialized controller data directory; run `tailops-controller init --data-dir {}` first", .0.display(), .0.display())]
     NotInitialized(PathBuf),
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("invalid configuration {}: {message}", path.display())]
     Config { path: PathBuf, message: String },
     #[error(transparent)]
@@ -40,10 +40,7 @@ pub enum ControllerError {
     #[error(transparent)]
     Profile(#[from] tailopsctl::ProfileError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }

@@ -65,35 +65,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log.as_deref());
     match cli.command {
-        Command::Init {
-            data_dir,
-            trust_domain,
-            listen,
-            advertise,
-        } => {
+        Command::Init { data_dir, trust_domain, listen, advertise } => {
             let dir = DataDir::new(data_dir);
-            let done = initialize(
-                &dir,
-                InitOptions {
-                    trust_domain,
-                    listen,
-                    advertise,
-                },
-            )
-            .await?;
+            let done = initialize(&dir, InitOptions { trust_domain, listen, advertise }).await?;
             println!("Initialised controller data in {}", dir.path().display());
             println!("CA fingerprint:  {}", done.ca_fingerprint);
             println!("Admin profile:   {}", done.admin_profile_path.display());
             println!();
             println!("Next:");
-            println!(
-                "  tailops-controller serve --data-dir {}",
-                dir.path().display()
-            );
-            println!(
-                "  export TAILOPS_PROFILE={}",
-                absolute(&done.admin_profile_path).display()
-            );
+            println!("  tailops-controller serve --data-dir {}", dir.path().display());
+            println!("  export TAILOPS_PROFILE={}", absolute(&done.admin_profile_path).display());
             println!("  tailopsctl token create --label env=home");
             Ok(())
         }
@@ -115,10 +96,7 @@ fn init_tracing(filter: Option<&str>) {
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn cancel_on_signal(token: CancellationToken) {
@@ -146,11 +124,7 @@ fn absolute(path: &Path) -> PathBuf {
 /// Controller in this process, agent as a child process from the binary next to this one.
 async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
     if !dir.is_initialized().await {
-        let options = InitOptions {
-            trust_domain: "tailops.local".into(),
-            listen,
-            advertise: Vec::new(),
-        };
+        let options = InitOptions { trust_domain: "tailops.local".into(), listen, advertise: Vec::new() };
         initialize(&dir, options).await?;
     }
     let controller = Controller::open(&dir).await?;
@@ -169,16 +143,10 @@ async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
 
     let agent_bin = std::env::current_exe()?.with_file_name("tailops-agent");
     if !tokio::fs::try_exists(&agent_bin).await.unwrap_or(false) {
-        bail!(
-            "{} not found; build every binary first with `cargo build`",
-            agent_bin.display()
-        );
+        bail!("{} not found; build every binary first with `cargo build`", agent_bin.display());
     }
     let agent_dir = absolute(&dir.file("agent"));
-    if !tokio::fs::try_exists(agent_dir.join("agent.toml"))
-        .await
-        .unwrap_or(false)
-    {
+    if !tokio::fs::try_exists(agent_dir.join("agent.toml")).await.unwrap_or(false) {
         let token = fleet
             .create_join_token(v1::CreateJoinTokenRequest {
                 labels: [("env".to_owned(), "dev".to_owned())].into(),
@@ -188,13 +156,7 @@ async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
             .await?
             .into_inner();
         let status = tokio::process::Command::new(&agent_bin)
-            .args([
-                "enroll",
-                "--controller",
-                &profile.endpoint,
-                "--ca-fingerprint",
-                &token.ca_fingerprint,
-            ])
+            .args(["enroll", "--controller", &profile.endpoint, "--ca-fingerprint", &token.ca_fingerprint])
             .arg("--state-dir")
             .arg(&agent_dir)
             .env("TAILOPS_JOIN_TOKEN", &token.token)
@@ -214,11 +176,7 @@ async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
 
     let mut online = false;
     for _ in 0..100 {
-        let hosts = fleet
-            .list_hosts(v1::ListHostsRequest::default())
-            .await?
-            .into_inner()
-            .hosts;
+        let hosts = fleet.list_hosts(v1::ListHostsRequest::default()).await?.into_inner().hosts;
         if hosts.iter().any(|h| h.online) {
             online = true;
             break;
@@ -227,11 +185,7 @@ async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
     }
     let ctl = std::env::current_exe()?.with_file_name("tailopsctl");
     println!();
-    println!(
-        "TailOps dev controller at {} (data in {})",
-        profile.endpoint,
-        dir.path().display()
-    );
+    println!("TailOps dev controller at {} (data in {})", profile.endpoint, dir.path().display());
     if online {
         println!("A local agent is enrolled and connected.");
     } else {

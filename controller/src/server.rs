@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tailops_pki::CertificateAuthority;
 use tailops_proto::v1::{
-    agent_link_server::AgentLinkServer, enrollment_server::EnrollmentServer,
-    fleet_server::FleetServer,
+    agent_link_server::AgentLinkServer, audit_server::AuditServer, enrollment_server::EnrollmentServer,
+    fleet_server::FleetServer, identity_server::IdentityServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -15,13 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::agents::AgentRegistry;
+use crate::audit::AuditLog;
 use crate::auth::{AuthLayer, Authorizer};
 use crate::config::ControllerConfig;
 use crate::data_dir::{self, DataDir};
 use crate::jobs::JobManager;
-use crate::services::{
-    agent_link::AgentLinkService, enrollment::EnrollmentService, fleet::FleetService,
-};
+use crate::rate_limit::RateLimiter;
+use crate::revocation::Revocations;
+use crate::services::audit::AuditService;
+use crate::services::identity::IdentityService;
+use crate::services::{agent_link::AgentLinkService, enrollment::EnrollmentService, fleet::FleetService};
 use crate::store::Store;
 use crate::{ControllerError, now_ms};
 
@@ -38,6 +41,9 @@ pub struct AppState {
     pub ca: Arc<CertificateAuthority>,
     pub agents: Arc<AgentRegistry>,
     pub jobs: Arc<JobManager>,
+    pub audit: AuditLog,
+    pub limiter: Arc<RateLimiter>,
+    pub revocations: Revocations,
     /// `https://HOST:PORT` that agents and profiles use to reach this controller.
     pub public_url: String,
 }
@@ -64,18 +70,9 @@ impl Controller {
         store.mark_all_offline().await?;
         let interrupted = store.close_interrupted_jobs(now_ms()).await?;
         if interrupted > 0 {
-            tracing::warn!(
-                jobs = interrupted,
-                "closed jobs left running by the previous run as failed"
-            );
+            tracing::warn!(jobs = interrupted, "closed jobs left running by the previous run as failed");
         }
-        Ok(Self {
-            config,
-            store,
-            ca,
-            server_cert_pem,
-            server_key_pem,
-        })
+        Ok(Self { config, store, ca, server_cert_pem, server_key_pem })
     }
 
     pub fn config(&self) -> &ControllerConfig {
@@ -91,10 +88,7 @@ impl Controller {
         let addr = addr.unwrap_or(self.config.listen);
         TcpListener::bind(addr)
             .await
-            .map_err(|source| ControllerError::Listen {
-                addr: addr.to_string(),
-                source,
-            })
+            .map_err(|source| ControllerError::Listen { addr: addr.to_string(), source })
     }
 
     /// Serves on `listener` until `shutdown` is cancelled.
@@ -105,25 +99,32 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let local = listener
             .local_addr()
-            .map_err(|source| ControllerError::Listen {
-                addr: "listener".into(),
-                source,
-            })?;
+            .map_err(|source| ControllerError::Listen { addr: "listener".into(), source })?;
         let agents = Arc::new(AgentRegistry::default());
+        let audit = AuditLog::start(self.store.clone()).await?;
+        let approval_ttl = Duration::from_secs(self.config.timing.approval_ttl_secs);
+        let jobs = Arc::new(JobManager::new(self.store.clone(), agents.clone(), audit.clone(), approval_ttl));
+        let pending = jobs.resume_pending_approvals().await.map_err(|e| ControllerError::Config {
+            path: "pending approvals".into(),
+            message: e.to_string(),
+        })?;
+        if pending > 0 {
+            tracing::info!(jobs = pending, "jobs still waiting for approval");
+        }
         let state = AppState {
+            limiter: Arc::new(RateLimiter::new(self.config.rate_limits.clone())),
+            revocations: Revocations::default(),
+            audit,
             public_url: self.config.public_url(local.port()),
             config: Arc::new(self.config),
-            jobs: Arc::new(JobManager::new(self.store.clone(), agents.clone())),
+            jobs,
             store: self.store,
             ca: Arc::new(self.ca),
             agents,
         };
 
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                &self.server_cert_pem,
-                &self.server_key_pem,
-            ))
+            .identity(Identity::from_pem(&self.server_cert_pem, &self.server_key_pem))
             .client_ca_root(Certificate::from_pem(state.ca.cert_pem()))
             // A client certificate is optional at the TLS layer only so that enrollment and health
             // checks work without one; the auth layer requires it for every other method.
@@ -131,32 +132,29 @@ impl Controller {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetServer<FleetService>>().await;
-        health
-            .set_serving::<AgentLinkServer<AgentLinkService>>()
-            .await;
-        health
-            .set_serving::<EnrollmentServer<EnrollmentService>>()
-            .await;
+        health.set_serving::<AgentLinkServer<AgentLinkService>>().await;
+        health.set_serving::<EnrollmentServer<EnrollmentService>>().await;
+        health.set_serving::<IdentityServer<IdentityService>>().await;
+        health.set_serving::<AuditServer<AuditService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tailops_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| ControllerError::Config {
-                path: "reflection".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ControllerError::Config { path: "reflection".into(), message: e.to_string() })?;
         let reflection_alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tailops_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
-            .map_err(|e| ControllerError::Config {
-                path: "reflection".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ControllerError::Config { path: "reflection".into(), message: e.to_string() })?;
 
         let sweeper = tokio::spawn(liveness_sweeper(state.clone(), shutdown.clone()));
 
-        let authorizer = Authorizer::new(state.store.clone(), state.config.trust_domain.clone());
+        let authorizer = Authorizer::new(
+            state.store.clone(),
+            state.config.trust_domain.clone(),
+            state.audit.clone(),
+            state.limiter.clone(),
+        );
         let router = Server::builder()
             .tls_config(tls)?
             .tcp_nodelay(true)
@@ -177,19 +175,24 @@ impl Controller {
             .add_service(
                 FleetServer::new(FleetService::new(state.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                IdentityServer::new(IdentityService::new(state.clone())).max_decoding_message_size(64 * 1024),
+            )
+            .add_service(
+                AuditServer::new(AuditService::new(state.clone())).max_decoding_message_size(64 * 1024),
             );
 
         tracing::info!(listen = %local, url = %state.public_url, fingerprint = %state.ca.fingerprint(), "controller serving");
         let agents = state.agents.clone();
         let stop = shutdown.clone();
-        let serve =
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                stop.cancelled().await;
-                // Agent streams never end on their own; close them so the graceful shutdown can finish.
-                for conn in agents.snapshot() {
-                    conn.closed.cancel();
-                }
-            });
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.cancelled().await;
+            // Agent streams never end on their own; close them so the graceful shutdown can finish.
+            for conn in agents.snapshot() {
+                conn.closed.cancel();
+            }
+        });
         tokio::pin!(serve);
         let result = tokio::select! {
             result = &mut serve => result.map_err(ControllerError::from),

@@ -31,6 +31,14 @@ pub enum StoreError {
     TokenUsedUp,
     #[error("a host named {0:?} is already enrolled; pick another name with --name")]
     HostNameTaken(String),
+    #[error("unknown invite; ask an admin for a new one (`tailopsctl users invite`)")]
+    InviteUnknown,
+    #[error("invite expired at {0}; ask an admin for a new one")]
+    InviteExpired(String),
+    #[error("invite was already used; ask an admin for a new one")]
+    InviteUsed,
+    #[error("{0} already exists")]
+    PrincipalExists(String),
 }
 
 /// A join token as stored: only the hash of its secret.
@@ -56,6 +64,36 @@ pub struct NewHost {
     pub principal_uri: String,
 }
 
+/// A user or bridge as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPrincipal {
+    /// `user` or `bridge`.
+    pub kind: String,
+    pub name: String,
+    pub role: String,
+    /// `None`: every host.
+    pub scope: Option<v1::HostSelector>,
+}
+
+/// A principal's standing, read on every call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrincipalRecord {
+    pub principal: NewPrincipal,
+    pub disabled: bool,
+    pub created_at_ms: i64,
+}
+
+/// A one-time invite, stored as the hash of its secret.
+#[derive(Debug, Clone)]
+pub struct NewInvite {
+    pub id: String,
+    pub secret_hash: Vec<u8>,
+    pub principal: NewPrincipal,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
 /// What the agent reports about itself in its `Hello`.
 #[derive(Debug, Clone, Default)]
 pub struct HostReport {
@@ -64,13 +102,6 @@ pub struct HostReport {
     pub os: String,
     pub arch: String,
     pub kernel: String,
-}
-
-/// A user principal's standing, read on every call.
-#[derive(Debug, Clone)]
-pub struct UserRecord {
-    pub role: String,
-    pub disabled: bool,
 }
 
 /// A new job and the hosts it resolved to.
@@ -82,8 +113,23 @@ pub struct NewJob {
     pub concurrency: u32,
     pub output_cap: u64,
     pub created_at_ms: i64,
+    /// 0 while the job waits for approval.
     pub deadline_ms: i64,
+    pub timeout_ms: i64,
+    pub reason: String,
+    /// Set (non-zero) when the job needs approval before this time.
+    pub approval_expires_at_ms: i64,
     pub targets: Vec<v1::JobTarget>,
+}
+
+/// A job waiting for a human's approval.
+#[derive(Debug, Clone)]
+pub struct PendingApproval {
+    pub job: v1::Job,
+    pub targets: Vec<v1::TargetDetail>,
+    pub timeout_ms: u64,
+    pub output_cap: u64,
+    pub approval_expires_at_ms: i64,
 }
 
 /// The final record of one host's part in a job.
@@ -114,10 +160,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -125,7 +168,12 @@ impl Store {
     /// A transaction that takes the write lock up front. A deferred one that reads first and
     /// writes later fails with SQLITE_BUSY when another writer got in between, which the busy
     /// timeout cannot retry.
-    async fn write_transaction(
+    /// For modules that keep their own tables (the audit log).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) async fn write_transaction(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
@@ -161,20 +209,13 @@ impl Store {
         now_ms: i64,
         issue: impl FnOnce() -> Result<IssuedCertificate, E>,
     ) -> Result<Result<(Labels, IssuedCertificate), E>, StoreError> {
-        let NewHost {
-            id: host_id,
-            name,
-            labels: requested_labels,
-            principal_uri,
-        } = host;
+        let NewHost { id: host_id, name, labels: requested_labels, principal_uri } = host;
         let mut tx = self.write_transaction().await?;
-        let row = sqlx::query(
-            "SELECT labels, expires_at, uses_left FROM join_tokens WHERE secret_hash = ?",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::TokenUnknown)?;
+        let row = sqlx::query("SELECT labels, expires_at, uses_left FROM join_tokens WHERE secret_hash = ?")
+            .bind(secret_hash)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::TokenUnknown)?;
         let expires_at: i64 = row.try_get("expires_at")?;
         if expires_at <= now_ms {
             return Err(StoreError::TokenExpired(format_ms(expires_at)));
@@ -212,28 +253,137 @@ impl Store {
 
     // ----- principals and certificates ------------------------------------------------------
 
-    pub async fn insert_user(&self, name: &str, role: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO users (name, role, created_at) VALUES (?, ?, ?)")
-            .bind(name)
-            .bind(role)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    pub async fn insert_principal(&self, principal: &NewPrincipal, now_ms: i64) -> Result<(), StoreError> {
+        insert_principal(&self.pool, principal, now_ms).await
     }
 
-    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query("SELECT role, disabled FROM users WHERE name = ?")
+    pub async fn principal(&self, kind: &str, name: &str) -> Result<Option<PrincipalRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM principals WHERE kind = ? AND name = ?")
+            .bind(kind)
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(UserRecord {
-                role: r.try_get("role")?,
-                disabled: r.try_get("disabled")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(principal_from_row).transpose()
+    }
+
+    pub async fn list_principals(&self) -> Result<Vec<PrincipalRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM principals ORDER BY kind, name").fetch_all(&self.pool).await?;
+        rows.iter().map(principal_from_row).collect()
+    }
+
+    /// Returns the updated principal, or `None` if there is no such principal.
+    pub async fn set_principal_disabled(
+        &self,
+        kind: &str,
+        name: &str,
+        disabled: bool,
+    ) -> Result<Option<PrincipalRecord>, StoreError> {
+        sqlx::query("UPDATE principals SET disabled = ? WHERE kind = ? AND name = ?")
+            .bind(disabled)
+            .bind(kind)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        self.principal(kind, name).await
+    }
+
+    pub async fn set_principal_role(
+        &self,
+        kind: &str,
+        name: &str,
+        role: &str,
+        scope: Option<&v1::HostSelector>,
+    ) -> Result<Option<PrincipalRecord>, StoreError> {
+        sqlx::query("UPDATE principals SET role = ?, scope = ? WHERE kind = ? AND name = ?")
+            .bind(role)
+            .bind(scope.map(Message::encode_to_vec))
+            .bind(kind)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        self.principal(kind, name).await
+    }
+
+    // ----- invites --------------------------------------------------------------------------
+
+    pub async fn insert_invite(&self, invite: &NewInvite) -> Result<(), StoreError> {
+        let exists = sqlx::query("SELECT 1 FROM principals WHERE kind = ? AND name = ?")
+            .bind(&invite.principal.kind)
+            .bind(&invite.principal.name)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::PrincipalExists(format!(
+                "{} {}",
+                invite.principal.kind, invite.principal.name
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO invites (id, secret_hash, kind, name, role, scope, created_by, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&invite.id)
+        .bind(&invite.secret_hash)
+        .bind(&invite.principal.kind)
+        .bind(&invite.principal.name)
+        .bind(&invite.principal.role)
+        .bind(invite.principal.scope.as_ref().map(Message::encode_to_vec))
+        .bind(&invite.created_by)
+        .bind(invite.created_at_ms)
+        .bind(invite.expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the invite used, creates its principal and records its first certificate,
+    /// atomically. `issue` receives the principal to sign for.
+    pub async fn redeem_invite<E>(
+        &self,
+        secret_hash: &[u8],
+        now_ms: i64,
+        issue: impl FnOnce(&NewPrincipal) -> Result<(IssuedCertificate, String), E>,
+    ) -> Result<Result<(NewPrincipal, IssuedCertificate), E>, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let row = sqlx::query("SELECT * FROM invites WHERE secret_hash = ?")
+            .bind(secret_hash)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::InviteUnknown)?;
+        if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
+            return Err(StoreError::InviteUsed);
+        }
+        let expires_at: i64 = row.try_get("expires_at")?;
+        if expires_at <= now_ms {
+            return Err(StoreError::InviteExpired(format_ms(expires_at)));
+        }
+        let scope: Option<Vec<u8>> = row.try_get("scope")?;
+        let principal = NewPrincipal {
+            kind: row.try_get("kind")?,
+            name: row.try_get("name")?,
+            role: row.try_get("role")?,
+            scope: scope.map(|s| decode("scope", &s)).transpose()?,
+        };
+        sqlx::query("UPDATE invites SET used_at = ? WHERE secret_hash = ?")
+            .bind(now_ms)
+            .bind(secret_hash)
+            .execute(&mut *tx)
+            .await?;
+        if let Err(e) = insert_principal(&mut *tx, &principal, now_ms).await {
+            return Err(match e {
+                StoreError::Db(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    StoreError::PrincipalExists(format!("{} {}", principal.kind, principal.name))
+                }
+                other => other,
+            });
+        }
+        let (cert, uri) = match issue(&principal) {
+            Ok(issued) => issued,
+            Err(e) => return Ok(Err(e)),
+        };
+        insert_certificate(&mut *tx, &cert, &uri, now_ms).await?;
+        tx.commit().await?;
+        Ok(Ok((principal, cert)))
     }
 
     pub async fn record_certificate(
@@ -247,11 +397,7 @@ impl Store {
 
     /// Whether the certificate with `serial` may be used by `principal_uri`: it must have been
     /// issued by this controller to that principal and not be revoked. Unknown = no.
-    pub async fn certificate_usable(
-        &self,
-        serial: &str,
-        principal_uri: &str,
-    ) -> Result<bool, StoreError> {
+    pub async fn certificate_usable(&self, serial: &str, principal_uri: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT principal, revoked_at FROM certificates WHERE serial = ?")
             .bind(serial)
             .fetch_optional(&self.pool)
@@ -265,29 +411,124 @@ impl Store {
         })
     }
 
+    pub async fn list_certificates(
+        &self,
+        principal: &str,
+        include_expired: bool,
+        now_ms: i64,
+    ) -> Result<Vec<v1::CertificateRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM certificates WHERE (? = '' OR principal = ?) AND (? OR not_after > ?) ORDER BY issued_at DESC",
+        )
+        .bind(principal)
+        .bind(principal)
+        .bind(include_expired)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(certificate_from_row).collect()
+    }
+
+    /// Revokes one certificate; `None` if the serial is unknown. Revoking twice keeps the first
+    /// time and reason.
+    pub async fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Option<v1::CertificateRecord>, StoreError> {
+        sqlx::query("UPDATE certificates SET revoked_at = ?, revoked_reason = ? WHERE serial = ? AND revoked_at IS NULL")
+            .bind(now_ms)
+            .bind(reason)
+            .bind(serial)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT * FROM certificates WHERE serial = ?")
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(certificate_from_row).transpose()
+    }
+
+    /// Revokes every unrevoked certificate of a principal; returns how many.
+    pub async fn revoke_principal_certificates(
+        &self,
+        principal_uri: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query("UPDATE certificates SET revoked_at = ?, revoked_reason = ? WHERE principal = ? AND revoked_at IS NULL")
+            .bind(now_ms)
+            .bind(reason)
+            .bind(principal_uri)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    // ----- join tokens ----------------------------------------------------------------------
+
+    /// Tokens that can still be used.
+    pub async fn list_join_tokens(&self, now_ms: i64) -> Result<Vec<v1::JoinTokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM join_tokens WHERE uses_left > 0 AND expires_at > ? ORDER BY created_at DESC",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(v1::JoinTokenRecord {
+                    id: r.try_get("id")?,
+                    labels: labels_from_json(&r.try_get::<String, _>("labels")?)?,
+                    created_by: r.try_get("created_by")?,
+                    created_at_ms: r.try_get("created_at")?,
+                    expires_at_ms: r.try_get("expires_at")?,
+                    uses_left: u32::try_from(r.try_get::<i64, _>("uses_left")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Uses up a token; returns whether it existed with uses left.
+    pub async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query("UPDATE join_tokens SET uses_left = 0 WHERE id = ? AND uses_left > 0")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
     // ----- hosts ----------------------------------------------------------------------------
 
     pub async fn list_hosts(&self) -> Result<Vec<v1::Host>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM hosts ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT * FROM hosts ORDER BY name").fetch_all(&self.pool).await?;
         rows.iter().map(host_from_row).collect()
     }
 
     pub async fn host(&self, id: &str) -> Result<Option<v1::Host>, StoreError> {
-        let row = sqlx::query("SELECT * FROM hosts WHERE id = ?")
-            .bind(id)
+        let row = sqlx::query("SELECT * FROM hosts WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(host_from_row).transpose()
+    }
+
+    /// A host by name or id.
+    pub async fn find_host(&self, name_or_id: &str) -> Result<Option<v1::Host>, StoreError> {
+        let row = sqlx::query("SELECT * FROM hosts WHERE id = ? OR name = ?")
+            .bind(name_or_id)
+            .bind(name_or_id)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(host_from_row).transpose()
     }
 
-    pub async fn mark_online(
-        &self,
-        id: &str,
-        report: &HostReport,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    /// Removes a host; its name becomes free. Past jobs keep their copy of its name.
+    pub async fn delete_host(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query("DELETE FROM hosts WHERE id = ?").bind(id).execute(&self.pool).await?.rows_affected()
+            > 0)
+    }
+
+    pub async fn mark_online(&self, id: &str, report: &HostReport, now_ms: i64) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE hosts SET online = 1, last_seen = ?, agent_version = ?, hostname = ?, os = ?, arch = ?, kernel = ?
              WHERE id = ?",
@@ -332,9 +573,7 @@ impl Store {
 
     /// At start-up no agent is connected yet, whatever the last run left behind.
     pub async fn mark_all_offline(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET online = 0 WHERE online = 1")
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("UPDATE hosts SET online = 0 WHERE online = 1").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -344,8 +583,9 @@ impl Store {
     pub async fn create_job(&self, job: &NewJob) -> Result<u64, StoreError> {
         let mut tx = self.write_transaction().await?;
         let id: i64 = sqlx::query(
-            "INSERT INTO jobs (requested_by, selector, action, concurrency, output_cap, created_at, deadline, state)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO jobs (requested_by, selector, action, concurrency, output_cap, created_at, deadline,
+                               timeout_ms, reason, approval_expires_at, state)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&job.requested_by)
         .bind(job.selector.encode_to_vec())
@@ -354,20 +594,25 @@ impl Store {
         .bind(i64::try_from(job.output_cap).unwrap_or(i64::MAX))
         .bind(job.created_at_ms)
         .bind(job.deadline_ms)
-        .bind(v1::JobState::Running as i32)
+        .bind(job.timeout_ms)
+        .bind(&job.reason)
+        .bind(job.approval_expires_at_ms)
+        .bind(if job.approval_expires_at_ms > 0 {
+            v1::JobState::PendingApproval
+        } else {
+            v1::JobState::Running
+        } as i32)
         .fetch_one(&mut *tx)
         .await?
         .try_get("id")?;
         for target in &job.targets {
-            sqlx::query(
-                "INSERT INTO job_targets (job_id, host_id, host_name, state) VALUES (?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(&target.host_id)
-            .bind(&target.host_name)
-            .bind(v1::TargetState::Pending as i32)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("INSERT INTO job_targets (job_id, host_id, host_name, state) VALUES (?, ?, ?, ?)")
+                .bind(id)
+                .bind(&target.host_id)
+                .bind(&target.host_name)
+                .bind(v1::TargetState::Pending as i32)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("negative job id {id}")))
@@ -394,6 +639,48 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records an approval decision on a pending job; returns false if it was not pending
+    /// (decided already, or expired).
+    pub async fn decide_job(
+        &self,
+        job_id: u64,
+        state: v1::JobState,
+        decided_by: &str,
+        deadline_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query("UPDATE jobs SET state = ?, decided_by = ?, deadline = ? WHERE id = ? AND state = ?")
+            .bind(state as i32)
+            .bind(decided_by)
+            .bind(deadline_ms)
+            .bind(job_id_sql(job_id))
+            .bind(v1::JobState::PendingApproval as i32)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    /// Jobs waiting for approval, oldest first, with their targets.
+    pub async fn pending_approvals(&self) -> Result<Vec<PendingApproval>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs WHERE state = ? ORDER BY id")
+            .bind(v1::JobState::PendingApproval as i32)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = job_from_row(row)?.id;
+            let Some((job, targets)) = self.job(id).await? else { continue };
+            pending.push(PendingApproval {
+                job,
+                targets,
+                timeout_ms: u64::try_from(row.try_get::<i64, _>("timeout_ms")?).unwrap_or(0),
+                output_cap: u64::try_from(row.try_get::<i64, _>("output_cap")?).unwrap_or(0),
+                approval_expires_at_ms: row.try_get("approval_expires_at")?,
+            });
+        }
+        Ok(pending)
     }
 
     pub async fn finish_job(
@@ -451,10 +738,7 @@ impl Store {
         Ok(jobs)
     }
 
-    pub async fn job(
-        &self,
-        job_id: u64,
-    ) -> Result<Option<(v1::Job, Vec<v1::TargetDetail>)>, StoreError> {
+    pub async fn job(&self, job_id: u64) -> Result<Option<(v1::Job, Vec<v1::TargetDetail>)>, StoreError> {
         let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = ?")
             .bind(job_id_sql(job_id))
             .fetch_optional(&self.pool)
@@ -467,10 +751,7 @@ impl Store {
             .bind(job_id_sql(job_id))
             .fetch_all(&self.pool)
             .await?;
-        let targets = rows
-            .iter()
-            .map(target_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let targets = rows.iter().map(target_from_row).collect::<Result<Vec<_>, _>>()?;
         job.summary = Some(summarize(targets.iter().map(|t| t.state())));
         Ok(Some((job, targets)))
     }
@@ -482,10 +763,7 @@ impl Store {
             .await?;
         let states = rows
             .iter()
-            .map(|r| {
-                r.try_get::<i32, _>("state")
-                    .map(|s| v1::TargetState::try_from(s).unwrap_or_default())
-            })
+            .map(|r| r.try_get::<i32, _>("state").map(|s| v1::TargetState::try_from(s).unwrap_or_default()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(summarize(states.into_iter()))
     }
@@ -508,21 +786,60 @@ pub fn summarize(states: impl Iterator<Item = v1::TargetState>) -> v1::JobSummar
     s
 }
 
+async fn insert_principal<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    p: &NewPrincipal,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO principals (kind, name, role, scope, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(&p.kind)
+        .bind(&p.name)
+        .bind(&p.role)
+        .bind(p.scope.as_ref().map(Message::encode_to_vec))
+        .bind(now_ms)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+fn principal_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<PrincipalRecord, StoreError> {
+    let scope: Option<Vec<u8>> = row.try_get("scope")?;
+    Ok(PrincipalRecord {
+        principal: NewPrincipal {
+            kind: row.try_get("kind")?,
+            name: row.try_get("name")?,
+            role: row.try_get("role")?,
+            scope: scope.map(|s| decode("scope", &s)).transpose()?,
+        },
+        disabled: row.try_get("disabled")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+fn certificate_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::CertificateRecord, StoreError> {
+    Ok(v1::CertificateRecord {
+        serial: row.try_get("serial")?,
+        principal: row.try_get("principal")?,
+        issued_at_ms: row.try_get("issued_at")?,
+        not_after_ms: row.try_get("not_after")?,
+        revoked_at_ms: row.try_get::<Option<i64>, _>("revoked_at")?.unwrap_or(0),
+        revoked_reason: row.try_get::<Option<String>, _>("revoked_reason")?.unwrap_or_default(),
+    })
+}
+
 async fn insert_certificate<'e>(
     executor: impl sqlx::SqliteExecutor<'e>,
     cert: &IssuedCertificate,
     principal_uri: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO certificates (serial, principal, issued_at, not_after) VALUES (?, ?, ?, ?)",
-    )
-    .bind(&cert.serial)
-    .bind(principal_uri)
-    .bind(now_ms)
-    .bind(cert.not_after_ms)
-    .execute(executor)
-    .await?;
+    sqlx::query("INSERT INTO certificates (serial, principal, issued_at, not_after) VALUES (?, ?, ?, ?)")
+        .bind(&cert.serial)
+        .bind(principal_uri)
+        .bind(now_ms)
+        .bind(cert.not_after_ms)
+        .execute(executor)
+        .await?;
     Ok(())
 }
 
@@ -571,6 +888,8 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::Job, StoreError> {
         finished_at_ms: row.try_get("finished_at")?,
         summary: None,
         concurrency: u32::try_from(row.try_get::<i64, _>("concurrency")?).unwrap_or(0),
+        reason: row.try_get("reason")?,
+        decided_by: row.try_get("decided_by")?,
     })
 }
 

@@ -9,10 +9,7 @@ use crate::Profile;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid controller endpoint {endpoint:?}: {source}")]
-    Endpoint {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
+    Endpoint { endpoint: String, source: tonic::transport::Error },
     #[error(
         "cannot connect to the controller at {endpoint}: {detail}; is `tailops-controller serve` \
          running there, and does the profile's CA match it?"
@@ -25,18 +22,12 @@ pub async fn connect(profile: &Profile) -> Result<Channel, ClientError> {
     endpoint(profile)?
         .connect()
         .await
-        .map_err(|e| ClientError::Connect {
-            endpoint: profile.endpoint.clone(),
-            detail: error_chain(&e),
-        })
+        .map_err(|e| ClientError::Connect { endpoint: profile.endpoint.clone(), detail: error_chain(&e) })
 }
 
 /// The configured endpoint without connecting (for lazy channels).
 pub fn endpoint(profile: &Profile) -> Result<Endpoint, ClientError> {
-    let bad = |source| ClientError::Endpoint {
-        endpoint: profile.endpoint.clone(),
-        source,
-    };
+    let bad = |source| ClientError::Endpoint { endpoint: profile.endpoint.clone(), source };
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&profile.ca_pem))
         .identity(Identity::from_pem(&profile.cert_pem, &profile.key_pem));

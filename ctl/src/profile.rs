@@ -16,20 +16,11 @@ pub enum ProfileError {
     )]
     Missing(PathBuf),
     #[error("cannot read profile {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("profile {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("cannot write profile {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("profile {0} already exists; refusing to overwrite it")]
     Exists(PathBuf),
     #[error("cannot find a home directory for the default profile; pass --profile PATH")]
@@ -70,9 +61,7 @@ impl Profile {
         }
         let config_dir = match std::env::var_os("XDG_CONFIG_HOME").filter(|p| !p.is_empty()) {
             Some(dir) => PathBuf::from(dir),
-            None => {
-                PathBuf::from(std::env::var_os("HOME").ok_or(ProfileError::NoHome)?).join(".config")
-            }
+            None => PathBuf::from(std::env::var_os("HOME").ok_or(ProfileError::NoHome)?).join(".config"),
         };
         Ok(config_dir.join("tailops").join("profile.toml"))
     }
@@ -82,42 +71,40 @@ impl Profile {
             if source.kind() == std::io::ErrorKind::NotFound {
                 ProfileError::Missing(path.to_owned())
             } else {
-                ProfileError::Read {
-                    path: path.to_owned(),
-                    source,
-                }
+                ProfileError::Read { path: path.to_owned(), source }
             }
         })?;
-        toml::from_str(&text).map_err(|source| ProfileError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        toml::from_str(&text).map_err(|source| ProfileError::Parse { path: path.to_owned(), source })
+    }
+
+    /// Replaces the profile file atomically (temporary file, then rename), keeping mode 0600.
+    pub async fn save_replacing(&self, path: &Path) -> Result<(), ProfileError> {
+        let tmp = path.with_extension("toml.tmp");
+        let _ = tokio::fs::remove_file(&tmp).await;
+        self.save_new(&tmp).await?;
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|source| ProfileError::Write { path: path.to_owned(), source })
     }
 
     /// Writes the profile with mode 0600, refusing to replace an existing file.
     pub async fn save_new(&self, path: &Path) -> Result<(), ProfileError> {
         use tokio::io::AsyncWriteExt;
-        let write_err = |source| ProfileError::Write {
-            path: path.to_owned(),
-            source,
-        };
+        let write_err = |source| ProfileError::Write { path: path.to_owned(), source };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent).await.map_err(write_err)?;
         }
         let text = toml::to_string_pretty(self).map_err(|e| write_err(std::io::Error::other(e)))?;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .await
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    ProfileError::Exists(path.to_owned())
-                } else {
-                    write_err(source)
-                }
-            })?;
+        let mut file =
+            tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await.map_err(
+                |source| {
+                    if source.kind() == std::io::ErrorKind::AlreadyExists {
+                        ProfileError::Exists(path.to_owned())
+                    } else {
+                        write_err(source)
+                    }
+                },
+            )?;
         file.write_all(text.as_bytes()).await.map_err(write_err)?;
         file.sync_all().await.map_err(write_err)
     }

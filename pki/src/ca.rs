@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -108,9 +108,7 @@ impl CertificateAuthority {
             });
         }
         let id = PrincipalId::new(&self.trust_domain, PrincipalKind::Controller, "controller")?;
-        params
-            .subject_alt_names
-            .push(SanType::URI(id.uri().try_into()?));
+        params.subject_alt_names.push(SanType::URI(id.uri().try_into()?));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let mut issued = self.sign(&params, &key)?;
         issued.pem.push_str(&self.cert_pem);
@@ -150,9 +148,7 @@ impl CertificateAuthority {
         lifetime: Duration,
     ) -> Result<CertificateParams, PkiError> {
         let mut params = leaf_params(&principal.name, lifetime);
-        params
-            .subject_alt_names
-            .push(SanType::URI(principal.uri().try_into()?));
+        params.subject_alt_names.push(SanType::URI(principal.uri().try_into()?));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         Ok(params)
     }
@@ -163,10 +159,7 @@ impl CertificateAuthority {
         public_key: &impl rcgen::PublicKeyData,
     ) -> Result<IssuedCertificate, rcgen::Error> {
         let cert = params.signed_by(public_key, &self.issuer)?;
-        let serial = params
-            .serial_number
-            .as_ref()
-            .map(|s| hex::encode(s.to_bytes()));
+        let serial = params.serial_number.as_ref().map(|s| hex::encode(s.to_bytes()));
         Ok(IssuedCertificate {
             pem: cert.pem(),
             serial: serial.unwrap_or_default(),
@@ -221,11 +214,8 @@ mod tests {
     fn issues_client_cert_from_csr_with_ca_chosen_identity() {
         let ca = CertificateAuthority::generate("test.local").expect("ca");
         let (_key, csr) = crate::csr::generate_key_and_csr("whatever-the-host-asks").expect("csr");
-        let principal =
-            PrincipalId::new("test.local", PrincipalKind::Agent, "host-1").expect("principal");
-        let cert = ca
-            .sign_csr(&csr, &principal, Duration::from_secs(3600))
-            .expect("signed");
+        let principal = PrincipalId::new("test.local", PrincipalKind::Agent, "host-1").expect("principal");
+        let cert = ca.sign_csr(&csr, &principal, Duration::from_secs(3600)).expect("signed");
         let info = CertificateInfo::from_pem(&cert.pem).expect("parse");
         assert_eq!(info.principal, principal);
         assert_eq!(info.serial, cert.serial);
@@ -243,8 +233,7 @@ mod tests {
     #[test]
     fn reloads_from_pem() {
         let ca = CertificateAuthority::generate("test.local").expect("ca");
-        let again =
-            CertificateAuthority::load("test.local", ca.cert_pem(), &ca.key_pem()).expect("reload");
+        let again = CertificateAuthority::load("test.local", ca.cert_pem(), &ca.key_pem()).expect("reload");
         assert_eq!(ca.fingerprint(), again.fingerprint());
     }
 }

@@ -56,11 +56,7 @@ pub struct PrincipalId {
 
 impl PrincipalId {
     pub fn new(trust_domain: &str, kind: PrincipalKind, name: &str) -> Result<Self, PkiError> {
-        let id = Self {
-            trust_domain: trust_domain.to_owned(),
-            kind,
-            name: name.to_owned(),
-        };
+        let id = Self { trust_domain: trust_domain.to_owned(), kind, name: name.to_owned() };
         // Round-trip through the parser so that every constructed id is also a valid one.
         id.to_string().parse()
     }
@@ -72,33 +68,21 @@ impl PrincipalId {
 
 impl fmt::Display for PrincipalId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/{}/{}",
-            self.trust_domain,
-            self.kind.as_str(),
-            self.name
-        )
+        write!(f, "spiffe://{}/{}/{}", self.trust_domain, self.kind.as_str(), self.name)
     }
 }
 
 fn valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 impl FromStr for PrincipalId {
     type Err = PkiError;
     fn from_str(uri: &str) -> Result<Self, PkiError> {
-        let bad = |reason| PkiError::BadIdentity {
-            uri: uri.to_owned(),
-            reason,
-        };
-        let rest = uri
-            .strip_prefix("spiffe://")
-            .ok_or_else(|| bad("must start with spiffe://"))?;
+        let bad = |reason| PkiError::BadIdentity { uri: uri.to_owned(), reason };
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(|| bad("must start with spiffe://"))?;
         let mut parts = rest.split('/');
         let (Some(td), Some(kind), Some(name), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -106,16 +90,10 @@ impl FromStr for PrincipalId {
             return Err(bad("expected spiffe://TRUST-DOMAIN/KIND/NAME"));
         };
         if !valid_segment(td) || !valid_segment(name) {
-            return Err(bad(
-                "segments may use only letters, digits, '-', '_' and '.'",
-            ));
+            return Err(bad("segments may use only letters, digits, '-', '_' and '.'"));
         }
         let kind = kind.parse().map_err(|()| bad("unknown principal kind"))?;
-        Ok(Self {
-            trust_domain: td.to_owned(),
-            kind,
-            name: name.to_owned(),
-        })
+        Ok(Self { trust_domain: td.to_owned(), kind, name: name.to_owned() })
     }
 }
 
@@ -132,8 +110,8 @@ pub struct CertificateInfo {
 impl CertificateInfo {
     /// Reads the identity (the single `spiffe://` URI SAN), serial and validity of a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
         let sans = cert
             .subject_alternative_name()
             .map_err(|e| PkiError::BadCertificate(e.to_string()))?
@@ -142,13 +120,9 @@ impl CertificateInfo {
             GeneralName::URI(uri) => Some(*uri),
             _ => None,
         });
-        let uri = uris
-            .next()
-            .ok_or_else(|| PkiError::BadCertificate("no spiffe:// identity URI".into()))?;
+        let uri = uris.next().ok_or_else(|| PkiError::BadCertificate("no spiffe:// identity URI".into()))?;
         if uris.next().is_some() {
-            return Err(PkiError::BadCertificate(
-                "more than one identity URI".into(),
-            ));
+            return Err(PkiError::BadCertificate("more than one identity URI".into()));
         }
         let validity = cert.validity();
         Ok(Self {
@@ -188,10 +162,7 @@ mod tests {
             "spiffe://x/agent/a b",
             "spiffe:///agent/a",
         ] {
-            assert!(
-                bad.parse::<PrincipalId>().is_err(),
-                "{bad} should be refused"
-            );
+            assert!(bad.parse::<PrincipalId>().is_err(), "{bad} should be refused");
         }
     }
 }

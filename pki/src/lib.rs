@@ -32,20 +32,11 @@ pub enum PkiError {
         "the controller presented a CA with fingerprint {presented}, but {expected} was expected; \
          check the --ca-fingerprint value, or you may be talking to the wrong server"
     )]
-    FingerprintMismatch {
-        expected: Fingerprint,
-        presented: Fingerprint,
-    },
+    FingerprintMismatch { expected: Fingerprint, presented: Fingerprint },
     #[error("could not reach the controller at {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    Connect { addr: String, source: std::io::Error },
     #[error("TLS handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: String,
-        source: std::io::Error,
-    },
+    Handshake { addr: String, source: std::io::Error },
     #[error("the controller at {0} did not present its CA certificate in the TLS chain")]
     NoCaInChain(String),
     #[error("invalid controller URL {0:?}: expected https://HOST:PORT")]

@@ -43,11 +43,7 @@ impl FromStr for Fingerprint {
     /// Accepts `sha256:HEX`, upper or lower case, with or without `:` between byte pairs.
     fn from_str(s: &str) -> Result<Self, PkiError> {
         let bad = || PkiError::BadFingerprint(s.to_owned());
-        let hex_part = s
-            .trim()
-            .strip_prefix("sha256:")
-            .ok_or_else(bad)?
-            .replace(':', "");
+        let hex_part = s.trim().strip_prefix("sha256:").ok_or_else(bad)?.replace(':', "");
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut bytes).map_err(|_| bad())?;
         Ok(Self(bytes))
@@ -57,10 +53,7 @@ impl FromStr for Fingerprint {
 /// Splits `https://HOST:PORT[/]` into host and port (IPv6 hosts in brackets).
 pub fn parse_https_url(url: &str) -> Result<(String, u16), PkiError> {
     let bad = || PkiError::BadUrl(url.to_owned());
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(bad)?
-        .trim_end_matches('/');
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?.trim_end_matches('/');
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = port.parse().map_err(|_| bad())?;
@@ -81,45 +74,26 @@ pub async fn fetch_pinned_ca(url: &str, expected: &Fingerprint) -> Result<String
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| PkiError::Handshake {
-            addr: addr.clone(),
-            source: std::io::Error::other(e),
-        })?
+        .map_err(|e| PkiError::Handshake { addr: addr.clone(), source: std::io::Error::other(e) })?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptForPinning { provider }))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let server_name =
-        ServerName::try_from(host.clone()).map_err(|_| PkiError::BadUrl(url.into()))?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| PkiError::BadUrl(url.into()))?;
 
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
         .await
-        .map_err(|_| PkiError::Connect {
-            addr: addr.clone(),
-            source: timeout_error(),
-        })?
-        .map_err(|source| PkiError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+        .map_err(|_| PkiError::Connect { addr: addr.clone(), source: timeout_error() })?
+        .map_err(|source| PkiError::Connect { addr: addr.clone(), source })?;
     let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp))
         .await
-        .map_err(|_| PkiError::Handshake {
-            addr: addr.clone(),
-            source: timeout_error(),
-        })?
-        .map_err(|source| PkiError::Handshake {
-            addr: addr.clone(),
-            source,
-        })?;
+        .map_err(|_| PkiError::Handshake { addr: addr.clone(), source: timeout_error() })?
+        .map_err(|source| PkiError::Handshake { addr: addr.clone(), source })?;
 
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
     // The leaf is the server itself; only the certificates after it can be the CA.
     let candidates = chain.get(1..).unwrap_or_default();
-    if let Some(ca) = candidates
-        .iter()
-        .find(|c| Fingerprint::of_der(c) == *expected)
-    {
+    if let Some(ca) = candidates.iter().find(|c| Fingerprint::of_der(c) == *expected) {
         return Ok(der_to_pem(ca));
     }
     match candidates.last() {
@@ -194,9 +168,7 @@ impl ServerCertVerifier for AcceptForPinning {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -225,14 +197,8 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        assert_eq!(
-            parse_https_url("https://h.ts.net:7443/").expect("ok"),
-            ("h.ts.net".into(), 7443)
-        );
-        assert_eq!(
-            parse_https_url("https://[::1]:1").expect("ok"),
-            ("::1".into(), 1)
-        );
+        assert_eq!(parse_https_url("https://h.ts.net:7443/").expect("ok"), ("h.ts.net".into(), 7443));
+        assert_eq!(parse_https_url("https://[::1]:1").expect("ok"), ("::1".into(), 1));
         assert!(parse_https_url("http://h:1").is_err());
         assert!(parse_https_url("https://h").is_err());
     }

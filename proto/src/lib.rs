@@ -10,8 +10,7 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every TailOps proto file (for reflection and descriptor walks).
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tailops_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tailops_descriptor.bin"));
 
 /// Timestamps on the wire and in the store are milliseconds since the Unix epoch (`int64`).
 pub mod time {
@@ -19,9 +18,7 @@ pub mod time {
 
     /// The current time in wire milliseconds.
     pub fn now_ms() -> i64 {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
     }
 

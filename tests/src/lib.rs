@@ -60,15 +60,7 @@ impl TestController {
         let server = tokio::spawn(controller.serve(listener, shutdown.clone()));
         let mut admin = init.admin_profile;
         admin.endpoint = url.clone();
-        Self {
-            dir,
-            addr,
-            url,
-            admin,
-            fingerprint: init.ca_fingerprint,
-            shutdown,
-            server,
-        }
+        Self { dir, addr, url, admin, fingerprint: init.ca_fingerprint, shutdown, server }
     }
 
     pub fn data_dir(&self) -> DataDir {
@@ -76,11 +68,7 @@ impl TestController {
     }
 
     pub async fn fleet(&self) -> FleetClient<Channel> {
-        FleetClient::new(
-            tailopsctl::connect(&self.admin)
-                .await
-                .expect("admin connects"),
-        )
+        FleetClient::new(tailopsctl::connect(&self.admin).await.expect("admin connects"))
     }
 
     /// Writes the admin profile to a file (for the CLI binary) and returns its path.
@@ -93,17 +81,10 @@ impl TestController {
     }
 
     pub async fn token(&self, labels: &[(&str, &str)], uses: u32, ttl: Duration) -> String {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let labels = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         self.fleet()
             .await
-            .create_join_token(v1::CreateJoinTokenRequest {
-                labels,
-                ttl_secs: ttl.as_secs(),
-                uses,
-            })
+            .create_join_token(v1::CreateJoinTokenRequest { labels, ttl_secs: ttl.as_secs(), uses })
             .await
             .expect("create token")
             .into_inner()
@@ -125,22 +106,15 @@ impl TestController {
     pub async fn agent(&self, name: &str, labels: &[(&str, &str)]) -> TestAgent {
         let token = self.token(labels, 1, Duration::from_secs(60)).await;
         let state_dir = tempfile::tempdir().expect("agent dir");
-        tailops_agent::enroll(self.enroll_options(&token, name, state_dir.path()))
-            .await
-            .expect("enroll");
+        tailops_agent::enroll(self.enroll_options(&token, name, state_dir.path())).await.expect("enroll");
         let agent = TestAgent::start(state_dir, name);
         self.wait_online(name, true).await;
         agent
     }
 
     pub async fn host(&self, name: &str) -> Option<v1::Host> {
-        let hosts = self
-            .fleet()
-            .await
-            .list_hosts(v1::ListHostsRequest::default())
-            .await
-            .expect("list")
-            .into_inner();
+        let hosts =
+            self.fleet().await.list_hosts(v1::ListHostsRequest::default()).await.expect("list").into_inner();
         hosts.hosts.into_iter().find(|h| h.name == name)
     }
 
@@ -152,10 +126,7 @@ impl TestController {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!(
-            "host {name} did not become {}",
-            if online { "online" } else { "offline" }
-        );
+        panic!("host {name} did not become {}", if online { "online" } else { "offline" });
     }
 
     pub async fn stop(self) {
@@ -171,9 +142,7 @@ async fn set_fast_timing(data: &DataDir, configure: impl FnOnce(&mut ControllerC
     config.timing.heartbeat_interval_ms = u64::try_from(TEST_HEARTBEAT.as_millis()).expect("ms");
     config.timing.offline_after_missed = 3;
     configure(&mut config);
-    tokio::fs::write(&path, toml::to_string(&config).expect("toml"))
-        .await
-        .expect("write config");
+    tokio::fs::write(&path, toml::to_string(&config).expect("toml")).await.expect("write config");
 }
 
 /// An agent running as a task in the test process.
@@ -187,12 +156,8 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub fn start(state_dir: TempDir, name: &str) -> Self {
-        let mut agent = Self {
-            name: name.to_owned(),
-            state_dir,
-            shutdown: CancellationToken::new(),
-            task: None,
-        };
+        let mut agent =
+            Self { name: name.to_owned(), state_dir, shutdown: CancellationToken::new(), task: None };
         agent.resume();
         agent
     }
@@ -212,9 +177,7 @@ impl TestAgent {
         options.max_backoff = Duration::from_millis(500);
         let shutdown = self.shutdown.clone();
         self.task = Some(tokio::spawn(async move {
-            tailops_agent::run(options, shutdown)
-                .await
-                .expect("agent state is usable");
+            tailops_agent::run(options, shutdown).await.expect("agent state is usable");
         }));
     }
 }
@@ -232,11 +195,7 @@ pub async fn binary(name: &str) -> PathBuf {
     static BUILT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/<test binary> -> target/debug/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_owned();
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
     BUILT
         .get_or_init(|| async {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -250,20 +209,12 @@ pub async fn binary(name: &str) -> PathBuf {
         })
         .await;
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing after cargo build --workspace --bins",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing after cargo build --workspace --bins", path.display());
     path
 }
 
 /// Convenience: an exec request.
-pub fn exec_request(
-    selector: v1::HostSelector,
-    argv: &[&str],
-    timeout: Duration,
-) -> v1::RunJobRequest {
+pub fn exec_request(selector: v1::HostSelector, argv: &[&str], timeout: Duration) -> v1::RunJobRequest {
     v1::RunJobRequest {
         selector: Some(selector),
         action: Some(v1::JobAction {
@@ -274,21 +225,16 @@ pub fn exec_request(
         timeout_ms: u64::try_from(timeout.as_millis()).expect("ms"),
         concurrency: 0,
         output_cap_bytes: 0,
+        reason: String::new(),
     }
 }
 
 pub fn all_hosts() -> v1::HostSelector {
-    v1::HostSelector {
-        all: true,
-        ..Default::default()
-    }
+    v1::HostSelector { all: true, ..Default::default() }
 }
 
 pub fn label_selector(key: &str, value: &str) -> v1::HostSelector {
-    v1::HostSelector {
-        labels: [(key.to_owned(), value.to_owned())].into(),
-        ..Default::default()
-    }
+    v1::HostSelector { labels: [(key.to_owned(), value.to_owned())].into(), ..Default::default() }
 }
 
 /// Collects every event of a job stream until it ends.
@@ -344,10 +290,7 @@ pub fn completed(events: &[v1::JobEvent]) -> v1::JobCompleted {
 /// Whether process `pid` is still alive (zombies count as gone: they no longer run).
 pub async fn process_alive(pid: i32) -> bool {
     match tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }

@@ -12,18 +12,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Every method of every TailOps service, as `/package.Service/Method`, from the descriptors.
 fn all_tailops_methods() -> Vec<String> {
-    let fds = prost_types::FileDescriptorSet::decode(tailops_proto::FILE_DESCRIPTOR_SET)
-        .expect("descriptors");
+    let fds =
+        prost_types::FileDescriptorSet::decode(tailops_proto::FILE_DESCRIPTOR_SET).expect("descriptors");
     let mut methods = Vec::new();
     for file in fds.file {
         for service in &file.service {
             for method in &service.method {
-                methods.push(format!(
-                    "/{}.{}/{}",
-                    file.package(),
-                    service.name(),
-                    method.name()
-                ));
+                methods.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
             }
         }
     }
@@ -60,42 +55,23 @@ fn tls_channel(url: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> Chann
 #[test]
 fn every_method_has_a_policy_entry() {
     for method in all_tailops_methods() {
-        assert!(
-            access_for(&method).is_some(),
-            "{method} has no entry in the policy table"
-        );
+        assert!(access_for(&method).is_some(), "{method} has no entry in the policy table");
     }
     assert!(access_for("/tailops.v1.Fleet/NoSuchMethod").is_none());
-    assert_eq!(
-        access_for("/tailops.v1.Enrollment/Enroll"),
-        Some(Access::Anyone)
-    );
+    assert_eq!(access_for("/tailops.v1.Enrollment/Enroll"), Some(Access::Anyone));
 }
 
 #[tokio::test]
 async fn every_method_refuses_the_wrong_kinds_of_principal() {
     let controller = TestController::start().await;
     let agent = controller.agent("a", &[]).await;
-    let agent_state = tailops_agent::AgentState::load(agent.state_dir.path())
-        .await
-        .expect("agent state");
+    let agent_state = tailops_agent::AgentState::load(agent.state_dir.path()).await.expect("agent state");
     let ca = controller.admin.ca_pem.clone();
 
     let no_cert = || tls_channel(&controller.url, &ca, None);
-    let as_agent = || {
-        tls_channel(
-            &controller.url,
-            &ca,
-            Some((&agent_state.cert_pem, &agent_state.key_pem)),
-        )
-    };
-    let as_admin = || {
-        tls_channel(
-            &controller.url,
-            &ca,
-            Some((&controller.admin.cert_pem, &controller.admin.key_pem)),
-        )
-    };
+    let as_agent = || tls_channel(&controller.url, &ca, Some((&agent_state.cert_pem, &agent_state.key_pem)));
+    let as_admin =
+        || tls_channel(&controller.url, &ca, Some((&controller.admin.cert_pem, &controller.admin.key_pem)));
 
     let mut checked = 0;
     for (method, access) in POLICY {
@@ -114,7 +90,7 @@ async fn every_method_refuses_the_wrong_kinds_of_principal() {
                 );
                 checked += 1;
             }
-            Access::Admin => {
+            Access::Principal(_) => {
                 assert_eq!(
                     call(no_cert(), method).await,
                     tonic::Code::Unauthenticated,
@@ -131,10 +107,7 @@ async fn every_method_refuses_the_wrong_kinds_of_principal() {
     }
     assert!(checked >= 8, "only {checked} methods were checked");
     // A method outside the table is denied even to the admin.
-    assert_eq!(
-        call(as_admin(), "/tailops.v1.Fleet/NoSuchMethod").await,
-        tonic::Code::PermissionDenied
-    );
+    assert_eq!(call(as_admin(), "/tailops.v1.Fleet/NoSuchMethod").await, tonic::Code::PermissionDenied);
     controller.stop().await;
 }
 
@@ -143,14 +116,8 @@ async fn a_certificate_from_a_foreign_ca_is_refused() {
     let controller = TestController::start().await;
     let foreign = CertificateAuthority::generate("test.tailops").expect("foreign ca");
     let admin = PrincipalId::new("test.tailops", PrincipalKind::User, "admin").expect("id");
-    let (cert, key) = foreign
-        .issue_client_with_new_key(&admin, Duration::from_secs(3600))
-        .expect("cert");
-    let profile = Profile {
-        cert_pem: cert.pem,
-        key_pem: key,
-        ..controller.admin.clone()
-    };
+    let (cert, key) = foreign.issue_client_with_new_key(&admin, Duration::from_secs(3600)).expect("cert");
+    let profile = Profile { cert_pem: cert.pem, key_pem: key, ..controller.admin.clone() };
     let refused = match tailopsctl::connect(&profile).await {
         Err(_) => true,
         Ok(channel) => v1::fleet_client::FleetClient::new(channel)
@@ -165,22 +132,12 @@ async fn a_certificate_from_a_foreign_ca_is_refused() {
 #[tokio::test]
 async fn an_expired_certificate_is_refused() {
     let controller = TestController::start().await;
-    let ca = controller
-        .data_dir()
-        .load_ca("test.tailops")
-        .await
-        .expect("ca");
+    let ca = controller.data_dir().load_ca("test.tailops").await.expect("ca");
     let admin = PrincipalId::new("test.tailops", PrincipalKind::User, "admin").expect("id");
     // Lifetime zero: valid from five minutes ago (skew allowance) until now.
-    let (cert, key) = ca
-        .issue_client_with_new_key(&admin, Duration::ZERO)
-        .expect("cert");
+    let (cert, key) = ca.issue_client_with_new_key(&admin, Duration::ZERO).expect("cert");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let profile = Profile {
-        cert_pem: cert.pem,
-        key_pem: key,
-        ..controller.admin.clone()
-    };
+    let profile = Profile { cert_pem: cert.pem, key_pem: key, ..controller.admin.clone() };
     let refused = match tailopsctl::connect(&profile).await {
         Err(_) => true,
         Ok(channel) => v1::fleet_client::FleetClient::new(channel)
@@ -196,23 +153,11 @@ async fn an_expired_certificate_is_refused() {
 async fn a_valid_certificate_unknown_to_the_database_is_refused() {
     let controller = TestController::start().await;
     // Signed by the real CA but never recorded: e.g. a leaked CA key, or a restored old backup.
-    let ca = controller
-        .data_dir()
-        .load_ca("test.tailops")
-        .await
-        .expect("ca");
+    let ca = controller.data_dir().load_ca("test.tailops").await.expect("ca");
     let admin = PrincipalId::new("test.tailops", PrincipalKind::User, "admin").expect("id");
-    let (cert, key) = ca
-        .issue_client_with_new_key(&admin, Duration::from_secs(3600))
-        .expect("cert");
-    let profile = Profile {
-        cert_pem: cert.pem,
-        key_pem: key,
-        ..controller.admin.clone()
-    };
-    let channel = tailopsctl::connect(&profile)
-        .await
-        .expect("TLS itself succeeds");
+    let (cert, key) = ca.issue_client_with_new_key(&admin, Duration::from_secs(3600)).expect("cert");
+    let profile = Profile { cert_pem: cert.pem, key_pem: key, ..controller.admin.clone() };
+    let channel = tailopsctl::connect(&profile).await.expect("TLS itself succeeds");
     let status = v1::fleet_client::FleetClient::new(channel)
         .list_hosts(v1::ListHostsRequest::default())
         .await
@@ -228,13 +173,11 @@ async fn plaintext_is_refused() {
         .expect("url")
         .connect_timeout(Duration::from_secs(5))
         .connect_lazy();
-    let result = v1::fleet_client::FleetClient::new(channel.clone())
-        .list_hosts(v1::ListHostsRequest::default())
-        .await;
+    let result =
+        v1::fleet_client::FleetClient::new(channel.clone()).list_hosts(v1::ListHostsRequest::default()).await;
     assert!(result.is_err(), "plaintext call succeeded");
-    let result = v1::enrollment_client::EnrollmentClient::new(channel)
-        .enroll(v1::EnrollRequest::default())
-        .await;
+    let result =
+        v1::enrollment_client::EnrollmentClient::new(channel).enroll(v1::EnrollRequest::default()).await;
     assert!(result.is_err(), "plaintext enrollment succeeded");
     controller.stop().await;
 }
@@ -245,16 +188,11 @@ async fn health_is_open_and_reflection_is_for_admins_only() {
     let ca = controller.admin.ca_pem.clone();
     let no_cert = tls_channel(&controller.url, &ca, None);
     let health = tonic_health::pb::health_client::HealthClient::new(no_cert.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "tailops.v1.Fleet".into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: "tailops.v1.Fleet".into() })
         .await
         .expect("health without a client certificate")
         .into_inner();
-    assert_eq!(
-        health.status(),
-        tonic_health::pb::health_check_response::ServingStatus::Serving
-    );
+    assert_eq!(health.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
 
     let path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
     assert_eq!(call(no_cert, path).await, tonic::Code::Unauthenticated);

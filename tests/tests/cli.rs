@@ -24,61 +24,25 @@ async fn exec_streams_prefixed_output_and_exits_by_result() {
     let controller = TestController::start().await;
     let _a = controller.agent("alpha", &[("env", "test")]).await;
 
-    let ok = ctl(
-        &controller,
-        &["exec", "--label", "env=test", "--", "echo", "hello world"],
-    )
-    .await;
+    let ok = ctl(&controller, &["exec", "--label", "env=test", "--", "echo", "hello world"]).await;
     assert!(ok.status.success(), "stderr: {}", text(&ok.stderr));
-    assert!(
-        text(&ok.stdout).contains("[alpha] hello world"),
-        "stdout: {}",
-        text(&ok.stdout)
-    );
-    assert!(
-        text(&ok.stderr).contains("1 succeeded"),
-        "stderr: {}",
-        text(&ok.stderr)
-    );
+    assert!(text(&ok.stdout).contains("[alpha] hello world"), "stdout: {}", text(&ok.stdout));
+    assert!(text(&ok.stderr).contains("1 succeeded"), "stderr: {}", text(&ok.stderr));
 
     let failed = ctl(&controller, &["exec", "--all", "--", "sh", "-c", "exit 3"]).await;
     assert_eq!(failed.status.code(), Some(1));
-    assert!(
-        text(&failed.stderr).contains("alpha: FAILED exit 3"),
-        "stderr: {}",
-        text(&failed.stderr)
-    );
+    assert!(text(&failed.stderr).contains("alpha: FAILED exit 3"), "stderr: {}", text(&failed.stderr));
 
-    let json = ctl(
-        &controller,
-        &["exec", "--all", "--output", "json", "--", "echo", "x"],
-    )
-    .await;
+    let json = ctl(&controller, &["exec", "--all", "--output", "json", "--", "echo", "x"]).await;
     assert!(json.status.success());
-    let events: Vec<serde_json::Value> = text(&json.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
-    assert_eq!(
-        events.first().and_then(|e| e["event"].as_str()),
-        Some("accepted")
-    );
-    assert_eq!(
-        events.last().and_then(|e| e["event"].as_str()),
-        Some("completed")
-    );
+    let events: Vec<serde_json::Value> =
+        text(&json.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(events.first().and_then(|e| e["event"].as_str()), Some("accepted"));
+    assert_eq!(events.last().and_then(|e| e["event"].as_str()), Some("completed"));
 
-    let timed_out = ctl(
-        &controller,
-        &["exec", "--all", "--timeout", "1s", "--", "sleep", "30"],
-    )
-    .await;
+    let timed_out = ctl(&controller, &["exec", "--all", "--timeout", "1s", "--", "sleep", "30"]).await;
     assert_eq!(timed_out.status.code(), Some(1));
-    assert!(
-        text(&timed_out.stderr).contains("timed out"),
-        "stderr: {}",
-        text(&timed_out.stderr)
-    );
+    assert!(text(&timed_out.stderr).contains("timed out"), "stderr: {}", text(&timed_out.stderr));
     controller.stop().await;
 }
 
@@ -109,22 +73,13 @@ async fn list_commands_have_tables_and_json() {
 
     let missing = ctl(&controller, &["jobs", "show", "424242"]).await;
     assert!(!missing.status.success());
-    assert!(
-        text(&missing.stderr).contains("not found"),
-        "{}",
-        text(&missing.stderr)
-    );
+    assert!(text(&missing.stderr).contains("not found"), "{}", text(&missing.stderr));
 
-    let token = ctl(
-        &controller,
-        &["token", "create", "--label", "env=lab", "--ttl", "10m"],
-    )
-    .await;
+    let token = ctl(&controller, &["token", "create", "--label", "env=lab", "--ttl", "10m"]).await;
     assert!(token.status.success(), "{}", text(&token.stderr));
     let out = text(&token.stdout);
     assert!(
-        out.contains("tailops-agent enroll --controller")
-            && out.contains("--ca-fingerprint sha256:"),
+        out.contains("tailops-agent enroll --controller") && out.contains("--ca-fingerprint sha256:"),
         "{out}"
     );
     controller.stop().await;
@@ -135,11 +90,7 @@ async fn usage_errors_are_clear() {
     let controller = TestController::start().await;
     let no_selector = ctl(&controller, &["exec", "--", "true"]).await;
     assert_eq!(no_selector.status.code(), Some(2));
-    assert!(
-        text(&no_selector.stderr).contains("--all"),
-        "{}",
-        text(&no_selector.stderr)
-    );
+    assert!(text(&no_selector.stderr).contains("--all"), "{}", text(&no_selector.stderr));
 
     let missing_profile = tokio::process::Command::new(binary("tailopsctl").await)
         .args(["--profile", "/nonexistent/profile.toml", "hosts", "ls"])
@@ -147,11 +98,7 @@ async fn usage_errors_are_clear() {
         .await
         .expect("run");
     assert!(!missing_profile.status.success());
-    assert!(
-        text(&missing_profile.stderr).contains("no profile found"),
-        "{}",
-        text(&missing_profile.stderr)
-    );
+    assert!(text(&missing_profile.stderr).contains("no profile found"), "{}", text(&missing_profile.stderr));
 
     let bad_ttl = ctl(&controller, &["token", "create", "--ttl", "forever"]).await;
     assert_eq!(bad_ttl.status.code(), Some(2));

@@ -23,23 +23,15 @@ async fn reused_token_is_refused() {
     let controller = TestController::start().await;
     let token = controller.token(&[], 1, Duration::from_secs(60)).await;
     let first = tempfile::tempdir().expect("dir");
-    tailops_agent::enroll(controller.enroll_options(&token, "one", first.path()))
-        .await
-        .expect("first use");
+    tailops_agent::enroll(controller.enroll_options(&token, "one", first.path())).await.expect("first use");
 
     let second = tempfile::tempdir().expect("dir");
     let err = tailops_agent::enroll(controller.enroll_options(&token, "two", second.path()))
         .await
         .expect_err("second use must be refused");
-    let tailops_agent::AgentError::Refused(status) = err else {
-        panic!("unexpected error {err}")
-    };
+    let tailops_agent::AgentError::Refused(status) = err else { panic!("unexpected error {err}") };
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
-    assert!(
-        status.message().contains("no uses left"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("no uses left"), "{}", status.message());
     assert!(controller.host("two").await.is_none());
     controller.stop().await;
 }
@@ -53,9 +45,7 @@ async fn expired_token_is_refused() {
     let err = tailops_agent::enroll(controller.enroll_options(&token, "late", dir.path()))
         .await
         .expect_err("expired");
-    let tailops_agent::AgentError::Refused(status) = err else {
-        panic!("unexpected error {err}")
-    };
+    let tailops_agent::AgentError::Refused(status) = err else { panic!("unexpected error {err}") };
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert!(status.message().contains("expired"), "{}", status.message());
     controller.stop().await;
@@ -68,9 +58,7 @@ async fn unknown_token_is_refused() {
     let err = tailops_agent::enroll(controller.enroll_options("tops_guessed", "x", dir.path()))
         .await
         .expect_err("unknown token");
-    assert!(
-        matches!(err, tailops_agent::AgentError::Refused(s) if s.code() == tonic::Code::Unauthenticated)
-    );
+    assert!(matches!(err, tailops_agent::AgentError::Refused(s) if s.code() == tonic::Code::Unauthenticated));
     controller.stop().await;
 }
 
@@ -83,10 +71,7 @@ async fn wrong_ca_fingerprint_is_refused_before_the_token_is_sent() {
     options.ca_fingerprint = Fingerprint::of_der(b"some other CA");
     let err = tailops_agent::enroll(options).await.expect_err("mismatch");
     assert!(
-        matches!(
-            err,
-            tailops_agent::AgentError::Pki(tailops_pki::PkiError::FingerprintMismatch { .. })
-        ),
+        matches!(err, tailops_agent::AgentError::Pki(tailops_pki::PkiError::FingerprintMismatch { .. })),
         "{err}"
     );
     // The token was never presented, so it still works with the right fingerprint.
@@ -102,9 +87,8 @@ async fn taken_name_is_refused_and_the_token_keeps_its_use() {
     let _first = controller.agent("dup", &[]).await;
     let token = controller.token(&[], 1, Duration::from_secs(60)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let err = tailops_agent::enroll(controller.enroll_options(&token, "dup", dir.path()))
-        .await
-        .expect_err("taken");
+    let err =
+        tailops_agent::enroll(controller.enroll_options(&token, "dup", dir.path())).await.expect_err("taken");
     assert!(
         matches!(&err, tailops_agent::AgentError::Refused(s) if s.code() == tonic::Code::AlreadyExists),
         "{err}"
@@ -139,9 +123,7 @@ async fn bad_names_and_labels_get_clear_errors() {
         .expect_err("bad label");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     // Nothing was consumed by the refusals.
-    tailops_agent::enroll(controller.enroll_options(&token, "good", dir.path()))
-        .await
-        .expect("token intact");
+    tailops_agent::enroll(controller.enroll_options(&token, "good", dir.path())).await.expect("token intact");
     controller.stop().await;
 }
 
@@ -157,9 +139,6 @@ async fn init_twice_refuses_to_overwrite() {
         },
     )
     .await;
-    assert!(matches!(
-        again,
-        Err(tailops_controller::ControllerError::AlreadyInitialized(_))
-    ));
+    assert!(matches!(again, Err(tailops_controller::ControllerError::AlreadyInitialized(_))));
     controller.stop().await;
 }

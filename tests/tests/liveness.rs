@@ -22,9 +22,7 @@ async fn a_disconnected_agent_goes_offline_and_comes_back() {
 #[tokio::test]
 async fn a_silent_agent_process_is_marked_offline_and_recovers() {
     let controller = TestController::start().await;
-    let token = controller
-        .token(&[("role", "proc")], 1, Duration::from_secs(60))
-        .await;
+    let token = controller.token(&[("role", "proc")], 1, Duration::from_secs(60)).await;
     let state = tempfile::tempdir().expect("dir");
     let enroll = tokio::process::Command::new(binary("tailops-agent").await)
         .args([
@@ -40,11 +38,7 @@ async fn a_silent_agent_process_is_marked_offline_and_recovers() {
         .output()
         .await
         .expect("run enroll");
-    assert!(
-        enroll.status.success(),
-        "{}",
-        String::from_utf8_lossy(&enroll.stderr)
-    );
+    assert!(enroll.status.success(), "{}", String::from_utf8_lossy(&enroll.stderr));
     assert!(String::from_utf8_lossy(&enroll.stdout).contains("Enrolled as sleeper"));
 
     let mut child = tokio::process::Command::new(binary("tailops-agent").await)
@@ -75,9 +69,7 @@ async fn agent_state_survives_a_controller_restart() {
     let _agent = controller.agent("steady", &[]).await;
     // Hosts are durable: a fresh controller process on the same data directory knows them.
     let data = controller.data_dir();
-    let reopened = tailops_controller::Controller::open(&data)
-        .await
-        .expect("reopen");
+    let reopened = tailops_controller::Controller::open(&data).await.expect("reopen");
     let hosts = reopened.store().list_hosts().await.expect("hosts");
     assert!(
         hosts.iter().any(|h| h.name == "steady" && !h.online),
@@ -90,8 +82,7 @@ async fn agent_state_survives_a_controller_restart() {
 async fn an_agent_renews_its_certificate_over_the_link() {
     // A lifetime this short puts the 70% mark in the past at once (validity starts five minutes
     // early for clock skew), so the agent renews as soon as it connects.
-    let controller =
-        TestController::start_with(|config| config.timing.agent_cert_lifetime_secs = 60).await;
+    let controller = TestController::start_with(|config| config.timing.agent_cert_lifetime_secs = 60).await;
     let mut agent = controller.agent("renewer", &[]).await;
     let cert_path = agent.state_dir.path().join("agent.crt");
     let original = tokio::fs::read_to_string(&cert_path).await.expect("cert");

@@ -10,7 +10,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use serde_json::json;
+
 use crate::agents::AgentConnection;
+use crate::audit::AuditRecord;
 use crate::auth::Principal;
 use crate::jobs::AgentJobMessage;
 use crate::store::HostReport;
@@ -44,21 +47,15 @@ impl AgentLink for AgentLinkService {
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let principal = Principal::of(&request)?;
         if principal.id.kind != PrincipalKind::Agent {
-            return Err(Status::permission_denied(
-                "only agents may use the agent link",
-            ));
+            return Err(Status::permission_denied("only agents may use the agent link"));
         }
         let host_id = principal.id.name.clone();
         let mut inbound = request.into_inner();
 
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(v1::AgentMessage {
-                kind: Some(agent_message::Kind::Hello(hello)),
-            }))) => hello,
+            Ok(Ok(Some(v1::AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }))) => hello,
             Ok(Ok(_)) => {
-                return Err(Status::invalid_argument(
-                    "the first message on the agent link must be hello",
-                ));
+                return Err(Status::invalid_argument("the first message on the agent link must be hello"));
             }
             Ok(Err(status)) => return Err(status),
             Err(_) => return Err(Status::deadline_exceeded("no hello from the agent")),
@@ -76,15 +73,11 @@ impl AgentLink for AgentLinkService {
             kind: Some(controller_message::Kind::Welcome(v1::Welcome {
                 host_id: host_id.clone(),
                 name: host.name.clone(),
-                heartbeat_interval_ms: u64::try_from(
-                    self.state.config.heartbeat_interval().as_millis(),
-                )
-                .unwrap_or(10_000),
+                heartbeat_interval_ms: u64::try_from(self.state.config.heartbeat_interval().as_millis())
+                    .unwrap_or(10_000),
             })),
         };
-        outbox
-            .try_send(Ok(welcome))
-            .map_err(|_| Status::internal("agent outbox full at start"))?;
+        outbox.try_send(Ok(welcome)).map_err(|_| Status::internal("agent outbox full at start"))?;
 
         let now = now_ms();
         let report = HostReport {
@@ -99,10 +92,23 @@ impl AgentLink for AgentLinkService {
             .mark_online(&host_id, &report, now)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let conn = self
-            .state
-            .agents
-            .register(&host_id, &host.name, outbox, now);
+        let (conn, replaced) =
+            self.state.agents.register(&host_id, &host.name, &principal.serial, outbox, now);
+        if let Some(replaced) = replaced {
+            // Normal after a network blip (the old TCP session is not dead yet); with two
+            // different certificates open at once it may also be a copied identity: flag it.
+            let same_cert = replaced.serial == principal.serial;
+            self.state
+                .audit
+                .record(AuditRecord::allow(
+                    principal.uri(),
+                    "agent.stream_replaced",
+                    vec![host.name.clone()],
+                    json!({"old_serial": replaced.serial, "new_serial": principal.serial, "same_certificate": same_cert}),
+                    if same_cert { "reconnected" } else { "flagged: two certificates of one host connected at once" },
+                ))
+                .await;
+        }
         tracing::info!(host = %host.name, version = %report.agent_version, "agent connected");
 
         let state = self.state.clone();
@@ -118,9 +124,15 @@ async fn read_agent_stream(
     principal: Principal,
     mut inbound: Streaming<v1::AgentMessage>,
 ) {
+    let revoked = state.revocations.until_revoked(principal.uri(), principal.serial.clone());
+    tokio::pin!(revoked);
     loop {
         let message = tokio::select! {
             () = conn.closed.cancelled() => break,
+            () = &mut revoked => {
+                tracing::warn!(host = %conn.host_name, "agent credentials revoked; closing its stream");
+                break;
+            }
             message = inbound.message() => message,
         };
         let kind = match message {
@@ -138,16 +150,14 @@ async fn read_agent_stream(
             agent_message::Kind::Hello(_) => {
                 tracing::debug!(host = %conn.host_name, "repeated hello ignored");
             }
-            agent_message::Kind::JobStarted(m) => state
-                .jobs
-                .on_agent_message(&conn.host_id, AgentJobMessage::Started(m)),
-            agent_message::Kind::JobOutput(m) => state
-                .jobs
-                .on_agent_message(&conn.host_id, AgentJobMessage::Output(m)),
+            agent_message::Kind::JobStarted(m) => {
+                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Started(m))
+            }
+            agent_message::Kind::JobOutput(m) => {
+                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Output(m))
+            }
             agent_message::Kind::JobFinished(m) => {
-                state
-                    .jobs
-                    .on_agent_message(&conn.host_id, AgentJobMessage::Finished(m));
+                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Finished(m));
             }
             agent_message::Kind::RenewCertificate(renew) => {
                 renew_certificate(&state, &conn, &principal, &renew.csr_pem).await
@@ -164,12 +174,7 @@ async fn read_agent_stream(
 }
 
 /// Signs a fresh certificate for the same identity over the authenticated link.
-async fn renew_certificate(
-    state: &AppState,
-    conn: &AgentConnection,
-    principal: &Principal,
-    csr_pem: &str,
-) {
+async fn renew_certificate(state: &AppState, conn: &AgentConnection, principal: &Principal, csr_pem: &str) {
     let lifetime = Duration::from_secs(state.config.timing.agent_cert_lifetime_secs);
     let cert = match state.ca.sign_csr(csr_pem, &principal.id, lifetime) {
         Ok(cert) => cert,
@@ -178,21 +183,15 @@ async fn renew_certificate(
             return;
         }
     };
-    if let Err(e) = state
-        .store
-        .record_certificate(&cert, &principal.id.uri(), now_ms())
-        .await
-    {
+    if let Err(e) = state.store.record_certificate(&cert, &principal.id.uri(), now_ms()).await {
         tracing::error!(host = %conn.host_name, error = %e, "could not record a renewed certificate");
         return;
     }
     let issued = v1::ControllerMessage {
-        kind: Some(controller_message::Kind::CertificateIssued(
-            v1::CertificateIssued {
-                certificate_pem: cert.pem,
-                expires_at_ms: cert.not_after_ms,
-            },
-        )),
+        kind: Some(controller_message::Kind::CertificateIssued(v1::CertificateIssued {
+            certificate_pem: cert.pem,
+            expires_at_ms: cert.not_after_ms,
+        })),
     };
     if conn.outbox.send(Ok(issued)).await.is_ok() {
         tracing::info!(host = %conn.host_name, "agent certificate renewed");

@@ -9,9 +9,13 @@ use tailops_proto::v1::{self, fleet_server::Fleet};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Principal;
-use crate::jobs::{JobRequest, selector_matches};
+use serde_json::json;
+
+use crate::audit::AuditRecord;
+use crate::jobs::{JobRequest, risk_of, selector_matches};
+use crate::rate_limit::Bucket;
 use crate::services::enrollment::hash_secret;
-use crate::services::validate_labels;
+use crate::services::{internal, validate_labels};
 use crate::store::NewJoinToken;
 use crate::{AppState, now_ms};
 
@@ -33,9 +37,15 @@ impl FleetService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "fleet request failed");
-    Status::internal("the controller failed to answer; see its log")
+impl FleetService {
+    /// Ends the stream when the caller's credentials are revoked.
+    fn guarded(
+        &self,
+        principal: &Principal,
+        events: impl Stream<Item = Result<v1::JobEvent, Status>> + Send + 'static,
+    ) -> EventStream {
+        Box::pin(self.state.revocations.guard(events, principal.uri(), principal.serial.clone()))
+    }
 }
 
 #[tonic::async_trait]
@@ -63,9 +73,7 @@ impl Fleet for FleetService {
         let uses = match req.uses {
             0 => 1,
             n if n > max_uses => {
-                return Err(Status::invalid_argument(format!(
-                    "uses {n} exceeds the limit of {max_uses}"
-                )));
+                return Err(Status::invalid_argument(format!("uses {n} exceeds the limit of {max_uses}")));
             }
             n => n,
         };
@@ -83,7 +91,7 @@ impl Fleet for FleetService {
             .insert_join_token(&NewJoinToken {
                 id: id.clone(),
                 secret_hash: hash_secret(&secret),
-                labels: req.labels,
+                labels: req.labels.clone(),
                 created_by: principal.id.uri(),
                 created_at_ms: now,
                 expires_at_ms,
@@ -92,6 +100,16 @@ impl Fleet for FleetService {
             .await
             .map_err(internal)?;
         tracing::info!(token_id = %id, by = %principal.id, uses, ttl_secs, "join token created");
+        self.state
+            .audit
+            .record(AuditRecord::allow(
+                principal.uri(),
+                "fleet.create_join_token",
+                Vec::new(),
+                json!({"token_id": id, "labels": req.labels, "uses": uses, "ttl_secs": ttl_secs}),
+                "ok",
+            ))
+            .await;
         Ok(Response::new(v1::CreateJoinTokenResponse {
             token: secret,
             token_id: id,
@@ -106,8 +124,10 @@ impl Fleet for FleetService {
         &self,
         request: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
+        let principal = Principal::of(&request)?;
         let selector = request.into_inner().selector;
         let mut hosts = self.state.store.list_hosts().await.map_err(internal)?;
+        hosts.retain(|h| principal.covers(h));
         if let Some(selector) = selector {
             hosts.retain(|h| selector_matches(&selector, h));
         }
@@ -131,13 +151,14 @@ impl Fleet for FleetService {
         request: Request<v1::RunJobRequest>,
     ) -> Result<Response<Self::RunJobStream>, Status> {
         let principal = Principal::of(&request)?;
-        let req = JobRequest::from_wire(
-            principal.id.uri(),
-            request.into_inner(),
-            &self.state.config.limits,
-        )?;
+        let req = JobRequest::from_wire(principal.clone(), request.into_inner(), &self.state.config.limits)?;
+        if risk_of(&req.action).exec
+            && let Err(retry) = self.state.limiter.check(&principal.uri(), Bucket::Exec)
+        {
+            return Err(retry.into_status(Bucket::Exec));
+        }
         let job = self.state.jobs.start(req).await?;
-        Ok(Response::new(Box::pin(job.events().map(Ok))))
+        Ok(Response::new(self.guarded(&principal, job.events().map(Ok))))
     }
 
     type WatchJobStream = EventStream;
@@ -146,8 +167,9 @@ impl Fleet for FleetService {
         &self,
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let principal = Principal::of(&request)?;
         let events = self.state.jobs.watch(request.into_inner().job_id).await?;
-        Ok(Response::new(Box::pin(events.map(Ok))))
+        Ok(Response::new(self.guarded(&principal, events.map(Ok))))
     }
 
     async fn list_jobs(
@@ -167,21 +189,10 @@ impl Fleet for FleetService {
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
         let id = request.into_inner().job_id;
-        let (job, targets) = self
-            .state
-            .store
-            .job(id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "job {id} not found; list jobs with `tailopsctl jobs ls`"
-                ))
-            })?;
-        Ok(Response::new(v1::GetJobResponse {
-            job: Some(job),
-            targets,
-        }))
+        let (job, targets) = self.state.store.job(id).await.map_err(internal)?.ok_or_else(|| {
+            Status::not_found(format!("job {id} not found; list jobs with `tailopsctl jobs ls`"))
+        })?;
+        Ok(Response::new(v1::GetJobResponse { job: Some(job), targets }))
     }
 
     async fn cancel_job(
@@ -192,6 +203,52 @@ impl Fleet for FleetService {
         let id = request.into_inner().job_id;
         let response = self.state.jobs.cancel(id).await?;
         tracing::info!(job = id, by = %principal.id, "job cancel");
+        self.state
+            .audit
+            .record(AuditRecord::allow(
+                principal.uri(),
+                "job.cancel",
+                Vec::new(),
+                json!({"job_id": id, "cancelled_targets": response.cancelled_targets}),
+                if response.already_finished { "already finished" } else { "ok" },
+            ))
+            .await;
         Ok(Response::new(response))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<v1::ListApprovalsRequest>,
+    ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let pending = self.state.store.pending_approvals().await.map_err(internal)?;
+        let hosts = self.state.store.list_hosts().await.map_err(internal)?;
+        let approvals = pending
+            .into_iter()
+            // A scoped principal sees the approvals whose hosts it covers.
+            .filter(|p| {
+                p.targets
+                    .iter()
+                    .filter_map(|t| t.target.as_ref())
+                    .all(|t| hosts.iter().find(|h| h.id == t.host_id).is_none_or(|h| principal.covers(h)))
+            })
+            .map(|p| v1::Approval {
+                reason: p.job.reason.clone(),
+                targets: p.targets.iter().filter_map(|t| t.target.clone()).collect(),
+                expires_at_ms: p.approval_expires_at_ms,
+                job: Some(p.job),
+            })
+            .collect();
+        Ok(Response::new(v1::ListApprovalsResponse { approvals }))
+    }
+
+    async fn decide_approval(
+        &self,
+        request: Request<v1::DecideApprovalRequest>,
+    ) -> Result<Response<v1::DecideApprovalResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let req = request.into_inner();
+        let job = self.state.jobs.decide(req.job_id, &principal, req.approve, &req.reason).await?;
+        Ok(Response::new(v1::DecideApprovalResponse { job: Some(job) }))
     }
 }

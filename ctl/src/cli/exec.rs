@@ -25,6 +25,9 @@ pub struct ExecArgs {
     /// Per-stream output cap per host, in bytes (0 = controller default, 1 MiB).
     #[arg(long, default_value_t = 0)]
     output_cap: u64,
+    /// Why this is needed; shown to whoever approves it, and kept in the audit log.
+    #[arg(long, default_value = "")]
+    reason: String,
     /// The command and its arguments, after `--`. No shell is involved.
     #[arg(last = true, required = true, value_name = "ARGV")]
     argv: Vec<String>,
@@ -38,13 +41,12 @@ pub async fn run(
     let request = v1::RunJobRequest {
         selector: Some(args.selector.to_wire()),
         action: Some(v1::JobAction {
-            kind: Some(v1::job_action::Kind::Exec(v1::ExecAction {
-                argv: args.argv,
-            })),
+            kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: args.argv })),
         }),
         timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
         concurrency: args.concurrency,
         output_cap_bytes: args.output_cap,
+        reason: args.reason,
     };
     let events = fleet.run_job(request).await?.into_inner();
     follow(fleet, events, output, true).await
@@ -100,10 +102,7 @@ struct Printer {
 
 impl Printer {
     fn new(output: Output) -> Self {
-        Self {
-            output,
-            partial: HashMap::new(),
-        }
+        Self { output, partial: HashMap::new() }
     }
 
     fn event(&mut self, event: &v1::JobEvent) -> anyhow::Result<Option<v1::JobCompleted>> {
@@ -119,12 +118,25 @@ impl Printer {
                 eprintln!("job {}: {} host(s)", event.job_id, a.targets.len());
             }
             Some(job_event::Kind::Started(_)) => {}
+            Some(job_event::Kind::ApprovalRequired(a)) => {
+                eprintln!(
+                    "job {} needs a human's approval: `{}` (expires {}); waiting, Ctrl-C leaves it pending",
+                    event.job_id,
+                    a.approve_command,
+                    render::rfc3339(a.expires_at_ms).as_str().unwrap_or("?")
+                );
+            }
+            Some(job_event::Kind::ApprovalDecided(d)) => {
+                if d.approved {
+                    eprintln!("job {} approved by {}", event.job_id, d.by);
+                } else if d.by.is_empty() {
+                    eprintln!("job {} not approved: {}", event.job_id, d.reason);
+                } else {
+                    eprintln!("job {} rejected by {}: {}", event.job_id, d.by, d.reason);
+                }
+            }
             Some(job_event::Kind::Output(out)) => {
-                let host = out
-                    .target
-                    .as_ref()
-                    .map(|t| t.host_name.clone())
-                    .unwrap_or_default();
+                let host = out.target.as_ref().map(|t| t.host_name.clone()).unwrap_or_default();
                 let buffer = self.partial.entry((host.clone(), out.stream)).or_default();
                 buffer.extend_from_slice(&out.data);
                 if let Some(last_newline) = buffer.iter().rposition(|b| *b == b'\n') {
@@ -133,31 +145,14 @@ impl Printer {
                 }
             }
             Some(job_event::Kind::Finished(f)) => {
-                let host = f
-                    .target
-                    .as_ref()
-                    .map(|t| t.host_name.clone())
-                    .unwrap_or_default();
-                for stream in [
-                    v1::OutputStream::Stdout as i32,
-                    v1::OutputStream::Stderr as i32,
-                ] {
-                    if let Some(rest) = self
-                        .partial
-                        .remove(&(host.clone(), stream))
-                        .filter(|r| !r.is_empty())
+                let host = f.target.as_ref().map(|t| t.host_name.clone()).unwrap_or_default();
+                for stream in [v1::OutputStream::Stdout as i32, v1::OutputStream::Stderr as i32] {
+                    if let Some(rest) = self.partial.remove(&(host.clone(), stream)).filter(|r| !r.is_empty())
                     {
-                        write_lines(
-                            &host,
-                            v1::OutputStream::try_from(stream).unwrap_or_default(),
-                            &rest,
-                        )?;
+                        write_lines(&host, v1::OutputStream::try_from(stream).unwrap_or_default(), &rest)?;
                     }
                 }
-                eprintln!(
-                    "{}",
-                    render::target_status(&host, f.state(), f.result.as_ref())
-                );
+                eprintln!("{}", render::target_status(&host, f.state(), f.result.as_ref()));
             }
             Some(job_event::Kind::Completed(c)) => {
                 eprintln!("{}", render::summary_line(event.job_id, c));

@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod admin;
 mod exec;
 mod render;
 
@@ -43,10 +44,46 @@ enum Command {
     /// Jobs: list, inspect, re-attach, cancel.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Jobs waiting for a human's approval.
+    #[command(subcommand)]
+    Approvals(admin::ApprovalsCommand),
+    /// Human principals: invite, list, disable, enable, set-role.
+    #[command(subcommand)]
+    Users(admin::PrincipalCommand),
+    /// Automation principals (such as the MCP bridge): invite, list, disable, enable, set-role.
+    #[command(subcommand)]
+    Bridges(admin::PrincipalCommand),
+    /// Certificates issued by the controller: list and revoke.
+    #[command(subcommand)]
+    Certs(admin::CertsCommand),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(admin::AuditCommand),
+    /// Who this profile authenticates as, with role and scope.
+    Whoami,
+    /// Redeem an invite: generate a key here, get a certificate, write a profile.
+    Login(LoginArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// Controller URL, e.g. https://controller.tailnet.ts.net:7443
+    #[arg(long)]
+    controller: String,
+    /// The invite token (prefer the environment variable: argv is visible to other users).
+    #[arg(long, env = "TAILOPS_INVITE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The controller CA fingerprint printed with the invite, sha256:HEX.
+    #[arg(long)]
+    ca_fingerprint: tailops_pki::Fingerprint,
 }
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
+    /// Join tokens that can still be used.
+    Ls,
+    /// Use up a join token so nobody can enroll with it.
+    Revoke { id: String },
     /// Create a join token and print the enrollment command to run on a host.
     Create {
         /// Label KEY=VALUE given to hosts enrolled with this token (repeatable).
@@ -65,6 +102,8 @@ enum TokenCommand {
 enum HostsCommand {
     /// List hosts with their status.
     Ls,
+    /// Remove a host: its certificates are revoked and its stream closed; the name becomes free.
+    Forget { host: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,10 +156,33 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 pub async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let path = Profile::resolve_path(cli.profile.as_deref())?;
-    let profile = Profile::load(&path).await?;
+    if let Command::Login(args) = cli.command {
+        return login(args, &path).await;
+    }
+    let mut profile = Profile::load(&path).await?;
     let channel = tailopsctl::connect(&profile).await?;
-    let mut fleet = FleetClient::new(channel);
+    match tailopsctl::renew::renew_if_due(channel.clone(), &mut profile, &path).await {
+        Ok(true) => eprintln!("renewed this profile's certificate"),
+        Ok(false) => {}
+        Err(e) => eprintln!("warning: could not renew this profile's certificate: {e}"),
+    }
+    let mut fleet = FleetClient::new(channel.clone());
+    let output = cli.output;
     match cli.command {
+        Command::Login(_) => unreachable!("handled above"),
+        Command::Token(TokenCommand::Ls) => admin::list_tokens(channel, output).await?,
+        Command::Token(TokenCommand::Revoke { id }) => admin::revoke_token(channel, id, output).await?,
+        Command::Hosts(HostsCommand::Forget { host }) => admin::forget_host(channel, host, output).await?,
+        Command::Approvals(command) => admin::approvals(channel, command, output).await?,
+        Command::Users(command) => admin::principals(channel, "user", command, output).await?,
+        Command::Bridges(command) => admin::principals(channel, "bridge", command, output).await?,
+        Command::Certs(command) => admin::certs(channel, command, output).await?,
+        Command::Whoami => admin::whoami(channel, output).await?,
+        Command::Audit(command) => {
+            if !admin::audit(channel, command, output).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Token(TokenCommand::Create { labels, ttl, uses }) => {
             let response = fleet
                 .create_join_token(v1::CreateJoinTokenRequest {
@@ -133,45 +195,40 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             render::token(&response, cli.output)?;
         }
         Command::Hosts(HostsCommand::Ls) => {
-            let hosts = fleet
-                .list_hosts(v1::ListHostsRequest::default())
-                .await?
-                .into_inner()
-                .hosts;
+            let hosts = fleet.list_hosts(v1::ListHostsRequest::default()).await?.into_inner().hosts;
             render::hosts(&hosts, cli.output)?;
         }
         Command::Exec(args) => return exec::run(&mut fleet, args, cli.output).await,
         Command::Jobs(JobsCommand::Ls { limit }) => {
-            let jobs = fleet
-                .list_jobs(v1::ListJobsRequest { limit })
-                .await?
-                .into_inner()
-                .jobs;
+            let jobs = fleet.list_jobs(v1::ListJobsRequest { limit }).await?.into_inner().jobs;
             render::jobs(&jobs, cli.output)?;
         }
         Command::Jobs(JobsCommand::Show { id }) => {
-            let job = fleet
-                .get_job(v1::GetJobRequest { job_id: id })
-                .await?
-                .into_inner();
+            let job = fleet.get_job(v1::GetJobRequest { job_id: id }).await?.into_inner();
             render::job_detail(&job, cli.output)?;
             return Ok(job_exit_code(job.job.as_ref().map(|j| j.state())));
         }
         Command::Jobs(JobsCommand::Watch { id }) => {
-            let events = fleet
-                .watch_job(v1::WatchJobRequest { job_id: id })
-                .await?
-                .into_inner();
+            let events = fleet.watch_job(v1::WatchJobRequest { job_id: id }).await?.into_inner();
             return exec::follow(&mut fleet, events, cli.output, false).await;
         }
         Command::Jobs(JobsCommand::Cancel { id }) => {
-            let response = fleet
-                .cancel_job(v1::CancelJobRequest { job_id: id })
-                .await?
-                .into_inner();
+            let response = fleet.cancel_job(v1::CancelJobRequest { job_id: id }).await?.into_inner();
             render::cancelled(id, &response, cli.output)?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn login(args: LoginArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let profile = tailopsctl::login::login(tailopsctl::login::LoginOptions {
+        controller_url: args.controller,
+        token: args.token,
+        ca_fingerprint: args.ca_fingerprint,
+    })
+    .await?;
+    profile.save_new(path).await?;
+    println!("Logged in as {}; profile written to {}", profile.principal, path.display());
     Ok(ExitCode::SUCCESS)
 }
 

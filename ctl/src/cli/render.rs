@@ -8,34 +8,30 @@ use tailops_proto::v1::{self, job_event};
 
 use super::Output;
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY)
-        .set_header(header.iter().copied());
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.iter().copied());
     t
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// "3s ago", "2h ago", or "never".
-fn ago(ms: i64) -> String {
+pub fn ago(ms: i64) -> String {
     if ms <= 0 {
         return "never".into();
     }
     let then = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     match SystemTime::now().duration_since(then) {
-        Ok(d) => format!(
-            "{} ago",
-            humantime::format_duration(Duration::from_secs(d.as_secs().max(1)))
-        ),
+        Ok(d) => format!("{} ago", humantime::format_duration(Duration::from_secs(d.as_secs().max(1)))),
         Err(_) => "just now".into(),
     }
 }
 
-fn rfc3339(ms: i64) -> Value {
+pub fn rfc3339(ms: i64) -> Value {
     if ms <= 0 {
         return Value::Null;
     }
@@ -44,11 +40,7 @@ fn rfc3339(ms: i64) -> Value {
 }
 
 fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 fn argv_of(action: Option<&v1::JobAction>) -> Vec<String> {
@@ -77,6 +69,9 @@ fn job_state_name(state: v1::JobState) -> &'static str {
         v1::JobState::Succeeded => "succeeded",
         v1::JobState::Failed => "failed",
         v1::JobState::Cancelled => "cancelled",
+        v1::JobState::PendingApproval => "pending_approval",
+        v1::JobState::Rejected => "rejected",
+        v1::JobState::Expired => "expired",
         v1::JobState::Unspecified => "unknown",
     }
 }
@@ -129,24 +124,12 @@ pub fn hosts(hosts: &[v1::Host], output: Output) -> anyhow::Result<()> {
         println!("No hosts enrolled yet. Create a join token with `tailopsctl token create`.");
         return Ok(());
     }
-    let mut t = table(&[
-        "NAME",
-        "ID",
-        "STATUS",
-        "LAST SEEN",
-        "VERSION",
-        "OS",
-        "LABELS",
-    ]);
+    let mut t = table(&["NAME", "ID", "STATUS", "LAST SEEN", "VERSION", "OS", "LABELS"]);
     for h in hosts {
         t.add_row(vec![
             h.name.clone(),
             h.id.chars().take(8).collect(),
-            if h.online {
-                "online".into()
-            } else {
-                "offline".into()
-            },
+            if h.online { "online".into() } else { "offline".into() },
             ago(h.last_seen_ms),
             h.agent_version.clone(),
             format!("{} {}", h.os, h.arch).trim().to_owned(),
@@ -185,12 +168,7 @@ pub fn jobs(jobs: &[v1::Job], output: Output) -> anyhow::Result<()> {
     let mut t = table(&["ID", "STATE", "CREATED", "BY", "HOSTS OK", "COMMAND"]);
     for j in jobs {
         let s = j.summary.unwrap_or_default();
-        let by = j
-            .requested_by
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let by = j.requested_by.rsplit('/').next().unwrap_or_default().to_owned();
         t.add_row(vec![
             j.id.to_string(),
             job_state_name(j.state()).to_owned(),
@@ -208,10 +186,9 @@ fn result_text(state: v1::TargetState, result: Option<&v1::CommandResult>) -> St
     let r = result.cloned().unwrap_or_default();
     let mut text = match (state, r.exit_code, r.signal) {
         (v1::TargetState::Unreachable, ..) => format!("unreachable: {}", r.error),
-        (v1::TargetState::TimedOut, ..) => format!(
-            "timed out after {}",
-            humantime::format_duration(Duration::from_millis(r.duration_ms))
-        ),
+        (v1::TargetState::TimedOut, ..) => {
+            format!("timed out after {}", humantime::format_duration(Duration::from_millis(r.duration_ms)))
+        }
         (v1::TargetState::Cancelled, ..) => "cancelled".to_owned(),
         (_, Some(code), _) => format!("exit {code}"),
         (_, None, Some(signal)) => format!("killed by signal {signal}"),
@@ -219,15 +196,11 @@ fn result_text(state: v1::TargetState, result: Option<&v1::CommandResult>) -> St
         _ => state_name(state).to_owned(),
     };
     if r.duration_ms > 0 && !matches!(state, v1::TargetState::TimedOut) {
-        text.push_str(&format!(
-            " ({})",
-            humantime::format_duration(Duration::from_millis(r.duration_ms))
-        ));
+        text.push_str(&format!(" ({})", humantime::format_duration(Duration::from_millis(r.duration_ms))));
     }
-    for (name, truncated, total) in [
-        ("stdout", r.stdout_truncated, r.stdout_bytes),
-        ("stderr", r.stderr_truncated, r.stderr_bytes),
-    ] {
+    for (name, truncated, total) in
+        [("stdout", r.stdout_truncated, r.stdout_bytes), ("stderr", r.stderr_truncated, r.stderr_bytes)]
+    {
         if truncated {
             text.push_str(&format!("; {name} truncated ({total} bytes produced)"));
         }
@@ -235,16 +208,8 @@ fn result_text(state: v1::TargetState, result: Option<&v1::CommandResult>) -> St
     text
 }
 
-pub fn target_status(
-    host: &str,
-    state: v1::TargetState,
-    result: Option<&v1::CommandResult>,
-) -> String {
-    let mark = if state == v1::TargetState::Succeeded {
-        "ok"
-    } else {
-        "FAILED"
-    };
+pub fn target_status(host: &str, state: v1::TargetState, result: Option<&v1::CommandResult>) -> String {
+    let mark = if state == v1::TargetState::Succeeded { "ok" } else { "FAILED" };
     format!("{host}: {mark} {}", result_text(state, result))
 }
 
@@ -273,9 +238,7 @@ fn result_json(r: Option<&v1::CommandResult>) -> Value {
 }
 
 pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result<()> {
-    let Some(job) = &detail.job else {
-        anyhow::bail!("the controller returned no job")
-    };
+    let Some(job) = &detail.job else { anyhow::bail!("the controller returned no job") };
     if output == Output::Json {
         let targets: Vec<Value> = detail
             .targets
@@ -297,18 +260,11 @@ pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result
     println!("Job {}  {}", job.id, job_state_name(job.state()));
     println!("  command:   {}", argv_of(job.action.as_ref()).join(" "));
     println!("  by:        {}", job.requested_by);
-    println!(
-        "  created:   {}",
-        rfc3339(job.created_at_ms).as_str().unwrap_or("-")
-    );
+    println!("  created:   {}", rfc3339(job.created_at_ms).as_str().unwrap_or("-"));
     println!();
     let mut t = table(&["HOST", "STATE", "RESULT"]);
     for target in &detail.targets {
-        let name = target
-            .target
-            .as_ref()
-            .map(|t| t.host_name.clone())
-            .unwrap_or_default();
+        let name = target.target.as_ref().map(|t| t.host_name.clone()).unwrap_or_default();
         t.add_row(vec![
             name,
             state_name(target.state()).to_owned(),
@@ -317,11 +273,7 @@ pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result
     }
     println!("{t}");
     for target in &detail.targets {
-        let name = target
-            .target
-            .as_ref()
-            .map(|t| t.host_name.as_str())
-            .unwrap_or_default();
+        let name = target.target.as_ref().map(|t| t.host_name.as_str()).unwrap_or_default();
         for (label, bytes) in [("", &target.stdout), (" (stderr)", &target.stderr)] {
             for line in String::from_utf8_lossy(bytes).lines() {
                 println!("[{name}]{label} {line}");
@@ -340,23 +292,26 @@ pub fn cancelled(id: u64, r: &v1::CancelJobResponse, output: Output) -> anyhow::
     if r.already_finished {
         println!("job {id} had already finished");
     } else {
-        println!(
-            "job {id}: cancel sent to {} unfinished host(s)",
-            r.cancelled_targets
-        );
+        println!("job {id}: cancel sent to {} unfinished host(s)", r.cancelled_targets);
     }
     Ok(())
 }
 
 /// One JSON object per event, for `--output json` streaming.
 pub fn event_json(event: &v1::JobEvent) -> Value {
-    let host =
-        |t: &Option<v1::JobTarget>| t.as_ref().map(|t| t.host_name.clone()).unwrap_or_default();
+    let host = |t: &Option<v1::JobTarget>| t.as_ref().map(|t| t.host_name.clone()).unwrap_or_default();
     match &event.kind {
         Some(job_event::Kind::Accepted(a)) => json!({
             "job_id": event.job_id, "event": "accepted",
             "hosts": a.targets.iter().map(|t| t.host_name.clone()).collect::<Vec<_>>(),
             "argv": argv_of(a.action.as_ref()), "deadline": rfc3339(a.deadline_ms),
+        }),
+        Some(job_event::Kind::ApprovalRequired(a)) => json!({
+            "job_id": event.job_id, "event": "approval_required",
+            "expires_at": rfc3339(a.expires_at_ms), "approve_command": a.approve_command,
+        }),
+        Some(job_event::Kind::ApprovalDecided(d)) => json!({
+            "job_id": event.job_id, "event": "approval_decided", "approved": d.approved, "by": d.by, "reason": d.reason,
         }),
         Some(job_event::Kind::Started(s)) => {
             json!({"job_id": event.job_id, "event": "started", "host": host(&s.target)})

@@ -1,0 +1,398 @@
+//! The append-only, hash-chained audit log.
+//!
+//! Rows are appended by one writer task, in batches, so the chain has a single author and
+//! recording never blocks a request on SQLite. Each row stores the previous row's hash and
+//! `SHA-256(previous hash || canonical content)`; [`verify`] recomputes the chain and names the
+//! first row that was altered, deleted, inserted or reordered. Deleting the newest rows leaves a
+//! valid chain, so verification also compares the last row with the head this controller wrote.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tailops_proto::v1;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::now_ms;
+use crate::store::{Store, StoreError};
+
+const QUEUE: usize = 4096;
+const BATCH: usize = 256;
+/// Argument keys whose values are never recorded, whatever a caller passes.
+const SECRET_KEYS: &[&str] = &["token", "secret", "key", "key_pem", "password", "csr_pem", "certificate_pem"];
+
+/// Whether the audited action was allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+impl Decision {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// One thing that happened, before it is sequenced and hashed.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub principal: String,
+    pub action: String,
+    pub targets: Vec<String>,
+    pub arguments: Value,
+    pub decision: Decision,
+    pub outcome: String,
+}
+
+impl AuditRecord {
+    pub fn allow(
+        principal: impl Into<String>,
+        action: &str,
+        targets: Vec<String>,
+        arguments: Value,
+        outcome: &str,
+    ) -> Self {
+        Self {
+            principal: principal.into(),
+            action: action.to_owned(),
+            targets,
+            arguments,
+            decision: Decision::Allow,
+            outcome: outcome.to_owned(),
+        }
+    }
+
+    pub fn deny(principal: impl Into<String>, action: &str, arguments: Value, reason: &str) -> Self {
+        Self {
+            principal: principal.into(),
+            action: action.to_owned(),
+            targets: Vec::new(),
+            arguments,
+            decision: Decision::Deny,
+            outcome: reason.to_owned(),
+        }
+    }
+}
+
+enum Command {
+    Append(AuditRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle for recording; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    queue: mpsc::Sender<Command>,
+    head: Arc<Mutex<Head>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("audit command")
+    }
+}
+
+/// The newest row written: its sequence number and hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+impl AuditLog {
+    /// Reads the current head and starts the writer task.
+    pub async fn start(store: Store) -> Result<Self, StoreError> {
+        let head = read_head(&store).await?;
+        let head = Arc::new(Mutex::new(head));
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(store, rx, head.clone()));
+        Ok(Self { queue, head })
+    }
+
+    /// Queues a record. Waits only if the writer is a full queue behind, so audit rows are never
+    /// dropped.
+    pub async fn record(&self, mut record: AuditRecord) {
+        redact(&mut record.arguments);
+        if self.queue.send(Command::Append(record)).await.is_err() {
+            tracing::error!("audit writer is gone; record lost");
+        }
+    }
+
+    /// Waits until everything queued so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Command::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn head(&self) -> Head {
+        *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn redact(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if SECRET_KEYS.contains(&key.as_str()) {
+                    *v = Value::String("[redacted]".into());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+async fn read_head(store: &Store) -> Result<Head, StoreError> {
+    let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(store.pool())
+        .await?;
+    let Some(row) = row else { return Ok(Head::default()) };
+    let seq: i64 = row.try_get("seq")?;
+    let hash: Vec<u8> = row.try_get("hash")?;
+    Ok(Head { seq: u64::try_from(seq).unwrap_or(0), hash: hash.try_into().unwrap_or([0; 32]) })
+}
+
+/// The hashed columns of one row, exactly as stored.
+struct Content<'a> {
+    seq: u64,
+    at: i64,
+    principal: &'a str,
+    action: &'a str,
+    targets: &'a str,
+    arguments: &'a str,
+    decision: &'a str,
+    outcome: &'a str,
+}
+
+impl Content<'_> {
+    /// The bytes a row's hash covers, besides the previous hash: a JSON array of the column
+    /// values, which is unambiguous (strings are escaped) and stable.
+    fn canonical(&self) -> Vec<u8> {
+        json!([
+            self.seq,
+            self.at,
+            self.principal,
+            self.action,
+            self.targets,
+            self.arguments,
+            self.decision,
+            self.outcome
+        ])
+        .to_string()
+        .into_bytes()
+    }
+}
+
+fn chain_hash(prev: &[u8], canonical: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(canonical);
+    hasher.finalize().into()
+}
+
+async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Arc<Mutex<Head>>) {
+    let mut current = *head.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let mut flushes = Vec::new();
+        let mut records = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Command::Append(r) => records.push(r),
+                Command::Flush(done) => flushes.push(done),
+            }
+        }
+        if !records.is_empty() {
+            match append(&store, current, &records).await {
+                Ok(new_head) => {
+                    current = new_head;
+                    *head.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = new_head;
+                }
+                Err(e) => tracing::error!(error = %e, rows = records.len(), "could not write audit rows"),
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn append(store: &Store, mut head: Head, records: &[AuditRecord]) -> Result<Head, StoreError> {
+    let mut tx = store.write_transaction().await?;
+    for r in records {
+        let seq = head.seq + 1;
+        let at = now_ms();
+        let targets = serde_json::to_string(&r.targets).unwrap_or_else(|_| "[]".into());
+        let arguments = r.arguments.to_string();
+        let content = Content {
+            seq,
+            at,
+            principal: &r.principal,
+            action: &r.action,
+            targets: &targets,
+            arguments: &arguments,
+            decision: r.decision.as_str(),
+            outcome: &r.outcome,
+        }
+        .canonical();
+        let hash = chain_hash(&head.hash, &content);
+        sqlx::query(
+            "INSERT INTO audit (seq, at, principal, action, targets, arguments, decision, outcome, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(at)
+        .bind(&r.principal)
+        .bind(&r.action)
+        .bind(&targets)
+        .bind(&arguments)
+        .bind(r.decision.as_str())
+        .bind(&r.outcome)
+        .bind(head.hash.as_slice())
+        .bind(hash.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        head = Head { seq, hash };
+    }
+    tx.commit().await?;
+    Ok(head)
+}
+
+/// Lists rows, newest first.
+pub async fn list(store: &Store, req: &v1::ListAuditRequest) -> Result<Vec<v1::AuditEntry>, StoreError> {
+    let limit = if req.limit == 0 { 100 } else { req.limit.min(10_000) };
+    let rows = sqlx::query(
+        "SELECT * FROM audit WHERE at >= ? AND (? = '' OR principal = ?) AND (? = '' OR action = ?)
+         ORDER BY seq DESC LIMIT ?",
+    )
+    .bind(req.since_ms)
+    .bind(&req.principal)
+    .bind(&req.principal)
+    .bind(&req.action)
+    .bind(&req.action)
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let targets: String = row.try_get("targets")?;
+            Ok(v1::AuditEntry {
+                seq: u64::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0),
+                at_ms: row.try_get("at")?,
+                principal: row.try_get("principal")?,
+                action: row.try_get("action")?,
+                targets: serde_json::from_str(&targets).unwrap_or_default(),
+                arguments_json: row.try_get("arguments")?,
+                decision: row.try_get("decision")?,
+                outcome: row.try_get("outcome")?,
+            })
+        })
+        .collect()
+}
+
+/// Recomputes the chain over every row and compares its end with `head`.
+pub async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse, StoreError> {
+    let rows = sqlx::query("SELECT * FROM audit ORDER BY seq").fetch_all(store.pool()).await?;
+    let mut prev_seq = 0u64;
+    let mut prev_hash = [0u8; 32];
+    let bad = |seq: u64, checked: u64, problem: String| v1::VerifyAuditResponse {
+        intact: false,
+        rows_checked: checked,
+        first_bad_seq: seq,
+        problem,
+    };
+    for (checked, row) in (1u64..).zip(rows.iter()) {
+        let seq = u64::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0);
+        let stored_prev: Vec<u8> = row.try_get("prev_hash")?;
+        let stored_hash: Vec<u8> = row.try_get("hash")?;
+        if seq != prev_seq + 1 {
+            return Ok(bad(
+                prev_seq + 1,
+                checked,
+                format!("row {} is missing (next row is {seq}): rows were deleted", prev_seq + 1),
+            ));
+        }
+        if stored_prev != prev_hash {
+            return Ok(bad(
+                seq,
+                checked,
+                format!(
+                    "row {seq} does not follow row {prev_seq}: rows were inserted, replaced or reordered"
+                ),
+            ));
+        }
+        let (principal, action, targets, arguments, decision, outcome): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = (
+            row.try_get("principal")?,
+            row.try_get("action")?,
+            row.try_get("targets")?,
+            row.try_get("arguments")?,
+            row.try_get("decision")?,
+            row.try_get("outcome")?,
+        );
+        let content = Content {
+            seq,
+            at: row.try_get("at")?,
+            principal: &principal,
+            action: &action,
+            targets: &targets,
+            arguments: &arguments,
+            decision: &decision,
+            outcome: &outcome,
+        }
+        .canonical();
+        let hash = chain_hash(&prev_hash, &content);
+        if stored_hash != hash {
+            return Ok(bad(
+                seq,
+                checked,
+                format!("row {seq} was altered: its content does not match its hash"),
+            ));
+        }
+        prev_seq = seq;
+        prev_hash = hash;
+    }
+    let checked = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+    if head.seq > prev_seq {
+        return Ok(bad(
+            prev_seq + 1,
+            checked,
+            format!("rows {}..={} were deleted from the end of the log", prev_seq + 1, head.seq),
+        ));
+    }
+    if head.seq == prev_seq && head.seq > 0 && head.hash != prev_hash {
+        return Ok(bad(
+            prev_seq,
+            checked,
+            format!("row {prev_seq} differs from the one this controller wrote"),
+        ));
+    }
+    Ok(v1::VerifyAuditResponse {
+        intact: true,
+        rows_checked: checked,
+        first_bad_seq: 0,
+        problem: String::new(),
+    })
+}

@@ -1,0 +1,341 @@
+//! Authentication and authorization for every RPC, in one tower layer in front of all services.
+//!
+//! The caller's identity comes only from its verified client certificate (the URI SAN). Every
+//! method has an entry in [`POLICY`]; a method that is not listed is denied. Certificate, host and
+//! user standing are read from the database on every call, so a change takes effect at once.
+//! Every denial is audited; callers are rate limited per principal and tier (and enrollment per
+//! source address).
+
+pub mod roles;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use rustls::pki_types::CertificateDer;
+use tailops_pki::{CertificateInfo, PrincipalId, PrincipalKind};
+use tonic::Status;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use tailops_proto::v1;
+
+use crate::audit::{AuditLog, AuditRecord};
+use crate::rate_limit::{Bucket, RateLimiter};
+use crate::store::Store;
+
+pub use roles::{Grant, Risk, Role, Tier};
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No client certificate needed: enrollment, login and health checks.
+    Anyone,
+    /// An enrolled agent (its own link only).
+    Agent,
+    /// An enabled user or bridge whose role grants this tier outright.
+    Principal(Tier),
+}
+
+/// The policy table: every RPC method of every service the controller serves.
+pub const POLICY: &[(&str, Access)] = &[
+    ("/tailops.v1.Enrollment/Enroll", Access::Anyone),
+    ("/tailops.v1.Enrollment/Login", Access::Anyone),
+    ("/grpc.health.v1.Health/Check", Access::Anyone),
+    ("/grpc.health.v1.Health/Watch", Access::Anyone),
+    ("/grpc.health.v1.Health/List", Access::Anyone),
+    ("/tailops.v1.AgentLink/Connect", Access::Agent),
+    ("/tailops.v1.Fleet/CreateJoinToken", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Fleet/ListHosts", Access::Principal(Tier::Observe)),
+    // The job's own risk is checked per action and host inside.
+    ("/tailops.v1.Fleet/RunJob", Access::Principal(Tier::Observe)),
+    ("/tailops.v1.Fleet/WatchJob", Access::Principal(Tier::Observe)),
+    ("/tailops.v1.Fleet/ListJobs", Access::Principal(Tier::Observe)),
+    ("/tailops.v1.Fleet/GetJob", Access::Principal(Tier::Observe)),
+    ("/tailops.v1.Fleet/CancelJob", Access::Principal(Tier::Control)),
+    ("/tailops.v1.Fleet/ListApprovals", Access::Principal(Tier::Observe)),
+    // Approvers are further checked inside: human, not the requester, allowed to run the job.
+    ("/tailops.v1.Fleet/DecideApproval", Access::Principal(Tier::Control)),
+    ("/tailops.v1.Identity/WhoAmI", Access::Principal(Tier::Observe)),
+    ("/tailops.v1.Identity/RenewCertificate", Access::Principal(Tier::Observe)),
+    ("/tailops.v1.Identity/CreateInvite", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Identity/ListPrincipals", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Identity/SetPrincipalDisabled", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Identity/SetPrincipalRole", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Identity/ListCertificates", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Identity/RevokeCertificate", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Identity/ListJoinTokens", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Identity/RevokeJoinToken", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Identity/ForgetHost", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Audit/ListAudit", Access::Principal(Tier::Admin)),
+    ("/tailops.v1.Audit/VerifyAudit", Access::Principal(Tier::Admin)),
+    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Access::Principal(Tier::Admin)),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Access::Principal(Tier::Admin)),
+];
+
+pub fn access_for(path: &str) -> Option<Access> {
+    POLICY.iter().find(|(method, _)| *method == path).map(|(_, access)| *access)
+}
+
+/// The authenticated caller, placed in the request extensions for the services.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub id: PrincipalId,
+    pub serial: String,
+    /// Users and bridges: their role. Agents have none.
+    pub role: Option<&'static Role>,
+    /// Users and bridges: the hosts their role is limited to (`None`: every host).
+    pub scope: Option<v1::HostSelector>,
+}
+
+impl Principal {
+    /// The caller of a request that passed [`AuthLayer`] with a certificate-bearing policy.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, Status> {
+        request
+            .extensions()
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("this method needs a client certificate"))
+    }
+
+    pub fn uri(&self) -> String {
+        self.id.uri()
+    }
+
+    /// Humans can approve; automation cannot.
+    pub fn is_human(&self) -> bool {
+        self.id.kind == PrincipalKind::User
+    }
+
+    pub fn grant(&self, risk: Risk) -> Grant {
+        self.role.map_or(Grant::No, |r| r.grant(risk))
+    }
+
+    /// Whether the principal's scope covers `host`.
+    pub fn covers(&self, host: &v1::Host) -> bool {
+        match &self.scope {
+            None => true,
+            Some(scope) => {
+                scope.labels.iter().all(|(k, v)| host.labels.get(k) == Some(v))
+                    && (scope.hosts.is_empty()
+                        || scope.hosts.iter().any(|h| *h == host.name || *h == host.id))
+            }
+        }
+    }
+}
+
+/// Decides each call. Fails closed: any error reading the database denies.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    store: Store,
+    trust_domain: String,
+    audit: AuditLog,
+    limiter: Arc<RateLimiter>,
+}
+
+impl Authorizer {
+    pub fn new(store: Store, trust_domain: String, audit: AuditLog, limiter: Arc<RateLimiter>) -> Self {
+        Self { store, trust_domain, audit, limiter }
+    }
+
+    /// Authorizes one call; denials are audited.
+    pub async fn authorize(
+        &self,
+        path: &str,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+        remote: Option<SocketAddr>,
+    ) -> Result<Option<Principal>, Status> {
+        let result = self.decide(path, peer_certs, remote).await;
+        if let Err((who, status)) = &result {
+            let who = who.clone().unwrap_or_else(|| anonymous(remote));
+            let arguments = serde_json::json!({ "method": path, "code": format!("{:?}", status.code()) });
+            self.audit.record(AuditRecord::deny(who, "call", arguments, status.message())).await;
+        }
+        result.map_err(|(_, status)| status)
+    }
+
+    async fn decide(
+        &self,
+        path: &str,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+        remote: Option<SocketAddr>,
+    ) -> Result<Option<Principal>, (Option<String>, Status)> {
+        let anon = |status| Err((None, status));
+        let Some(access) = access_for(path) else {
+            return anon(Status::permission_denied(format!("{path} is not an allowed method")));
+        };
+        if access == Access::Anyone {
+            if path.starts_with("/tailops.v1.Enrollment/") {
+                let address = remote.map(|a| a.ip().to_string()).unwrap_or_default();
+                if let Err(retry) = self.limiter.check(&address, Bucket::Enroll) {
+                    return anon(retry.into_status(Bucket::Enroll));
+                }
+            }
+            return Ok(None);
+        }
+        let Some(leaf) = peer_certs.and_then(<[_]>::first) else {
+            return anon(Status::unauthenticated(
+                "this method needs a client certificate: use a tailopsctl profile or an enrolled agent",
+            ));
+        };
+        // The TLS layer has already verified the chain against our CA and the validity period.
+        let info = match CertificateInfo::from_der(leaf) {
+            Ok(info) => info,
+            Err(e) => return anon(Status::unauthenticated(format!("unusable client certificate: {e}"))),
+        };
+        let id = info.principal;
+        let uri = id.uri();
+        let deny = |status| Err((Some(uri.clone()), status));
+        if id.trust_domain != self.trust_domain {
+            return deny(Status::permission_denied("certificate belongs to another trust domain"));
+        }
+        let db = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "authorization lookup failed; denying");
+            Status::unavailable("authorization check failed; try again")
+        };
+        match self.store.certificate_usable(&info.serial, &uri).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return deny(Status::unauthenticated("certificate is revoked or unknown to this controller"));
+            }
+            Err(e) => return deny(db(e)),
+        }
+        let mut principal = Principal { id, serial: info.serial, role: None, scope: None };
+        match (access, principal.id.kind) {
+            (Access::Agent, PrincipalKind::Agent) => match self.store.host(&principal.id.name).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return deny(Status::permission_denied("this host is not enrolled (or was forgotten)"));
+                }
+                Err(e) => return deny(db(e)),
+            },
+            (Access::Principal(tier), PrincipalKind::User | PrincipalKind::Bridge) => {
+                let record = match self.store.principal(principal.id.kind.as_str(), &principal.id.name).await
+                {
+                    Ok(Some(record)) => record,
+                    Ok(None) => return deny(Status::permission_denied("this principal no longer exists")),
+                    Err(e) => return deny(db(e)),
+                };
+                if record.disabled {
+                    return deny(Status::permission_denied(format!(
+                        "{} {} is disabled",
+                        record.principal.kind, record.principal.name
+                    )));
+                }
+                let Some(role) = Role::named(&record.principal.role) else {
+                    return deny(Status::permission_denied(format!(
+                        "unknown role {:?}",
+                        record.principal.role
+                    )));
+                };
+                if role.tier(tier) != Grant::Yes {
+                    return deny(Status::permission_denied(format!(
+                        "role {} does not grant the {tier} tier that {path} needs",
+                        role.name
+                    )));
+                }
+                let bucket = match tier {
+                    Tier::Observe => Bucket::Observe,
+                    Tier::Control => Bucket::Control,
+                    Tier::Admin => Bucket::Admin,
+                };
+                if let Err(retry) = self.limiter.check(&uri, bucket) {
+                    return deny(retry.into_status(bucket));
+                }
+                principal.role = Some(role);
+                principal.scope = record.principal.scope;
+            }
+            (Access::Agent, kind) => {
+                return deny(Status::permission_denied(format!(
+                    "only agents may use the agent link, not a {} certificate",
+                    kind.as_str()
+                )));
+            }
+            (Access::Principal(_), kind) => {
+                return deny(Status::permission_denied(format!(
+                    "{} certificates may not call {path}",
+                    kind.as_str()
+                )));
+            }
+            (Access::Anyone, _) => {}
+        }
+        Ok(Some(principal))
+    }
+}
+
+/// How a caller without a certificate is named in the audit log.
+pub fn anonymous(remote: Option<SocketAddr>) -> String {
+    match remote {
+        Some(addr) => format!("anonymous@{}", addr.ip()),
+        None => "anonymous".to_owned(),
+    }
+}
+
+/// Tower layer that runs [`Authorizer`] before any service sees a request.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    authorizer: Arc<Authorizer>,
+}
+
+impl AuthLayer {
+    pub fn new(authorizer: Authorizer) -> Self {
+        Self { authorizer: Arc::new(authorizer) }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, authorizer: self.authorizer.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    authorizer: Arc<Authorizer>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was polled ready is the one that must serve this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authorizer = self.authorizer.clone();
+        Box::pin(async move {
+            let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+            let certs = info.and_then(TlsConnectInfo::peer_certs);
+            let remote = info.and_then(|i| i.get_ref().remote_addr());
+            let path = request.uri().path().to_owned();
+            match authorizer.authorize(&path, certs.as_deref().map(Vec::as_slice), remote).await {
+                Ok(principal) => {
+                    if let Some(principal) = principal {
+                        request.extensions_mut().insert(principal);
+                    }
+                    inner.call(request).await
+                }
+                Err(status) => {
+                    tracing::info!(method = %path, code = ?status.code(), reason = status.message(), "call denied");
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
