@@ -371,6 +371,13 @@ pub async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse
                 format!("row {seq} was altered: its content does not match its hash"),
             ));
         }
+        if seq == head.seq && hash != head.hash {
+            return Ok(bad(
+                seq,
+                checked,
+                format!("row {seq} differs from the one this controller wrote: the chain was rewritten"),
+            ));
+        }
         prev_seq = seq;
         prev_hash = hash;
     }
@@ -380,13 +387,6 @@ pub async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse
             prev_seq + 1,
             checked,
             format!("rows {}..={} were deleted from the end of the log", prev_seq + 1, head.seq),
-        ));
-    }
-    if head.seq == prev_seq && head.seq > 0 && head.hash != prev_hash {
-        return Ok(bad(
-            prev_seq,
-            checked,
-            format!("row {prev_seq} differs from the one this controller wrote"),
         ));
     }
     Ok(v1::VerifyAuditResponse {

@@ -12,7 +12,9 @@ use tailops_controller::Controller;
 use tailops_controller::config::ControllerConfig;
 use tailops_controller::data_dir::{self, DataDir, InitOptions};
 use tailops_pki::Fingerprint;
-use tailops_proto::v1::{self, fleet_client::FleetClient};
+use tailops_proto::v1::{
+    self, audit_client::AuditClient, fleet_client::FleetClient, identity_client::IdentityClient,
+};
 use tailopsctl::Profile;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -68,7 +70,73 @@ impl TestController {
     }
 
     pub async fn fleet(&self) -> FleetClient<Channel> {
-        FleetClient::new(tailopsctl::connect(&self.admin).await.expect("admin connects"))
+        self.fleet_as(&self.admin).await
+    }
+
+    pub async fn fleet_as(&self, profile: &Profile) -> FleetClient<Channel> {
+        FleetClient::new(tailopsctl::connect(profile).await.expect("connects"))
+    }
+
+    pub async fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(tailopsctl::connect(&self.admin).await.expect("admin connects"))
+    }
+
+    pub async fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(tailopsctl::connect(&self.admin).await.expect("admin connects"))
+    }
+
+    /// Invites a user or bridge as the admin and logs it in; returns its profile.
+    pub async fn principal(
+        &self,
+        kind: &str,
+        name: &str,
+        role: &str,
+        scope: Option<v1::HostSelector>,
+    ) -> Profile {
+        let kind =
+            if kind == "bridge" { v1::PrincipalKindProto::Bridge } else { v1::PrincipalKindProto::User };
+        let invite = self
+            .identity()
+            .await
+            .create_invite(v1::CreateInviteRequest {
+                kind: kind as i32,
+                name: name.to_owned(),
+                role: role.to_owned(),
+                scope,
+                ttl_secs: 600,
+            })
+            .await
+            .expect("invite")
+            .into_inner();
+        tailopsctl::login::login(tailopsctl::login::LoginOptions {
+            controller_url: self.url.clone(),
+            token: invite.token,
+            ca_fingerprint: self.fingerprint,
+        })
+        .await
+        .expect("login")
+    }
+
+    /// Stops the controller and starts it again on the same data directory and port.
+    pub async fn restart(self) -> Self {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+        let controller =
+            Controller::open(&DataDir::new(self.dir.path().join("controller"))).await.expect("reopen");
+        let mut listener = None;
+        for _ in 0..50 {
+            match controller.bind(Some(self.addr)).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let listener = listener.expect("rebind the same port");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(controller.serve(listener, shutdown.clone()));
+        Self { shutdown, server, ..self }
     }
 
     /// Writes the admin profile to a file (for the CLI binary) and returns its path.
@@ -141,6 +209,11 @@ async fn set_fast_timing(data: &DataDir, configure: impl FnOnce(&mut ControllerC
     let mut config: ControllerConfig = toml::from_str(&text).expect("parse config");
     config.timing.heartbeat_interval_ms = u64::try_from(TEST_HEARTBEAT.as_millis()).expect("ms");
     config.timing.offline_after_missed = 3;
+    // Tests make many admin calls in a burst; the limits get their own tests.
+    config.rate_limits.admin_per_minute = 10_000;
+    config.rate_limits.control_per_minute = 10_000;
+    config.rate_limits.exec_per_minute = 10_000;
+    config.rate_limits.enroll_per_minute_per_address = 10_000;
     configure(&mut config);
     tokio::fs::write(&path, toml::to_string(&config).expect("toml")).await.expect("write config");
 }

@@ -1,0 +1,267 @@
+//! Principals, roles, scopes and revocation over real mutual TLS.
+
+use std::time::Duration;
+
+use tailops_proto::v1::{self, OutputStream};
+use tailops_tests::*;
+
+fn staging_scope() -> v1::HostSelector {
+    v1::HostSelector { labels: [("env".to_owned(), "staging".to_owned())].into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn an_invited_user_logs_in_with_a_key_made_locally() {
+    let controller = TestController::start().await;
+    let alice = controller.principal("user", "alice", "viewer", None).await;
+    assert!(alice.principal.ends_with("/user/alice"), "{}", alice.principal);
+    let me = tailops_proto::v1::identity_client::IdentityClient::new(
+        tailopsctl::connect(&alice).await.expect("tls"),
+    )
+    .who_am_i(v1::WhoAmIRequest {})
+    .await
+    .expect("whoami")
+    .into_inner();
+    assert_eq!(me.role, "viewer");
+
+    // The invite was single use.
+    let invite = controller
+        .identity()
+        .await
+        .create_invite(v1::CreateInviteRequest {
+            kind: v1::PrincipalKindProto::User as i32,
+            name: "bob".into(),
+            role: "operator".into(),
+            scope: None,
+            ttl_secs: 60,
+        })
+        .await
+        .expect("invite")
+        .into_inner();
+    let options = tailopsctl::login::LoginOptions {
+        controller_url: controller.url.clone(),
+        token: invite.token.clone(),
+        ca_fingerprint: controller.fingerprint,
+    };
+    tailopsctl::login::login(options.clone()).await.expect("first login");
+    let again = tailopsctl::login::login(options).await.expect_err("second login");
+    assert!(
+        matches!(again, tailopsctl::login::LoginError::Refused(s) if s.code() == tonic::Code::Unauthenticated)
+    );
+
+    // Inviting an existing name or an unknown role is refused clearly.
+    let mut identity = controller.identity().await;
+    let dup = identity
+        .create_invite(v1::CreateInviteRequest {
+            kind: v1::PrincipalKindProto::User as i32,
+            name: "alice".into(),
+            role: "viewer".into(),
+            scope: None,
+            ttl_secs: 60,
+        })
+        .await
+        .expect_err("exists");
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+    let bad_role = identity
+        .create_invite(v1::CreateInviteRequest {
+            kind: v1::PrincipalKindProto::User as i32,
+            name: "carol".into(),
+            role: "root".into(),
+            scope: None,
+            ttl_secs: 60,
+        })
+        .await
+        .expect_err("role");
+    assert_eq!(bad_role.code(), tonic::Code::InvalidArgument);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_viewer_observes_but_cannot_exec_or_administer() {
+    let controller = TestController::start().await;
+    let _a = controller.agent("a", &[]).await;
+    let viewer = controller.principal("user", "val", "viewer", None).await;
+    let mut fleet = controller.fleet_as(&viewer).await;
+    let hosts = fleet.list_hosts(v1::ListHostsRequest::default()).await.expect("observe").into_inner().hosts;
+    assert_eq!(hosts.len(), 1);
+    let exec =
+        fleet.run_job(exec_request(all_hosts(), &["true"], Duration::from_secs(5))).await.expect_err("exec");
+    assert_eq!(exec.code(), tonic::Code::PermissionDenied);
+    let token = fleet.create_join_token(v1::CreateJoinTokenRequest::default()).await.expect_err("admin tier");
+    assert_eq!(token.code(), tonic::Code::PermissionDenied);
+    let cancel = fleet.cancel_job(v1::CancelJobRequest { job_id: 1 }).await.expect_err("control tier");
+    assert_eq!(cancel.code(), tonic::Code::PermissionDenied);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_scoped_operator_reaches_only_its_hosts_and_is_told() {
+    let controller = TestController::start().await;
+    let _s1 = controller.agent("stage1", &[("env", "staging")]).await;
+    let _p1 = controller.agent("prod1", &[("env", "prod")]).await;
+    let operator = controller.principal("user", "olga", "operator", Some(staging_scope())).await;
+    let mut fleet = controller.fleet_as(&operator).await;
+
+    let hosts = fleet.list_hosts(v1::ListHostsRequest::default()).await.expect("list").into_inner().hosts;
+    assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["stage1"]);
+
+    let events = collect_events(
+        fleet
+            .run_job(exec_request(all_hosts(), &["echo", "hi"], Duration::from_secs(10)))
+            .await
+            .expect("job")
+            .into_inner(),
+    )
+    .await;
+    let Some(v1::job_event::Kind::Accepted(accepted)) = &events[0].kind else {
+        panic!("first event is accepted")
+    };
+    assert_eq!(accepted.out_of_scope, ["prod1"]);
+    assert_eq!(finished_by_host(&events).keys().collect::<Vec<_>>(), ["stage1"]);
+    assert_eq!(output_of(&events, "stage1", OutputStream::Stdout), "hi\n");
+
+    let outside = v1::HostSelector { hosts: vec!["prod1".into()], ..Default::default() };
+    let err =
+        fleet.run_job(exec_request(outside, &["true"], Duration::from_secs(5))).await.expect_err("outside");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn disabling_a_user_refuses_calls_and_closes_its_streams_at_once() {
+    let controller = TestController::start().await;
+    let _a = controller.agent("a", &[]).await;
+    let operator = controller.principal("user", "otto", "operator", None).await;
+    let mut fleet = controller.fleet_as(&operator).await;
+    let mut stream = fleet
+        .run_job(exec_request(all_hosts(), &["sleep", "30"], Duration::from_secs(60)))
+        .await
+        .expect("job")
+        .into_inner();
+    stream.message().await.expect("accepted").expect("event");
+
+    controller
+        .identity()
+        .await
+        .set_principal_disabled(v1::SetPrincipalDisabledRequest {
+            kind: v1::PrincipalKindProto::User as i32,
+            name: "otto".into(),
+            disabled: true,
+        })
+        .await
+        .expect("disable");
+
+    // The open stream ends within 5 s with UNAUTHENTICATED.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("stream closed within 5 s");
+    assert_eq!(closed, Some(tonic::Code::Unauthenticated));
+    let denied = fleet.list_hosts(v1::ListHostsRequest::default()).await.expect_err("disabled");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // Re-enabled, the same credentials work again.
+    controller
+        .identity()
+        .await
+        .set_principal_disabled(v1::SetPrincipalDisabledRequest {
+            kind: v1::PrincipalKindProto::User as i32,
+            name: "otto".into(),
+            disabled: false,
+        })
+        .await
+        .expect("enable");
+    fleet.list_hosts(v1::ListHostsRequest::default()).await.expect("enabled again");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_an_agent_certificate_closes_its_stream_and_refuses_reconnects() {
+    let controller = TestController::start().await;
+    let agent = controller.agent("victim", &[]).await;
+    let state = tailops_agent::AgentState::load(agent.state_dir.path()).await.expect("state");
+    let serial = tailops_pki::CertificateInfo::from_pem(&state.cert_pem).expect("cert").serial;
+    let response = controller
+        .identity()
+        .await
+        .revoke_certificate(v1::RevokeCertificateRequest { serial: serial.clone(), reason: "test".into() })
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert_eq!(response.closed_streams, 1);
+    controller.wait_online("victim", false).await;
+    // The agent keeps retrying with the revoked certificate and stays out.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!controller.host("victim").await.expect("host").online);
+    let certs = controller
+        .identity()
+        .await
+        .list_certificates(v1::ListCertificatesRequest { principal: String::new(), include_expired: false })
+        .await
+        .expect("certs")
+        .into_inner()
+        .certificates;
+    assert!(certs.iter().any(|c| c.serial == serial && c.revoked_at_ms > 0 && c.revoked_reason == "test"));
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_forgotten_host_is_cut_off_and_its_name_freed() {
+    let controller = TestController::start().await;
+    let _agent = controller.agent("old", &[]).await;
+    let forgotten = controller
+        .identity()
+        .await
+        .forget_host(v1::ForgetHostRequest { host: "old".into() })
+        .await
+        .expect("forget")
+        .into_inner();
+    assert_eq!(forgotten.revoked_certificates, 1);
+    assert!(controller.host("old").await.is_none());
+    // The name can be enrolled again by a new host.
+    let _new = controller.agent("old", &[]).await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn join_tokens_can_be_listed_and_revoked() {
+    let controller = TestController::start().await;
+    let token = controller.token(&[("env", "lab")], 3, Duration::from_secs(600)).await;
+    let mut identity = controller.identity().await;
+    let tokens =
+        identity.list_join_tokens(v1::ListJoinTokensRequest {}).await.expect("ls").into_inner().tokens;
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].uses_left, 3);
+    identity
+        .revoke_join_token(v1::RevokeJoinTokenRequest { id: tokens[0].id.clone() })
+        .await
+        .expect("revoke");
+    let dir = tempfile::tempdir().expect("dir");
+    let err = tailops_agent::enroll(controller.enroll_options(&token, "late", dir.path()))
+        .await
+        .expect_err("revoked");
+    assert!(matches!(err, tailops_agent::AgentError::Refused(s) if s.code() == tonic::Code::Unauthenticated));
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn admins_cannot_lock_themselves_out() {
+    let controller = TestController::start().await;
+    let mut identity = controller.identity().await;
+    let err = identity
+        .set_principal_disabled(v1::SetPrincipalDisabledRequest {
+            kind: v1::PrincipalKindProto::User as i32,
+            name: "admin".into(),
+            disabled: true,
+        })
+        .await
+        .expect_err("self");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    controller.stop().await;
+}
