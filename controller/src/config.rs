@@ -21,6 +21,16 @@ pub struct ControllerConfig {
     pub limits: Limits,
     #[serde(default)]
     pub rate_limits: RateLimits,
+    #[serde(default)]
+    pub security: Security,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// When a certificate that a renewal already replaced is presented (a copied identity),
+    /// revoke every certificate of that identity instead of only flagging it.
+    pub lock_on_clone: bool,
 }
 
 /// Token-bucket sizes per minute, per principal (and per source address for enrollment).

@@ -149,12 +149,7 @@ impl Controller {
 
         let sweeper = tokio::spawn(liveness_sweeper(state.clone(), shutdown.clone()));
 
-        let authorizer = Authorizer::new(
-            state.store.clone(),
-            state.config.trust_domain.clone(),
-            state.audit.clone(),
-            state.limiter.clone(),
-        );
+        let authorizer = Authorizer::new(&state);
         let router = Server::builder()
             .tls_config(tls)?
             .tcp_nodelay(true)

@@ -104,6 +104,20 @@ pub struct HostReport {
     pub kernel: String,
 }
 
+/// The revocation reason of certificates replaced by a newer one in use.
+pub const SUPERSEDED: &str = "superseded by a renewed certificate";
+
+/// Whether a presented certificate may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStanding {
+    Usable,
+    /// Not issued by this controller to this principal.
+    Unknown,
+    Revoked,
+    /// Replaced by a renewal that is already in use: whoever presents it holds a copy.
+    Superseded,
+}
+
 /// A new job and the hosts it resolved to.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -397,18 +411,55 @@ impl Store {
 
     /// Whether the certificate with `serial` may be used by `principal_uri`: it must have been
     /// issued by this controller to that principal and not be revoked. Unknown = no.
-    pub async fn certificate_usable(&self, serial: &str, principal_uri: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT principal, revoked_at FROM certificates WHERE serial = ?")
-            .bind(serial)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => {
-                r.try_get::<String, _>("principal")? == principal_uri
-                    && r.try_get::<Option<i64>, _>("revoked_at")?.is_none()
+    pub async fn certificate_standing(
+        &self,
+        serial: &str,
+        principal_uri: &str,
+    ) -> Result<CertStanding, StoreError> {
+        let row =
+            sqlx::query("SELECT principal, revoked_at, revoked_reason FROM certificates WHERE serial = ?")
+                .bind(serial)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(r) = row else { return Ok(CertStanding::Unknown) };
+        if r.try_get::<String, _>("principal")? != principal_uri {
+            return Ok(CertStanding::Unknown);
+        }
+        Ok(match r.try_get::<Option<i64>, _>("revoked_at")? {
+            None => CertStanding::Usable,
+            Some(_) => {
+                let reason: Option<String> = r.try_get("revoked_reason")?;
+                if reason.as_deref() == Some(SUPERSEDED) {
+                    CertStanding::Superseded
+                } else {
+                    CertStanding::Revoked
+                }
             }
-            None => false,
         })
+    }
+
+    /// Marks every older unrevoked certificate of `principal_uri` superseded by `serial`, the
+    /// one it just connected with: after a renewal, a copy of the old key is worthless, and its
+    /// use reveals the copy. Returns how many were superseded.
+    pub async fn supersede_older_certificates(
+        &self,
+        principal_uri: &str,
+        serial: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE certificates SET revoked_at = ?, revoked_reason = ?
+             WHERE principal = ? AND serial != ? AND revoked_at IS NULL
+               AND issued_at < (SELECT issued_at FROM certificates WHERE serial = ?)",
+        )
+        .bind(now_ms)
+        .bind(SUPERSEDED)
+        .bind(principal_uri)
+        .bind(serial)
+        .bind(serial)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     pub async fn list_certificates(

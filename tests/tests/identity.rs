@@ -265,3 +265,65 @@ async fn admins_cannot_lock_themselves_out() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     controller.stop().await;
 }
+
+/// A copy of an agent's identity taken before a renewal: once the renewed certificate is in use,
+/// the copy is refused, the attempt is flagged, and with `lock_on_clone` the identity is locked.
+#[tokio::test]
+async fn a_copied_agent_identity_is_refused_flagged_and_locked() {
+    let controller = TestController::start_with(|c| {
+        // Short enough that the agent renews as soon as it connects.
+        c.timing.agent_cert_lifetime_secs = 60;
+        c.security.lock_on_clone = true;
+    })
+    .await;
+    let token = controller.token(&[], 1, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    tailops_agent::enroll(controller.enroll_options(&token, "cloned", dir.path())).await.expect("enroll");
+    let copy = tailops_agent::AgentState::load(dir.path()).await.expect("copy of the identity");
+
+    let mut agent = TestAgent::start(dir, "cloned");
+    controller.wait_online("cloned", true).await;
+    // Wait for the renewal, then reconnect so the renewed certificate is the one in use.
+    for _ in 0..100 {
+        let now = tailops_agent::AgentState::load(agent.state_dir.path()).await.expect("state");
+        if now.cert_pem != copy.cert_pem {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.pause().await;
+    agent.resume();
+    controller.wait_online("cloned", true).await;
+
+    // The copy tries to use the link.
+    let channel = tonic::transport::Endpoint::from_shared(controller.url.clone())
+        .expect("url")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&copy.ca_pem))
+                .identity(tonic::transport::Identity::from_pem(&copy.cert_pem, &copy.key_pem)),
+        )
+        .expect("tls")
+        .connect_lazy();
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let refused = v1::agent_link_client::AgentLinkClient::new(channel)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("the copy is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(refused.message().contains("superseded"), "{}", refused.message());
+
+    // Locked: the genuine agent is cut off too, until an admin re-enrolls the host.
+    controller.wait_online("cloned", false).await;
+    let flagged = controller
+        .audit()
+        .await
+        .list_audit(v1::ListAuditRequest { action: "identity.clone_suspected".into(), ..Default::default() })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    assert_eq!(flagged.len(), 1);
+    assert!(flagged[0].outcome.contains("locked"), "{}", flagged[0].outcome);
+    controller.stop().await;
+}

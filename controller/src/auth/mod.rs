@@ -23,7 +23,9 @@ use tailops_proto::v1;
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::rate_limit::{Bucket, RateLimiter};
-use crate::store::Store;
+use crate::revocation::{Revocations, Revoked};
+use crate::store::{CertStanding, Store};
+use crate::{AppState, now_ms};
 
 pub use roles::{Grant, Risk, Role, Tier};
 
@@ -132,11 +134,51 @@ pub struct Authorizer {
     trust_domain: String,
     audit: AuditLog,
     limiter: Arc<RateLimiter>,
+    revocations: Revocations,
+    lock_on_clone: bool,
 }
 
 impl Authorizer {
-    pub fn new(store: Store, trust_domain: String, audit: AuditLog, limiter: Arc<RateLimiter>) -> Self {
-        Self { store, trust_domain, audit, limiter }
+    pub fn new(state: &AppState) -> Self {
+        Self {
+            store: state.store.clone(),
+            trust_domain: state.config.trust_domain.clone(),
+            audit: state.audit.clone(),
+            limiter: state.limiter.clone(),
+            revocations: state.revocations.clone(),
+            lock_on_clone: state.config.security.lock_on_clone,
+        }
+    }
+
+    /// A certificate that a renewal already replaced was presented: two holders of one identity.
+    /// Always flagged; with `security.lock_on_clone`, every certificate of the identity is
+    /// revoked too, so neither copy works until an admin re-enrolls it.
+    async fn on_clone_suspected(&self, uri: &str, serial: &str, remote: Option<SocketAddr>) {
+        tracing::warn!(principal = %uri, serial, ?remote, "superseded certificate presented: identity may be copied");
+        let mut outcome = "flagged".to_owned();
+        if self.lock_on_clone {
+            match self
+                .store
+                .revoke_principal_certificates(uri, "locked: copied identity suspected", now_ms())
+                .await
+            {
+                Ok(n) => {
+                    self.revocations.publish(Revoked::Principal(uri.to_owned()));
+                    outcome = format!("flagged and locked ({n} certificate(s) revoked)");
+                }
+                Err(e) => tracing::error!(error = %e, "could not lock a suspected copied identity"),
+            }
+        }
+        let arguments = serde_json::json!({"serial": serial, "from": anonymous(remote)});
+        self.audit
+            .record(AuditRecord::allow(
+                uri,
+                "identity.clone_suspected",
+                vec![uri.to_owned()],
+                arguments,
+                &outcome,
+            ))
+            .await;
     }
 
     /// Authorizes one call; denials are audited.
@@ -194,9 +236,15 @@ impl Authorizer {
             tracing::error!(error = %e, "authorization lookup failed; denying");
             Status::unavailable("authorization check failed; try again")
         };
-        match self.store.certificate_usable(&info.serial, &uri).await {
-            Ok(true) => {}
-            Ok(false) => {
+        match self.store.certificate_standing(&info.serial, &uri).await {
+            Ok(CertStanding::Usable) => {}
+            Ok(CertStanding::Superseded) => {
+                self.on_clone_suspected(&uri, &info.serial, remote).await;
+                return deny(Status::unauthenticated(
+                    "certificate was superseded by a renewal; it is no longer valid",
+                ));
+            }
+            Ok(CertStanding::Revoked | CertStanding::Unknown) => {
                 return deny(Status::unauthenticated("certificate is revoked or unknown to this controller"));
             }
             Err(e) => return deny(db(e)),

@@ -92,6 +92,16 @@ impl AgentLink for AgentLinkService {
             .mark_online(&host_id, &report, now)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        // Using a newer certificate retires the older ones (see `supersede_older_certificates`).
+        match self.state.store.supersede_older_certificates(&principal.uri(), &principal.serial, now).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(host = %host.name, superseded = n, "renewed certificate in use; older ones retired")
+            }
+            Err(e) => {
+                tracing::error!(host = %host.name, error = %e, "could not retire superseded certificates")
+            }
+        }
         let (conn, replaced) =
             self.state.agents.register(&host_id, &host.name, &principal.serial, outbox, now);
         if let Some(replaced) = replaced {
