@@ -78,6 +78,17 @@ async fn every_method_refuses_the_wrong_kinds_of_principal() {
     let as_viewer = || tls_channel(&controller.url, &ca, Some((&viewer.cert_pem, &viewer.key_pem)));
     let as_bridge = || tls_channel(&controller.url, &ca, Some((&bridge.cert_pem, &bridge.key_pem)));
     let as_operator = || tls_channel(&controller.url, &ca, Some((&operator.cert_pem, &operator.key_pem)));
+    // A revoked admin, and an "admin" from a foreign CA.
+    let revoked = controller.principal("user", "revoked1", "admin", None).await;
+    let serial = tailops_pki::CertificateInfo::from_pem(&revoked.cert_pem).expect("cert").serial;
+    let revoke = v1::RevokeCertificateRequest { serial, reason: "test".into() };
+    controller.identity().await.revoke_certificate(revoke).await.expect("revoke");
+    let as_revoked = || tls_channel(&controller.url, &ca, Some((&revoked.cert_pem, &revoked.key_pem)));
+    let foreign_ca = CertificateAuthority::generate("test.tailops").expect("foreign ca");
+    let foreign_admin = PrincipalId::new("test.tailops", PrincipalKind::User, "admin").expect("id");
+    let (foreign_cert, foreign_key) =
+        foreign_ca.issue_client_with_new_key(&foreign_admin, Duration::from_secs(3600)).expect("cert");
+    let as_foreign = || tls_channel(&controller.url, &ca, Some((&foreign_cert.pem, &foreign_key)));
 
     let mut checked = 0;
     for (method, access) in POLICY {
@@ -104,6 +115,8 @@ async fn every_method_refuses_the_wrong_kinds_of_principal() {
                     "{method} without a cert"
                 );
                 assert_eq!(call(as_agent(), method).await, denied, "{method} as agent");
+                assert_eq!(call(as_revoked(), method).await, tonic::Code::Unauthenticated, "{method} revoked");
+                assert_ne!(call(as_foreign(), method).await, tonic::Code::Ok, "{method} with a foreign CA");
                 if *tier > Tier::Observe {
                     assert_eq!(call(as_viewer(), method).await, denied, "{method} as viewer");
                 }
