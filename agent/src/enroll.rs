@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use tailops_pki::Fingerprint;
 use tailops_proto::v1::{self, enrollment_client::EnrollmentClient};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+use crate::AgentError;
 use crate::state::{AgentConfig, AgentState};
-use crate::{AgentError, error_chain};
 
 #[derive(Debug, Clone)]
 pub struct EnrollOptions {
@@ -32,21 +30,8 @@ pub async fn enroll(options: EnrollOptions) -> Result<AgentState, AgentError> {
         return Err(AgentError::BadName(name));
     }
     let url = options.controller_url.trim_end_matches('/').to_owned();
-    let ca_pem = tailops_pki::pin::fetch_pinned_ca(&url, &options.ca_fingerprint).await?;
+    let (channel, ca_pem) = tailops_pki::pin::pinned_channel(&url, &options.ca_fingerprint).await?;
     let (key_pem, csr_pem) = tailops_pki::csr::generate_key_and_csr(&name)?;
-
-    // From here on the controller is verified against the pinned CA like any other connection.
-    let connect_err =
-        |e: tonic::transport::Error| AgentError::Connect { url: url.clone(), detail: error_chain(&e) };
-    let channel = Endpoint::from_shared(url.clone())
-        .map_err(connect_err)?
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
-        .map_err(connect_err)?
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .map_err(connect_err)?;
     let response = EnrollmentClient::new(channel)
         .enroll(v1::EnrollRequest { token: options.token, csr_pem, name, labels: options.labels })
         .await

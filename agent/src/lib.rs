@@ -38,18 +38,3 @@ pub enum AgentError {
     #[error("invalid --name {0:?}: use 1-63 letters, digits, '-', '_' or '.'")]
     BadName(String),
 }
-
-/// The full cause chain of an error on one line (transport errors hide the useful part).
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}

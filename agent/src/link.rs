@@ -18,7 +18,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::executor::{ExecSpec, OutputChunk, execute};
 use crate::state::AgentState;
-use crate::{AgentError, error_chain};
+use tailops_pki::error_chain;
+
+use crate::AgentError;
 
 /// A session that lasted this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);

@@ -360,6 +360,11 @@ impl JobManager {
             }
         }
         let summary = job.final_state().1;
+        self.close(job, state, summary).await;
+    }
+
+    /// Records the job's final state, tells its watchers, and forgets the live job.
+    async fn close(&self, job: &LiveJob, state: v1::JobState, summary: v1::JobSummary) {
         if let Err(e) = self.store.finish_job(job.id, state, now_ms()).await {
             tracing::error!(job = job.id, error = %e, "could not persist job completion");
         }
@@ -578,14 +583,7 @@ impl JobManager {
 
     async fn complete(&self, job: &LiveJob) {
         let (state, summary) = job.final_state();
-        if let Err(e) = self.store.finish_job(job.id, state, now_ms()).await {
-            tracing::error!(job = job.id, error = %e, "could not persist job completion");
-        }
-        job.push(job_event::Kind::Completed(v1::JobCompleted {
-            state: state as i32,
-            summary: Some(summary),
-        }));
-        self.lock_live().remove(&job.id);
+        self.close(job, state, summary).await;
         tracing::info!(job = job.id, state = ?state, "job completed");
         self.audit
             .record(AuditRecord::allow(

@@ -41,17 +41,4 @@ pub fn endpoint(profile: &Profile) -> Result<Endpoint, ClientError> {
         .keep_alive_timeout(Duration::from_secs(10)))
 }
 
-/// The full cause chain of an error on one line; transport errors hide the useful part deep down.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use tailops_pki::error_chain;

@@ -41,6 +41,23 @@ pub enum PkiError {
     NoCaInChain(String),
     #[error("invalid controller URL {0:?}: expected https://HOST:PORT")]
     BadUrl(String),
+    #[error("cannot connect to the controller at {url}: {detail}")]
+    Channel { url: String, detail: String },
+}
+
+/// The full cause chain of an error on one line; transport errors hide the useful part deep down.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Installs ring as the process-wide rustls crypto provider.

@@ -105,6 +105,31 @@ pub async fn fetch_pinned_ca(url: &str, expected: &Fingerprint) -> Result<String
     }
 }
 
+/// A channel for enrollment and login: it trusts only the CA whose fingerprint was given (and
+/// presents no client certificate). Returns the channel and the pinned CA in PEM.
+pub async fn pinned_channel(
+    url: &str,
+    expected: &Fingerprint,
+) -> Result<(tonic::transport::Channel, String), PkiError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let ca_pem = fetch_pinned_ca(url, expected).await?;
+    // From here on the controller is verified against the pinned CA like any other connection.
+    let err = |e: tonic::transport::Error| PkiError::Channel {
+        url: url.to_owned(),
+        detail: crate::error_chain(&e),
+    };
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(err)?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
+        .map_err(err)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(err)?;
+    Ok((channel, ca_pem))
+}
+
 fn timeout_error() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")
 }

@@ -115,7 +115,11 @@ async fn every_method_refuses_the_wrong_kinds_of_principal() {
                     "{method} without a cert"
                 );
                 assert_eq!(call(as_agent(), method).await, denied, "{method} as agent");
-                assert_eq!(call(as_revoked(), method).await, tonic::Code::Unauthenticated, "{method} revoked");
+                assert_eq!(
+                    call(as_revoked(), method).await,
+                    tonic::Code::Unauthenticated,
+                    "{method} revoked"
+                );
                 assert_ne!(call(as_foreign(), method).await, tonic::Code::Ok, "{method} with a foreign CA");
                 if *tier > Tier::Observe {
                     assert_eq!(call(as_viewer(), method).await, denied, "{method} as viewer");
