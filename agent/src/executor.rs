@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tailops_proto::v1;
@@ -37,6 +38,32 @@ pub struct OutputChunk {
     pub stream: v1::OutputStream,
     pub seq: u64,
     pub data: Vec<u8>,
+}
+
+/// Runs the commands of jobs. The agent uses [`ProcessExecutor`]; the benchmark harness swaps in
+/// an instant one to measure everything else with the same link code.
+pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
+    fn execute(
+        &self,
+        spec: ExecSpec,
+        cancel: CancellationToken,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> BoxFuture<'static, v1::CommandResult>;
+}
+
+/// Runs real processes with [`execute`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessExecutor;
+
+impl Executor for ProcessExecutor {
+    fn execute(
+        &self,
+        spec: ExecSpec,
+        cancel: CancellationToken,
+        output: mpsc::Sender<OutputChunk>,
+    ) -> BoxFuture<'static, v1::CommandResult> {
+        Box::pin(execute(spec, cancel, output))
+    }
 }
 
 /// Runs `spec` to completion, forwarding output to `output`; never fails, the result says how

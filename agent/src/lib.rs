@@ -16,7 +16,7 @@ pub mod state;
 use std::path::PathBuf;
 
 pub use enroll::{EnrollOptions, enroll};
-pub use link::{LinkOptions, run};
+pub use link::{LinkOptions, run, run_with_state};
 pub use state::AgentState;
 
 #[derive(Debug, thiserror::Error)]

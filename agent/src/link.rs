@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tailops_pki::CertificateInfo;
@@ -16,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::executor::{ExecSpec, OutputChunk, execute};
+use crate::executor::{ExecSpec, Executor, OutputChunk, ProcessExecutor};
 use crate::state::AgentState;
 use tailops_pki::error_chain;
 
@@ -36,6 +37,7 @@ pub struct LinkOptions {
     pub state_dir: PathBuf,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    pub executor: Arc<dyn Executor>,
 }
 
 impl LinkOptions {
@@ -44,23 +46,31 @@ impl LinkOptions {
             state_dir: state_dir.into(),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            executor: Arc::new(ProcessExecutor),
         }
     }
 }
 
 /// Runs the agent until `shutdown` is cancelled. Fails only if the state directory is unusable.
 pub async fn run(options: LinkOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let mut state = AgentState::load(&options.state_dir).await?;
+    let state = AgentState::load(&options.state_dir).await?;
+    run_with_state(state, options, shutdown).await;
+    Ok(())
+}
+
+/// Runs the link with an already loaded state until `shutdown` is cancelled.
+pub async fn run_with_state(mut state: AgentState, options: LinkOptions, shutdown: CancellationToken) {
     tracing::info!(name = %state.config.name, controller = %state.config.controller_url, "agent starting");
     let mut backoff = options.min_backoff;
     let mut last_error: Option<String> = None;
     let mut finished_jobs = RecentJobs::default();
     loop {
         let started = Instant::now();
-        let outcome = session(&mut state, &shutdown, &mut finished_jobs, &mut last_error).await;
+        let outcome =
+            session(&mut state, &options.executor, &shutdown, &mut finished_jobs, &mut last_error).await;
         if shutdown.is_cancelled() {
             tracing::info!("agent stopped");
-            return Ok(());
+            return;
         }
         let message = match outcome {
             Ok(()) => "the controller closed the stream".to_owned(),
@@ -79,7 +89,7 @@ pub async fn run(options: LinkOptions, shutdown: CancellationToken) -> Result<()
         backoff = (backoff * 2).min(options.max_backoff);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return,
         }
     }
 }
@@ -109,6 +119,7 @@ fn endpoint(state: &AgentState) -> Result<Endpoint, AgentError> {
 /// One connected session; returns when the stream ends.
 async fn session(
     state: &mut AgentState,
+    executor: &Arc<dyn Executor>,
     shutdown: &CancellationToken,
     finished_jobs: &mut RecentJobs,
     last_error: &mut Option<String>,
@@ -146,7 +157,7 @@ async fn session(
     let mut heartbeat = tokio::time::interval(Duration::from_millis(welcome.heartbeat_interval_ms.max(100)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await; // the first tick is immediate; the hello just said we are alive
-    let renew_at = renewal_instant(&state.cert_pem);
+    let mut renew_at = renewal_instant(&state.cert_pem);
     let mut pending_key: Option<String> = None;
     let mut running: HashMap<u64, CancellationToken> = HashMap::new();
     let (job_done_tx, mut job_done) = mpsc::unbounded_channel::<u64>();
@@ -176,7 +187,7 @@ async fn session(
             message = inbound.message() => match message {
                 Ok(Some(v1::ControllerMessage { kind: Some(kind) })) => match kind {
                     controller_message::Kind::RunJob(job) => {
-                        start_job(job, &mut running, finished_jobs, &outbox, &job_done_tx);
+                        start_job(job, executor, &mut running, finished_jobs, &outbox, &job_done_tx);
                     }
                     controller_message::Kind::CancelJob(cancel) => {
                         if let Some(token) = running.get(&cancel.job_id) {
@@ -187,6 +198,8 @@ async fn session(
                     controller_message::Kind::CertificateIssued(issued) => {
                         if let Some(key) = pending_key.take() {
                             store_renewed(state, key, issued.certificate_pem).await;
+                            // The next renewal is due at 70% of the new certificate's lifetime.
+                            renew_at = renewal_instant(&state.cert_pem);
                         }
                     }
                     controller_message::Kind::Welcome(_) => {}
@@ -242,6 +255,7 @@ fn renewal_instant(cert_pem: &str) -> Instant {
 
 fn start_job(
     job: v1::RunJob,
+    executor: &Arc<dyn Executor>,
     running: &mut HashMap<u64, CancellationToken>,
     finished_jobs: &RecentJobs,
     outbox: &mpsc::Sender<v1::AgentMessage>,
@@ -258,6 +272,7 @@ fn start_job(
     };
     let outbox = outbox.clone();
     let done = done.clone();
+    let executor = executor.clone();
     let cancel = CancellationToken::new();
     running.insert(job_id, cancel.clone());
     tokio::spawn(async move {
@@ -265,7 +280,7 @@ fn start_job(
             // Re-validated here: the agent does not trust that the controller checked.
             v1::CommandResult { error: "refused: empty command or zero timeout".into(), ..Default::default() }
         } else {
-            tracing::info!(job = job_id, program = %argv[0], "running job");
+            tracing::debug!(job = job_id, program = %argv[0], "running job");
             let started = agent_message::Kind::JobStarted(v1::JobStarted { job_id });
             let _ = outbox.send(v1::AgentMessage { kind: Some(started) }).await;
             let spec = ExecSpec {
@@ -275,7 +290,7 @@ fn start_job(
             };
             let (chunks_tx, chunks) = mpsc::channel(64);
             let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
-            let result = execute(spec, cancel, chunks_tx).await;
+            let result = executor.execute(spec, cancel, chunks_tx).await;
             let _ = forward.await;
             result
         };

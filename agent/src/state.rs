@@ -19,6 +19,8 @@ const CONFIG: &str = "agent.toml";
 const CA_CERT: &str = "ca.crt";
 const CERT: &str = "agent.crt";
 const KEY: &str = "agent.key";
+const NEW_CERT: &str = "agent.crt.new";
+const NEW_KEY: &str = "agent.key.new";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +63,7 @@ impl AgentState {
         };
         let config = toml::from_str(&text)
             .map_err(|e| AgentError::BadState { path: config_path, message: e.to_string() })?;
+        Self::finish_interrupted_renewal(dir).await?;
         Ok(Self {
             dir: dir.to_owned(),
             config,
@@ -95,19 +98,45 @@ impl AgentState {
         write_atomic(&self.dir.join(CONFIG), &config, 0o644).await
     }
 
-    /// Replaces key and certificate after a renewal (key first: a crash in between leaves a
-    /// mismatched pair, which the next start detects by the failing handshake; see `link`).
+    /// Replaces key and certificate after a renewal as a pair: both are written beside the old
+    /// ones first, then renamed in a fixed order that [`Self::finish_interrupted_renewal`] can
+    /// complete after a crash, so the key and certificate on disk always match.
     pub async fn save_renewed(&mut self, key_pem: String, cert_pem: String) -> Result<(), AgentError> {
-        write_atomic(&self.dir.join(KEY), &key_pem, 0o600).await?;
-        write_atomic(&self.dir.join(CERT), &cert_pem, 0o644).await?;
+        write_atomic(&self.dir.join(NEW_KEY), &key_pem, 0o600).await?;
+        write_atomic(&self.dir.join(NEW_CERT), &cert_pem, 0o644).await?;
+        rename(&self.dir.join(NEW_KEY), &self.dir.join(KEY)).await?;
+        rename(&self.dir.join(NEW_CERT), &self.dir.join(CERT)).await?;
         self.key_pem = key_pem;
         self.cert_pem = cert_pem;
         Ok(())
+    }
+
+    /// Completes or discards a renewal a crash interrupted (see [`Self::save_renewed`]).
+    async fn finish_interrupted_renewal(dir: &Path) -> Result<(), AgentError> {
+        let exists = |name| tokio::fs::try_exists(dir.join(name));
+        match (exists(NEW_KEY).await.unwrap_or(false), exists(NEW_CERT).await.unwrap_or(false)) {
+            // Both new files complete: finish the swap.
+            (true, true) => {
+                rename(&dir.join(NEW_KEY), &dir.join(KEY)).await?;
+                rename(&dir.join(NEW_CERT), &dir.join(CERT)).await
+            }
+            // The key was swapped, the certificate not yet.
+            (false, true) => rename(&dir.join(NEW_CERT), &dir.join(CERT)).await,
+            // The new certificate was never written: keep the old pair.
+            (true, false) => tokio::fs::remove_file(dir.join(NEW_KEY))
+                .await
+                .map_err(|source| AgentError::Io { path: dir.join(NEW_KEY), source }),
+            (false, false) => Ok(()),
+        }
     }
 }
 
 async fn read(path: &Path) -> Result<String, AgentError> {
     tokio::fs::read_to_string(path).await.map_err(|source| AgentError::Io { path: path.to_owned(), source })
+}
+
+async fn rename(from: &Path, to: &Path) -> Result<(), AgentError> {
+    tokio::fs::rename(from, to).await.map_err(|source| AgentError::Io { path: to.to_owned(), source })
 }
 
 /// Writes through a temporary file and a rename, so readers never see a half-written file.
@@ -120,4 +149,47 @@ async fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), Agen
     file.write_all(contents.as_bytes()).await.map_err(io)?;
     file.sync_all().await.map_err(io)?;
     tokio::fs::rename(&tmp, path).await.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn state_in(dir: &Path) -> AgentState {
+        let state = AgentState {
+            dir: dir.to_owned(),
+            config: AgentConfig {
+                controller_url: "https://c:1".into(),
+                host_id: "h".into(),
+                name: "n".into(),
+            },
+            ca_pem: "ca".into(),
+            cert_pem: "old cert".into(),
+            key_pem: "old key".into(),
+        };
+        state.save_new().await.expect("save");
+        state
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_renewal_is_completed_or_discarded_as_a_pair() {
+        let dir = tempfile::tempdir().expect("dir");
+        state_in(dir.path()).await;
+        // Crashed after writing both new files: the swap is completed.
+        write_atomic(&dir.path().join(NEW_KEY), "new key", 0o600).await.expect("key");
+        write_atomic(&dir.path().join(NEW_CERT), "new cert", 0o644).await.expect("cert");
+        let loaded = AgentState::load(dir.path()).await.expect("load");
+        assert_eq!((loaded.key_pem.as_str(), loaded.cert_pem.as_str()), ("new key", "new cert"));
+
+        // Crashed after the key was written but before the certificate: the old pair stays.
+        write_atomic(&dir.path().join(NEW_KEY), "newer key", 0o600).await.expect("key");
+        let loaded = AgentState::load(dir.path()).await.expect("load");
+        assert_eq!((loaded.key_pem.as_str(), loaded.cert_pem.as_str()), ("new key", "new cert"));
+
+        // Crashed between the two renames: the certificate follows the key.
+        write_atomic(&dir.path().join(KEY), "newest key", 0o600).await.expect("key");
+        write_atomic(&dir.path().join(NEW_CERT), "newest cert", 0o644).await.expect("cert");
+        let loaded = AgentState::load(dir.path()).await.expect("load");
+        assert_eq!((loaded.key_pem.as_str(), loaded.cert_pem.as_str()), ("newest key", "newest cert"));
+    }
 }

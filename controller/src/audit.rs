@@ -82,6 +82,7 @@ impl AuditRecord {
 enum Command {
     Append(AuditRecord),
     Flush(oneshot::Sender<()>),
+    Verify(oneshot::Sender<Result<v1::VerifyAuditResponse, StoreError>>),
 }
 
 /// Handle for recording; cheap to clone.
@@ -133,6 +134,16 @@ impl AuditLog {
 
     pub fn head(&self) -> Head {
         *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Verifies the whole chain against the head this controller wrote (after everything queued).
+    pub async fn verify(&self) -> Result<v1::VerifyAuditResponse, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send(Command::Verify(tx))
+            .await
+            .map_err(|_| StoreError::Corrupt("audit writer is gone".into()))?;
+        rx.await.map_err(|_| StoreError::Corrupt("audit writer is gone".into()))?
     }
 }
 
@@ -211,11 +222,13 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Arc<Mutex<H
             }
         }
         let mut flushes = Vec::new();
+        let mut verifies = Vec::new();
         let mut records = Vec::new();
         for cmd in batch {
             match cmd {
                 Command::Append(r) => records.push(r),
                 Command::Flush(done) => flushes.push(done),
+                Command::Verify(done) => verifies.push(done),
             }
         }
         if !records.is_empty() {
@@ -229,6 +242,10 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Arc<Mutex<H
         }
         for done in flushes {
             let _ = done.send(());
+        }
+        // Verified here, between batches, so no append can race the comparison with the head.
+        for done in verifies {
+            let _ = done.send(verify(&store, current).await);
         }
     }
 }
@@ -307,7 +324,7 @@ pub async fn list(store: &Store, req: &v1::ListAuditRequest) -> Result<Vec<v1::A
 }
 
 /// Recomputes the chain over every row and compares its end with `head`.
-pub async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse, StoreError> {
+async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse, StoreError> {
     let rows = sqlx::query("SELECT * FROM audit ORDER BY seq").fetch_all(store.pool()).await?;
     let mut prev_seq = 0u64;
     let mut prev_hash = [0u8; 32];
@@ -382,6 +399,16 @@ pub async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse
         prev_hash = hash;
     }
     let checked = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+    if prev_seq > head.seq {
+        return Ok(bad(
+            head.seq + 1,
+            checked,
+            format!(
+                "rows {}..={prev_seq} were not written by this controller: rows were inserted",
+                head.seq + 1
+            ),
+        ));
+    }
     if head.seq > prev_seq {
         return Ok(bad(
             prev_seq + 1,

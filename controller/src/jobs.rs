@@ -260,21 +260,6 @@ impl JobManager {
             })
             .await?;
         tracing::info!(job = id, by = %requested_by, hosts = targets.len(), needs_approval, "job created");
-        self.audit
-            .record(AuditRecord::allow(
-                requested_by.clone(),
-                "job.create",
-                targets.iter().map(|t| t.host_name.clone()).collect(),
-                json!({
-                    "job_id": id,
-                    "action": action_json(&req.action),
-                    "timeout_ms": timeout_ms,
-                    "reason": req.reason,
-                    "out_of_scope": out_of_scope,
-                }),
-                if needs_approval { "pending approval" } else { "dispatched" },
-            ))
-            .await;
 
         let job = Arc::new(LiveJob::new(
             id,
@@ -285,10 +270,10 @@ impl JobManager {
             targets.clone(),
         ));
         job.push(job_event::Kind::Accepted(v1::JobAccepted {
-            targets,
+            targets: targets.clone(),
             deadline_ms,
             action: Some(req.action.clone()),
-            out_of_scope,
+            out_of_scope: out_of_scope.clone(),
         }));
         self.lock_live().insert(id, job.clone());
         let manager = self.clone();
@@ -301,6 +286,22 @@ impl JobManager {
         } else {
             tokio::spawn(async move { manager.run(running, req.concurrency).await });
         }
+        // Recorded once the job is live, so a watcher never finds it persisted but not running.
+        self.audit
+            .record(AuditRecord::allow(
+                job.requested_by.clone(),
+                "job.create",
+                targets.iter().map(|t| t.host_name.clone()).collect(),
+                json!({
+                    "job_id": id,
+                    "action": action_json(&req.action),
+                    "timeout_ms": timeout_ms,
+                    "reason": req.reason,
+                    "out_of_scope": out_of_scope,
+                }),
+                if needs_approval { "pending approval" } else { "dispatched" },
+            ))
+            .await;
         Ok(job)
     }
 
@@ -454,6 +455,12 @@ impl JobManager {
             return Ok(Box::pin(job.events()));
         }
         let (job, targets) = self.store.job(id).await?.ok_or(JobError::NotFound(id))?;
+        // A job stored as running but not yet live was created between the two lookups.
+        if matches!(job.state(), v1::JobState::Running | v1::JobState::PendingApproval)
+            && let Some(live) = self.lock_live().get(&id).cloned()
+        {
+            return Ok(Box::pin(live.events()));
+        }
         Ok(Box::pin(futures::stream::iter(replay_finished(&job, &targets))))
     }
 
@@ -549,8 +556,16 @@ impl JobManager {
                 output_cap_bytes: job.output_cap,
             })),
         };
-        if agent.outbox.send(Ok(run)).await.is_err() {
-            return Finish::unreachable("agent disconnected before the job reached it");
+        // An agent that stops reading its stream must not hold the job past its deadline.
+        tokio::select! {
+            sent = agent.outbox.send(Ok(run)) => {
+                if sent.is_err() {
+                    return Finish::unreachable("agent disconnected before the job reached it");
+                }
+            }
+            () = agent.closed.cancelled() => return Finish::unreachable("agent disconnected before the job reached it"),
+            () = job.cancel.cancelled() => return Finish::cancelled("cancelled before it reached the host"),
+            () = tokio::time::sleep_until(deadline) => return Finish::timed_out("the host did not take the job before the deadline"),
         }
         let mut report_rx = report_rx;
         tokio::select! {
@@ -759,12 +774,19 @@ impl LiveJob {
     }
 
     fn push(&self, kind: job_event::Kind) {
-        let completed = matches!(kind, job_event::Kind::Completed(_));
-        {
-            let mut state = self.lock();
-            state.events.push(v1::JobEvent { job_id: self.id, kind: Some(kind) });
-            state.completed |= completed;
-        }
+        self.record(&mut self.lock(), kind);
+        self.notify();
+    }
+
+    /// Appends an event under the state lock that the caller already holds, so events are
+    /// logged in the same order as the state changes they describe. Call [`Self::notify`] after
+    /// releasing the lock.
+    fn record(&self, state: &mut LiveState, kind: job_event::Kind) {
+        state.completed |= matches!(kind, job_event::Kind::Completed(_));
+        state.events.push(v1::JobEvent { job_id: self.id, kind: Some(kind) });
+    }
+
+    fn notify(&self) {
         self.changed.send_modify(|version| *version += 1);
     }
 
@@ -787,7 +809,7 @@ impl LiveJob {
     }
 
     fn mark_started(&self, host_id: &str) -> bool {
-        let target = {
+        {
             let mut state = self.lock();
             let Some(t) = state.targets.get_mut(host_id).filter(|t| t.dispatched) else {
                 return false;
@@ -797,15 +819,16 @@ impl LiveJob {
             }
             t.state = v1::TargetState::Running;
             t.started_at_ms = now_ms();
-            t.target.clone()
-        };
-        self.push(job_event::Kind::Started(v1::TargetStarted { target: Some(target) }));
+            let target = t.target.clone();
+            self.record(&mut state, job_event::Kind::Started(v1::TargetStarted { target: Some(target) }));
+        }
+        self.notify();
         true
     }
 
     fn append_output(&self, host_id: &str, stream: v1::OutputStream, mut data: Vec<u8>) -> bool {
         let cap = usize::try_from(self.output_cap).unwrap_or(usize::MAX);
-        let target = {
+        {
             let mut state = self.lock();
             let Some(t) = state.targets.get_mut(host_id).filter(|t| t.dispatched && is_unfinished(t.state))
             else {
@@ -821,13 +844,11 @@ impl LiveJob {
                 return true;
             }
             buffer.extend_from_slice(&data);
-            t.target.clone()
-        };
-        self.push(job_event::Kind::Output(v1::TargetOutput {
-            target: Some(target),
-            stream: stream as i32,
-            data,
-        }));
+            let target = Some(t.target.clone());
+            let output = v1::TargetOutput { target, stream: stream as i32, data };
+            self.record(&mut state, job_event::Kind::Output(output));
+        }
+        self.notify();
         true
     }
 
@@ -844,7 +865,7 @@ impl LiveJob {
 
     /// Records the host's final state and emits its `finished` event.
     fn finish(&self, host_id: &str, finish: Finish) -> TargetOutcome {
-        let (outcome, target) = {
+        let outcome = {
             let mut state = self.lock();
             let Some(t) = state.targets.get_mut(host_id) else {
                 return TargetOutcome {
@@ -866,13 +887,15 @@ impl LiveJob {
                 started_at_ms: t.started_at_ms,
                 finished_at_ms: now_ms(),
             };
-            (outcome, t.target.clone())
+            let finished = v1::TargetFinished {
+                target: Some(t.target.clone()),
+                state: finish.state as i32,
+                result: Some(outcome.result.clone()),
+            };
+            self.record(&mut state, job_event::Kind::Finished(finished));
+            outcome
         };
-        self.push(job_event::Kind::Finished(v1::TargetFinished {
-            target: Some(target),
-            state: finish.state as i32,
-            result: Some(outcome.result.clone()),
-        }));
+        self.notify();
         outcome
     }
 

@@ -755,13 +755,14 @@ impl Store {
         let mut tx = self.write_transaction().await?;
         sqlx::query(
             "UPDATE job_targets SET state = ?, finished_at = ?
-             WHERE state IN (?, ?) AND job_id IN (SELECT id FROM jobs WHERE state = ?)",
+             WHERE state IN (?, ?) AND job_id IN (SELECT id FROM jobs WHERE state != ?)",
         )
         .bind(v1::TargetState::Unreachable as i32)
         .bind(now_ms)
         .bind(v1::TargetState::Pending as i32)
         .bind(v1::TargetState::Running as i32)
-        .bind(v1::JobState::Running as i32)
+        // Only jobs waiting for approval legitimately keep pending targets across a restart.
+        .bind(v1::JobState::PendingApproval as i32)
         .execute(&mut *tx)
         .await?;
         let closed = sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE state = ?")

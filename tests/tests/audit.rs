@@ -94,6 +94,21 @@ async fn editing_the_database_is_detected() {
     sqlx::query("UPDATE audit SET seq = 3 WHERE seq = -2").execute(&mut conn).await.expect("swap back");
     assert!(verify(&controller).await.intact);
 
+    // A row appended behind the controller's back, even with a well-formed chain.
+    sqlx::query(
+        "INSERT INTO audit (seq, at, principal, action, targets, arguments, decision, outcome, prev_hash, hash)
+         SELECT seq + 1, at, principal, action, targets, arguments, decision, outcome, hash, hash
+         FROM audit WHERE seq = (SELECT max(seq) FROM audit)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("append");
+    let report = verify(&controller).await;
+    assert!(!report.intact);
+    assert_eq!(report.first_bad_seq, 5);
+    sqlx::query("DELETE FROM audit WHERE seq = 5").execute(&mut conn).await.expect("remove forged row");
+    assert!(verify(&controller).await.intact);
+
     // A deleted row in the middle.
     sqlx::query("DELETE FROM audit WHERE seq = 3").execute(&mut conn).await.expect("delete");
     let report = verify(&controller).await;

@@ -119,6 +119,31 @@ async fn a_scoped_operator_reaches_only_its_hosts_and_is_told() {
     assert_eq!(finished_by_host(&events).keys().collect::<Vec<_>>(), ["stage1"]);
     assert_eq!(output_of(&events, "stage1", OutputStream::Stdout), "hi\n");
 
+    // Jobs on hosts outside the scope are invisible and cannot be cancelled.
+    let admin_job = collect_events(
+        controller
+            .fleet()
+            .await
+            .run_job(exec_request(
+                label_selector("env", "prod"),
+                &["echo", "secret"],
+                Duration::from_secs(10),
+            ))
+            .await
+            .expect("admin job")
+            .into_inner(),
+    )
+    .await[0]
+        .job_id;
+    let hidden = fleet.get_job(v1::GetJobRequest { job_id: admin_job }).await.expect_err("hidden");
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
+    let cancel =
+        fleet.cancel_job(v1::CancelJobRequest { job_id: admin_job }).await.expect_err("not cancellable");
+    assert_eq!(cancel.code(), tonic::Code::NotFound);
+    let listed = fleet.list_jobs(v1::ListJobsRequest::default()).await.expect("jobs").into_inner().jobs;
+    assert!(listed.iter().all(|j| j.id != admin_job), "an out-of-scope job was listed");
+    assert_eq!(listed.len(), 1, "the operator's own job is listed");
+
     let outside = v1::HostSelector { hosts: vec!["prod1".into()], ..Default::default() };
     let err =
         fleet.run_job(exec_request(outside, &["true"], Duration::from_secs(5))).await.expect_err("outside");

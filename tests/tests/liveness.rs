@@ -83,9 +83,12 @@ async fn an_agent_renews_its_certificate_over_the_link() {
     // A lifetime this short puts the 70% mark in the past at once (validity starts five minutes
     // early for clock skew), so the agent renews as soon as it connects.
     let controller = TestController::start_with(|config| config.timing.agent_cert_lifetime_secs = 60).await;
-    let mut agent = controller.agent("renewer", &[]).await;
-    let cert_path = agent.state_dir.path().join("agent.crt");
+    let token = controller.token(&[], 1, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    tailops_agent::enroll(controller.enroll_options(&token, "renewer", dir.path())).await.expect("enroll");
+    let cert_path = dir.path().join("agent.crt");
     let original = tokio::fs::read_to_string(&cert_path).await.expect("cert");
+    let mut agent = TestAgent::start(dir, "renewer");
     let mut renewed = original.clone();
     for _ in 0..100 {
         renewed = tokio::fs::read_to_string(&cert_path).await.expect("cert");

@@ -190,6 +190,15 @@ impl Authorizer {
     ) -> Result<Option<Principal>, Status> {
         let result = self.decide(path, peer_certs, remote).await;
         if let Err((who, status)) = &result {
+            // Callers without a certificate could otherwise grow the log without bound: their
+            // denials are audited within the per-address enrollment budget, the rest only logged.
+            if who.is_none() {
+                let address = format!("denied@{}", remote.map(|a| a.ip().to_string()).unwrap_or_default());
+                if self.limiter.check(&address, Bucket::Enroll).is_err() {
+                    tracing::debug!(method = %path, "anonymous denial not audited: over the per-address budget");
+                    return result.map_err(|(_, status)| status);
+                }
+            }
             let who = who.clone().unwrap_or_else(|| anonymous(remote));
             let arguments = serde_json::json!({ "method": path, "code": format!("{:?}", status.code()) });
             self.audit.record(AuditRecord::deny(who, "call", arguments, status.message())).await;

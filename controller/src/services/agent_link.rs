@@ -16,9 +16,12 @@ use crate::agents::AgentConnection;
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
 use crate::jobs::AgentJobMessage;
+use crate::store::CertStanding;
 use crate::store::HostReport;
 use crate::{AppState, now_ms};
 
+/// The least time between two certificate renewals on one stream.
+const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(60);
 /// An agent must say hello this soon after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Messages queued towards one agent before senders wait.
@@ -46,6 +49,10 @@ impl AgentLink for AgentLinkService {
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let principal = Principal::of(&request)?;
+        // Listen for revocations before anything else, so one published while this stream is
+        // being set up (the hello wait, the database calls) still closes it.
+        let revoked =
+            Box::pin(self.state.revocations.until_revoked(principal.uri(), principal.serial.clone()));
         if principal.id.kind != PrincipalKind::Agent {
             return Err(Status::permission_denied("only agents may use the agent link"));
         }
@@ -119,10 +126,19 @@ impl AgentLink for AgentLinkService {
                 ))
                 .await;
         }
+        // A revocation may have landed before the stream was registered (close_serial missed
+        // it): check the certificate's standing once more now that it is.
+        if !matches!(
+            self.state.store.certificate_standing(&principal.serial, &principal.uri()).await,
+            Ok(CertStanding::Usable)
+        ) {
+            self.state.agents.unregister(&conn);
+            return Err(Status::unauthenticated("certificate is revoked or unknown to this controller"));
+        }
         tracing::info!(host = %host.name, version = %report.agent_version, "agent connected");
 
         let state = self.state.clone();
-        tokio::spawn(async move { read_agent_stream(state, conn, principal, inbound).await });
+        tokio::spawn(async move { read_agent_stream(state, conn, principal, inbound, revoked).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -133,9 +149,9 @@ async fn read_agent_stream(
     conn: AgentConnection,
     principal: Principal,
     mut inbound: Streaming<v1::AgentMessage>,
+    mut revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) {
-    let revoked = state.revocations.until_revoked(principal.uri(), principal.serial.clone());
-    tokio::pin!(revoked);
+    let mut last_renewal: Option<std::time::Instant> = None;
     loop {
         let message = tokio::select! {
             () = conn.closed.cancelled() => break,
@@ -170,7 +186,14 @@ async fn read_agent_stream(
                 state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Finished(m));
             }
             agent_message::Kind::RenewCertificate(renew) => {
-                renew_certificate(&state, &conn, &principal, &renew.csr_pem).await
+                // One renewal per stream and interval: a looping agent cannot make the CA sign
+                // without bound.
+                if last_renewal.is_some_and(|at| at.elapsed() < MIN_RENEWAL_INTERVAL) {
+                    tracing::warn!(host = %conn.host_name, "renewal requested again too soon; ignored");
+                    continue;
+                }
+                last_renewal = Some(std::time::Instant::now());
+                renew_certificate(&state, &conn, &principal, &renew.csr_pem).await;
             }
         }
     }
@@ -185,6 +208,15 @@ async fn read_agent_stream(
 
 /// Signs a fresh certificate for the same identity over the authenticated link.
 async fn renew_certificate(state: &AppState, conn: &AgentConnection, principal: &Principal, csr_pem: &str) {
+    // The stream's certificate must still be good: a revoked identity must not mint a new one.
+    if !matches!(
+        state.store.certificate_standing(&principal.serial, &principal.uri()).await,
+        Ok(CertStanding::Usable)
+    ) {
+        tracing::warn!(host = %conn.host_name, "renewal refused: the stream's certificate is no longer valid");
+        conn.closed.cancel();
+        return;
+    }
     let lifetime = Duration::from_secs(state.config.timing.agent_cert_lifetime_secs);
     let cert = match state.ca.sign_csr(csr_pem, &principal.id, lifetime) {
         Ok(cert) => cert,
@@ -203,7 +235,18 @@ async fn renew_certificate(state: &AppState, conn: &AgentConnection, principal: 
             expires_at_ms: cert.not_after_ms,
         })),
     };
-    if conn.outbox.send(Ok(issued)).await.is_ok() {
+    state
+        .audit
+        .record(AuditRecord::allow(
+            principal.uri(),
+            "identity.renew",
+            vec![conn.host_name.clone()],
+            json!({"serial": cert.serial, "over": "agent link"}),
+            "ok",
+        ))
+        .await;
+    // Never wait on an agent that does not read its stream; it asks again on its next session.
+    if conn.outbox.try_send(Ok(issued)).is_ok() {
         tracing::info!(host = %conn.host_name, "agent certificate renewed");
     }
 }

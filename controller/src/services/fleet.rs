@@ -12,7 +12,7 @@ use crate::auth::Principal;
 use serde_json::json;
 
 use crate::audit::AuditRecord;
-use crate::jobs::{JobRequest, risk_of, selector_matches};
+use crate::jobs::{JobError, JobRequest, risk_of, selector_matches};
 use crate::rate_limit::Bucket;
 use crate::services::enrollment::hash_secret;
 use crate::services::{internal, validate_labels};
@@ -37,7 +37,36 @@ impl FleetService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
 
+/// A job a scoped principal may not see is reported as not found, so its existence leaks nothing.
+fn out_of_scope(id: u64) -> Status {
+    Status::not_found(format!("job {id} not found; list jobs with `tailopsctl jobs ls`"))
+}
+
 impl FleetService {
+    /// Whether every host of job `id` is within the principal's scope (unscoped: always).
+    /// Unknown jobs count as covered so that the caller reports them as not found.
+    async fn covers_job(&self, principal: &Principal, id: u64) -> Result<bool, Status> {
+        if principal.scope.is_none() {
+            return Ok(true);
+        }
+        let Some((_, targets)) = self.state.store.job(id).await.map_err(internal)? else { return Ok(true) };
+        let hosts = self.state.store.list_hosts().await.map_err(internal)?;
+        Ok(targets
+            .iter()
+            .filter_map(|t| t.target.as_ref())
+            .all(|t| hosts.iter().find(|h| h.id == t.host_id).is_some_and(|h| principal.covers(h))))
+    }
+
+    async fn audit_denied(
+        &self,
+        principal: &Principal,
+        action: &str,
+        arguments: serde_json::Value,
+        why: &str,
+    ) {
+        self.state.audit.record(AuditRecord::deny(principal.uri(), action, arguments, why)).await;
+    }
+
     /// Ends the stream when the caller's credentials are revoked.
     fn guarded(
         &self,
@@ -157,7 +186,14 @@ impl Fleet for FleetService {
         {
             return Err(retry.into_status(Bucket::Exec));
         }
-        let job = self.state.jobs.start(req).await?;
+        let job = match self.state.jobs.start(req).await {
+            Ok(job) => job,
+            Err(e @ JobError::PermissionDenied(_)) => {
+                self.audit_denied(&principal, "job.create", json!({}), &e.to_string()).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Response::new(self.guarded(&principal, job.events().map(Ok))))
     }
 
@@ -168,7 +204,11 @@ impl Fleet for FleetService {
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let principal = Principal::of(&request)?;
-        let events = self.state.jobs.watch(request.into_inner().job_id).await?;
+        let id = request.into_inner().job_id;
+        if !self.covers_job(&principal, id).await? {
+            return Err(out_of_scope(id));
+        }
+        let events = self.state.jobs.watch(id).await?;
         Ok(Response::new(self.guarded(&principal, events.map(Ok))))
     }
 
@@ -176,11 +216,21 @@ impl Fleet for FleetService {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let principal = Principal::of(&request)?;
         let limit = match request.into_inner().limit {
             0 => DEFAULT_JOB_LIST,
             n => n.min(MAX_JOB_LIST),
         };
-        let jobs = self.state.store.list_jobs(limit).await.map_err(internal)?;
+        let mut jobs = self.state.store.list_jobs(limit).await.map_err(internal)?;
+        if principal.scope.is_some() {
+            let mut visible = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if self.covers_job(&principal, job.id).await? {
+                    visible.push(job);
+                }
+            }
+            jobs = visible;
+        }
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 
@@ -188,7 +238,11 @@ impl Fleet for FleetService {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
+        let principal = Principal::of(&request)?;
         let id = request.into_inner().job_id;
+        if !self.covers_job(&principal, id).await? {
+            return Err(out_of_scope(id));
+        }
         let (job, targets) = self.state.store.job(id).await.map_err(internal)?.ok_or_else(|| {
             Status::not_found(format!("job {id} not found; list jobs with `tailopsctl jobs ls`"))
         })?;
@@ -201,6 +255,9 @@ impl Fleet for FleetService {
     ) -> Result<Response<v1::CancelJobResponse>, Status> {
         let principal = Principal::of(&request)?;
         let id = request.into_inner().job_id;
+        if !self.covers_job(&principal, id).await? {
+            return Err(out_of_scope(id));
+        }
         let response = self.state.jobs.cancel(id).await?;
         tracing::info!(job = id, by = %principal.id, "job cancel");
         self.state
@@ -248,7 +305,18 @@ impl Fleet for FleetService {
     ) -> Result<Response<v1::DecideApprovalResponse>, Status> {
         let principal = Principal::of(&request)?;
         let req = request.into_inner();
-        let job = self.state.jobs.decide(req.job_id, &principal, req.approve, &req.reason).await?;
+        if !self.covers_job(&principal, req.job_id).await? {
+            return Err(out_of_scope(req.job_id));
+        }
+        let job = match self.state.jobs.decide(req.job_id, &principal, req.approve, &req.reason).await {
+            Ok(job) => job,
+            Err(e @ JobError::PermissionDenied(_)) => {
+                let action = if req.approve { "approval.approve" } else { "approval.reject" };
+                self.audit_denied(&principal, action, json!({"job_id": req.job_id}), &e.to_string()).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Response::new(v1::DecideApprovalResponse { job: Some(job) }))
     }
 }

@@ -235,8 +235,10 @@ impl Identity for IdentityService {
             .await
             .map_err(internal)?
             .ok_or_else(|| not_found_principal(kind, &req.name))?;
-        let scope_text =
-            scope.as_ref().map(|s| format!("{:?}", s.labels)).unwrap_or_else(|| "all hosts".into());
+        let scope_text = scope
+            .as_ref()
+            .map(|s| json!({"labels": s.labels, "hosts": s.hosts}))
+            .unwrap_or_else(|| json!("all hosts"));
         self.audit(&me, "identity.set_role", vec![id.uri()], json!({"role": req.role, "scope": scope_text}))
             .await;
         Ok(Response::new(self.info(&record)))

@@ -1,0 +1,260 @@
+//! The TailOps benchmark harness.
+//!
+//! A real controller (temp data dir, real SQLite, real mTLS) runs on its own tokio runtime
+//! (threads named `ctl-rt`); simulated agents run the real agent link code on a second runtime
+//! (`sim-rt`) with only the executor replaced by an instant no-op. Both share this machine's
+//! cores, as the reports say. CPU is attributed per runtime from `/proc/self/task`.
+
+pub mod measure;
+pub mod scenarios;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tailops_agent::executor::{ExecSpec, Executor, OutputChunk};
+use tailops_agent::{AgentState, EnrollOptions, LinkOptions};
+use tailops_controller::Controller;
+use tailops_controller::config::ControllerConfig;
+use tailops_controller::data_dir::{self, DataDir, InitOptions};
+use tailops_pki::Fingerprint;
+use tailops_proto::v1::{self, fleet_client::FleetClient};
+use tailopsctl::Profile;
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// The executor of simulated agents: every command "succeeds" at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstantExecutor;
+
+impl Executor for InstantExecutor {
+    fn execute(
+        &self,
+        _spec: ExecSpec,
+        _cancel: CancellationToken,
+        _output: tokio::sync::mpsc::Sender<OutputChunk>,
+    ) -> BoxFuture<'static, v1::CommandResult> {
+        Box::pin(async { v1::CommandResult { exit_code: Some(0), ..Default::default() } })
+    }
+}
+
+/// A controller on its own runtime, plus the runtime simulated agents and clients run on.
+#[derive(Debug)]
+pub struct Bench {
+    pub dir: tempfile::TempDir,
+    pub controller_rt: Runtime,
+    pub sim_rt: Runtime,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub admin: Profile,
+    pub fingerprint: Fingerprint,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<Result<(), tailops_controller::ControllerError>>>,
+    agents: Vec<SimAgent>,
+}
+
+#[derive(Debug)]
+struct SimAgent {
+    state: AgentState,
+    shutdown: CancellationToken,
+}
+
+fn runtime(name: &'static str, threads: usize) -> anyhow::Result<Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+impl Bench {
+    /// Initialises a data directory and starts the controller. Limits that would throttle the
+    /// load generator (rate limits) are raised; everything else keeps its defaults.
+    pub fn start(heartbeat: Duration) -> anyhow::Result<Self> {
+        tailops_pki::install_crypto_provider();
+        let controller_rt = runtime("ctl-rt", 2)?;
+        let sim_rt = runtime("sim-rt", 2)?;
+        let dir = tempfile::tempdir()?;
+        let data = DataDir::new(dir.path().join("controller"));
+        let init = controller_rt.block_on(async {
+            let options = InitOptions {
+                trust_domain: "bench.tailops".into(),
+                listen: "127.0.0.1:0".parse()?,
+                advertise: vec!["localhost".into(), "127.0.0.1".into()],
+            };
+            let init = data_dir::initialize(&data, options).await?;
+            let path = data.file(data_dir::CONFIG_FILE);
+            let mut config: ControllerConfig = toml::from_str(&tokio::fs::read_to_string(&path).await?)?;
+            config.timing.heartbeat_interval_ms = u64::try_from(heartbeat.as_millis())?;
+            config.limits.max_join_token_uses = 1_000_000;
+            config.rate_limits.observe_per_minute = 1_000_000;
+            config.rate_limits.admin_per_minute = 1_000_000;
+            config.rate_limits.control_per_minute = 1_000_000;
+            config.rate_limits.exec_per_minute = 1_000_000;
+            config.rate_limits.enroll_per_minute_per_address = 1_000_000;
+            tokio::fs::write(&path, toml::to_string(&config)?).await?;
+            anyhow::Ok(init)
+        })?;
+        let mut bench = Self {
+            dir,
+            controller_rt,
+            sim_rt,
+            addr: "127.0.0.1:0".parse()?,
+            url: String::new(),
+            admin: init.admin_profile,
+            fingerprint: init.ca_fingerprint,
+            shutdown: CancellationToken::new(),
+            server: None,
+            agents: Vec::new(),
+        };
+        bench.serve(None)?;
+        Ok(bench)
+    }
+
+    fn serve(&mut self, addr: Option<SocketAddr>) -> anyhow::Result<()> {
+        let data = DataDir::new(self.dir.path().join("controller"));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let (addr, server) = self.controller_rt.block_on(async {
+            let controller = Controller::open(&data).await?;
+            let mut tries = 0;
+            let listener = loop {
+                match controller.bind(Some(addr.unwrap_or("127.0.0.1:0".parse()?))).await {
+                    Ok(listener) => break listener,
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        tracing::debug!(error = %e, "rebinding");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let addr = listener.local_addr()?;
+            anyhow::Ok((addr, tokio::spawn(controller.serve(listener, stop))))
+        })?;
+        self.addr = addr;
+        self.url = format!("https://127.0.0.1:{}", addr.port());
+        self.admin.endpoint = self.url.clone();
+        self.shutdown = shutdown;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Stops the controller (closing every agent stream) and starts it again on the same port.
+    pub fn restart_controller(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            self.controller_rt.block_on(server)??;
+        }
+        self.serve(Some(self.addr))
+    }
+
+    pub async fn fleet(&self) -> anyhow::Result<FleetClient<Channel>> {
+        Ok(FleetClient::new(tailopsctl::connect(&self.admin).await?)
+            .max_decoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// Enrolls `n` new agents, `parallel` at a time; returns their states (not yet running).
+    pub fn enroll(&self, n: usize, parallel: usize) -> anyhow::Result<Vec<AgentState>> {
+        let first = self.agents.len();
+        self.sim_rt.block_on(async {
+            let token = self
+                .fleet()
+                .await?
+                .create_join_token(v1::CreateJoinTokenRequest {
+                    labels: Default::default(),
+                    ttl_secs: 3600,
+                    uses: u32::try_from(n)?,
+                })
+                .await?
+                .into_inner()
+                .token;
+            let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+            let mut tasks = Vec::with_capacity(n);
+            for i in 0..n {
+                let permit = semaphore.clone().acquire_owned().await?;
+                let options = EnrollOptions {
+                    controller_url: self.url.clone(),
+                    token: token.clone(),
+                    ca_fingerprint: self.fingerprint,
+                    state_dir: self.agent_dir(first + i),
+                    name: Some(format!("sim-{:05}", first + i)),
+                    labels: Default::default(),
+                };
+                tasks.push(tokio::spawn(async move {
+                    let state = tailops_agent::enroll(options).await;
+                    drop(permit);
+                    state
+                }));
+            }
+            let mut states = Vec::with_capacity(n);
+            for task in tasks {
+                states.push(task.await??);
+            }
+            anyhow::Ok(states)
+        })
+    }
+
+    fn agent_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join("agents").join(i.to_string())
+    }
+
+    /// Starts simulated agents for `states` (real link code, instant executor).
+    pub fn run_agents(&mut self, states: Vec<AgentState>) {
+        for state in states {
+            let shutdown = CancellationToken::new();
+            let mut options = LinkOptions::new(state.dir.clone());
+            options.executor = Arc::new(InstantExecutor);
+            let running = state.clone();
+            let stop = shutdown.clone();
+            self.sim_rt.spawn(tailops_agent::run_with_state(running, options, stop));
+            self.agents.push(SimAgent { state, shutdown });
+        }
+    }
+
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Number of hosts the controller reports online.
+    pub async fn online(&self) -> anyhow::Result<usize> {
+        let hosts = self.fleet().await?.list_hosts(v1::ListHostsRequest::default()).await?.into_inner().hosts;
+        Ok(hosts.iter().filter(|h| h.online).count())
+    }
+
+    /// Waits until `n` hosts are online; returns how long it took.
+    pub fn wait_online(&self, n: usize, limit: Duration) -> anyhow::Result<Duration> {
+        self.sim_rt.block_on(async {
+            let started = tokio::time::Instant::now();
+            loop {
+                if self.online().await.unwrap_or(0) >= n {
+                    return Ok(started.elapsed());
+                }
+                if started.elapsed() > limit {
+                    anyhow::bail!(
+                        "only {} of {n} agents online after {limit:?}",
+                        self.online().await.unwrap_or(0)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
+    pub fn stop_agents(&mut self) {
+        for agent in self.agents.drain(..) {
+            agent.shutdown.cancel();
+            drop(agent.state);
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.stop_agents();
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,167 @@
+//! `tailops-bench`: runs the scenarios, prints a table per scenario and writes JSON.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::json;
+use tailops_bench::measure::{LagProbe, rss_bytes};
+use tailops_bench::{Bench, scenarios};
+
+#[derive(Debug, Parser)]
+#[command(name = "tailops-bench", about = "Benchmark a real TailOps controller with simulated agents")]
+struct Args {
+    /// Fleet sizes for fan-out and steady state, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,5000,10000")]
+    agents: Vec<usize>,
+    /// Fan-out runs per size.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Steady-state measurement window per size.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    steady: Duration,
+    /// Heartbeat interval of the simulated fleet.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    heartbeat: Duration,
+    /// Concurrent enrollments.
+    #[arg(long, default_value_t = 32)]
+    enroll_parallel: usize,
+    /// Idle window for the real agent's footprint (0 skips it).
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    footprint: Duration,
+    /// Skip the reconnect storm.
+    #[arg(long)]
+    no_reconnect: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    }
+}
+
+/// Both ends of every simulated agent's connection live in this process.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = 200_000;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < wanted
+        && setrlimit(Resource::RLIMIT_NOFILE, wanted.max(hard), wanted.max(hard)).is_err()
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+// The main thread is not a runtime thread: the runtimes live inside `Bench`.
+#[allow(clippy::disallowed_methods)]
+fn write_results(path: &std::path::Path, json: &str) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, json)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    raise_file_limit();
+    let mut bench = Bench::start(args.heartbeat)?;
+    let probe = LagProbe::start(bench.controller_rt.handle());
+    let baseline_rss = bench.sim_rt.block_on(rss_bytes("self"));
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    println!("tailops-bench: controller and load generator share this machine's {cores} cores");
+
+    let mut enrollments = Vec::new();
+    let mut fanouts = Vec::new();
+    let mut steadies = Vec::new();
+    for &size in &args.agents {
+        let missing = size.saturating_sub(bench.agent_count());
+        if missing > 0 {
+            let (result, states) = scenarios::enroll(&bench, missing, args.enroll_parallel)?;
+            println!(
+                "enroll   {:>6} agents: {:>8.0} enrollments/s ({:.1} s, {} in parallel)",
+                result.enrollments, result.per_second, result.seconds, result.parallel
+            );
+            enrollments.push(result);
+            bench.run_agents(states);
+        }
+        bench.wait_online(size, Duration::from_secs(300))?;
+        let runs = if size >= 5000 { args.runs.min(10) } else { args.runs };
+        let fanout = scenarios::fanout(&bench, runs, &probe)?;
+        println!(
+            "fan-out  {:>6} agents: p50 {:>8.2} ms  p90 {:>8.2}  p99 {:>8.2}  max {:>8.2}  ({} runs; lag p50 {:.2} p99 {:.2} max {:.2} ms)",
+            size,
+            fanout.latency.p50_ms,
+            fanout.latency.p90_ms,
+            fanout.latency.p99_ms,
+            fanout.latency.max_ms,
+            fanout.runs,
+            fanout.controller_lag.p50_ms,
+            fanout.controller_lag.p99_ms,
+            fanout.controller_lag.max_ms
+        );
+        fanouts.push(fanout);
+        let steady = scenarios::steady(&bench, args.steady, baseline_rss, args.heartbeat, &probe);
+        println!(
+            "steady   {:>6} agents: controller {:>6.2} % of a core, agents {:>6.2} %, RSS {:>7.1} MiB ({:.1} KB/agent, both sides); lag p50 {:.2} p99 {:.2} max {:.2} ms",
+            size,
+            steady.controller_cpu_pct,
+            steady.agents_cpu_pct,
+            steady.process_rss_bytes as f64 / 1_048_576.0,
+            steady.rss_per_agent_bytes as f64 / 1000.0,
+            steady.controller_lag.p50_ms,
+            steady.controller_lag.p99_ms,
+            steady.controller_lag.max_ms
+        );
+        steadies.push(steady);
+    }
+    let reconnect = if args.no_reconnect {
+        None
+    } else {
+        let r = scenarios::reconnect(&mut bench)?;
+        println!(
+            "reconnect {:>5} agents: all online {:.2} s after the controller restarted",
+            r.agents, r.seconds_to_all_online
+        );
+        Some(r)
+    };
+    let footprint = if args.footprint.is_zero() {
+        None
+    } else {
+        let agent_binary = std::env::current_exe()?.with_file_name("tailops-agent");
+        let f = scenarios::footprint(&bench, &agent_binary, args.footprint)?;
+        println!(
+            "agent    idle {:.0} s: RSS {:.1} MiB, CPU {:.3} % of a core",
+            f.window_s,
+            f.rss_bytes as f64 / 1_048_576.0,
+            f.cpu_pct
+        );
+        Some(f)
+    };
+
+    let results = json!({
+        "cores": cores,
+        "enrollment": enrollments,
+        "fanout": fanouts,
+        "steady": steadies,
+        "reconnect": reconnect,
+        "agent_footprint": footprint,
+    });
+    write_results(&args.json, &serde_json::to_string_pretty(&results)?)?;
+    println!("results written to {}", args.json.display());
+    Ok(())
+}

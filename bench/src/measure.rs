@@ -1,0 +1,162 @@
+//! Measurements: runtime scheduling lag, CPU per runtime and RSS from /proc, percentiles.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(samples: &[Duration]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let mut sorted: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+            let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+            sorted[i.min(sorted.len() - 1)]
+        };
+        Self { count: sorted.len(), p50_ms: at(0.5), p90_ms: at(0.9), p99_ms: at(0.99), max_ms: at(1.0) }
+    }
+}
+
+/// Measures how late a 1 ms interval tick fires on a runtime. The tokio timer has 1 ms
+/// resolution, so an idle runtime already shows up to about 1 ms.
+#[derive(Debug, Clone)]
+pub struct LagProbe {
+    samples: Arc<Mutex<Vec<Duration>>>,
+    stop: CancellationToken,
+}
+
+impl LagProbe {
+    pub fn start(runtime: &Handle) -> Self {
+        let samples = Arc::new(Mutex::new(Vec::with_capacity(100_000)));
+        let stop = CancellationToken::new();
+        let (sink, until) = (samples.clone(), stop.clone());
+        runtime.spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(1));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    () = until.cancelled() => return,
+                    scheduled = ticker.tick() => {
+                        let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
+                        sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(late);
+                    }
+                }
+            }
+        });
+        Self { samples, stop }
+    }
+
+    /// Forgets what was measured so far (to measure one phase).
+    pub fn reset(&self) {
+        self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+
+    pub fn percentiles(&self) -> Percentiles {
+        Percentiles::of(&self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+impl Drop for LagProbe {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // Linux reports /proc CPU times in USER_HZ, which is 100 on every mainstream configuration.
+    100.0
+}
+
+/// CPU seconds used so far by this process's threads, split by thread-name prefix.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuTimes {
+    /// Controller runtime threads plus SQLite worker threads.
+    pub controller_s: f64,
+    /// Simulated agents and the client.
+    pub agents_s: f64,
+    pub total_s: f64,
+}
+
+impl CpuTimes {
+    pub async fn now() -> Self {
+        let mut times = Self::default();
+        let Ok(mut tasks) = tokio::fs::read_dir("/proc/self/task").await else { return times };
+        while let Ok(Some(task)) = tasks.next_entry().await {
+            let path = task.path();
+            let name = tokio::fs::read_to_string(path.join("comm")).await.unwrap_or_default();
+            let Ok(stat) = tokio::fs::read_to_string(path.join("stat")).await else { continue };
+            // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+            let seconds = (ticks(11) + ticks(12)) / clock_ticks_per_second();
+            let name = name.trim();
+            if name.starts_with("ctl-rt") || name.starts_with("sqlx-sqlite") {
+                times.controller_s += seconds;
+            } else if name.starts_with("sim-rt") {
+                times.agents_s += seconds;
+            }
+            times.total_s += seconds;
+        }
+        times
+    }
+
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            controller_s: self.controller_s - earlier.controller_s,
+            agents_s: self.agents_s - earlier.agents_s,
+            total_s: self.total_s - earlier.total_s,
+        }
+    }
+}
+
+/// Resident set size of a process in bytes (`self` or a pid).
+pub async fn rss_bytes(pid: &str) -> u64 {
+    let status = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await.unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU seconds used by process `pid` (user + system).
+pub async fn process_cpu_seconds(pid: &str) -> f64 {
+    let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await.unwrap_or_default();
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_known_samples() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let p = Percentiles::of(&samples);
+        assert_eq!(p.count, 100);
+        assert!((p.p50_ms - 51.0).abs() < 1.01, "{p:?}");
+        assert!((p.p99_ms - 99.0).abs() < 1.01, "{p:?}");
+        assert!((p.max_ms - 100.0).abs() < f64::EPSILON);
+    }
+}

@@ -1,0 +1,182 @@
+//! The scenarios. Each returns a serialisable result; `main` prints and saves them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use tailops_agent::AgentState;
+use tailops_proto::v1;
+
+use crate::Bench;
+use crate::measure::{CpuTimes, LagProbe, Percentiles, process_cpu_seconds, rss_bytes};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollResult {
+    pub enrollments: usize,
+    pub parallel: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+}
+
+/// Enrolls `n` agents (`parallel` at a time) through the real enrollment path: CA pinning
+/// handshake, TLS connection, token + CSR, certificate signing, state files written.
+pub fn enroll(bench: &Bench, n: usize, parallel: usize) -> anyhow::Result<(EnrollResult, Vec<AgentState>)> {
+    let started = std::time::Instant::now();
+    let states = bench.enroll(n, parallel)?;
+    let seconds = started.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let per_second = n as f64 / seconds;
+    Ok((EnrollResult { enrollments: n, parallel, seconds, per_second }, states))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutResult {
+    pub agents: usize,
+    pub runs: usize,
+    /// From the client's RunJob call until it has received every host's result.
+    pub latency: Percentiles,
+    /// Scheduling lag of the controller runtime during the runs.
+    pub controller_lag: Percentiles,
+}
+
+/// Runs a no-op job on every agent `runs` times, one after another.
+pub fn fanout(bench: &Bench, runs: usize, probe: &LagProbe) -> anyhow::Result<FanoutResult> {
+    let agents = bench.agent_count();
+    probe.reset();
+    let latencies = bench.sim_rt.block_on(async {
+        let mut fleet = bench.fleet().await?;
+        let mut latencies = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let request = v1::RunJobRequest {
+                selector: Some(v1::HostSelector { all: true, ..Default::default() }),
+                action: Some(v1::JobAction {
+                    kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),
+                }),
+                timeout_ms: 60_000,
+                ..Default::default()
+            };
+            let started = tokio::time::Instant::now();
+            let mut events = fleet.run_job(request).await?.into_inner();
+            let summary = loop {
+                match events.message().await? {
+                    Some(v1::JobEvent { kind: Some(v1::job_event::Kind::Completed(done)), .. }) => {
+                        break done.summary.unwrap_or_default();
+                    }
+                    Some(_) => {}
+                    None => anyhow::bail!("the job stream ended before the job completed"),
+                }
+            };
+            latencies.push(started.elapsed());
+            let total = usize::try_from(summary.total)?;
+            if total != agents || summary.succeeded != summary.total {
+                anyhow::bail!(
+                    "fan-out reached {} of {agents} hosts ({} succeeded)",
+                    total,
+                    summary.succeeded
+                );
+            }
+        }
+        anyhow::Ok(latencies)
+    })?;
+    Ok(FanoutResult {
+        agents,
+        runs,
+        latency: Percentiles::of(&latencies),
+        controller_lag: probe.percentiles(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SteadyResult {
+    pub agents: usize,
+    pub window_s: f64,
+    pub heartbeat_s: f64,
+    /// Percent of one core, controller runtime + SQLite worker threads.
+    pub controller_cpu_pct: f64,
+    /// Percent of one core, simulated agents.
+    pub agents_cpu_pct: f64,
+    pub process_rss_bytes: u64,
+    /// (RSS now - RSS before any agent) / agents: controller and simulated agent together,
+    /// so an upper bound for the controller's share.
+    pub rss_per_agent_bytes: u64,
+    pub controller_lag: Percentiles,
+    /// Heartbeat times written to SQLite per second: one transaction per sweep updating every
+    /// online host (derived from the code path, not counted).
+    pub sqlite_rows_per_s: f64,
+}
+
+/// Leaves the fleet idle (heartbeats only) for `window` and measures the cost.
+pub fn steady(
+    bench: &Bench,
+    window: Duration,
+    baseline_rss: u64,
+    heartbeat: Duration,
+    probe: &LagProbe,
+) -> SteadyResult {
+    let agents = bench.agent_count();
+    bench.sim_rt.block_on(async {
+        probe.reset();
+        let before = CpuTimes::now().await;
+        tokio::time::sleep(window).await;
+        let used = CpuTimes::now().await.since(before);
+        let rss = rss_bytes("self").await;
+        let window_s = window.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        SteadyResult {
+            agents,
+            window_s,
+            heartbeat_s: heartbeat.as_secs_f64(),
+            controller_cpu_pct: used.controller_s / window_s * 100.0,
+            agents_cpu_pct: used.agents_s / window_s * 100.0,
+            process_rss_bytes: rss,
+            rss_per_agent_bytes: rss.saturating_sub(baseline_rss) / u64::try_from(agents.max(1)).unwrap_or(1),
+            controller_lag: probe.percentiles(),
+            sqlite_rows_per_s: agents as f64 / heartbeat.as_secs_f64(),
+        }
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconnectResult {
+    pub agents: usize,
+    /// From the controller's restart until every agent is online again.
+    pub seconds_to_all_online: f64,
+}
+
+pub fn reconnect(bench: &mut Bench) -> anyhow::Result<ReconnectResult> {
+    let agents = bench.agent_count();
+    let started = std::time::Instant::now();
+    bench.restart_controller()?;
+    bench.wait_online(agents, Duration::from_secs(300))?;
+    Ok(ReconnectResult { agents, seconds_to_all_online: started.elapsed().as_secs_f64() })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FootprintResult {
+    pub window_s: f64,
+    pub rss_bytes: u64,
+    /// Percent of one core over the window.
+    pub cpu_pct: f64,
+}
+
+/// The real `tailops-agent` binary, enrolled and idle for `window` at the default heartbeat.
+pub fn footprint(bench: &Bench, agent_binary: &Path, window: Duration) -> anyhow::Result<FootprintResult> {
+    let state = bench.enroll(1, 1)?.remove(0);
+    bench.sim_rt.block_on(async {
+        let mut child = tokio::process::Command::new(agent_binary)
+            .args(["--log", "warn", "run", "--state-dir"])
+            .arg(&state.dir)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().ok_or_else(|| anyhow::anyhow!("agent exited at once"))?.to_string();
+        // Let it connect and settle before measuring.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cpu_before = process_cpu_seconds(&pid).await;
+        tokio::time::sleep(window).await;
+        let cpu = process_cpu_seconds(&pid).await - cpu_before;
+        let rss = rss_bytes(&pid).await;
+        child.kill().await?;
+        let window_s = window.as_secs_f64();
+        anyhow::Ok(FootprintResult { window_s, rss_bytes: rss, cpu_pct: cpu / window_s * 100.0 })
+    })
+}
