@@ -88,7 +88,7 @@ fn clock_ticks_per_second() -> f64 {
 pub struct CpuTimes {
     /// Controller runtime threads plus SQLite worker threads.
     pub controller_s: f64,
-    /// Simulated agents and the client.
+    /// Everything else: simulated agents, the client, the harness.
     pub agents_s: f64,
     pub total_s: f64,
 }
@@ -109,11 +109,12 @@ impl CpuTimes {
             let name = name.trim();
             if name.starts_with("ctl-rt") || name.starts_with("sqlx-sqlite") {
                 times.controller_s += seconds;
-            } else if name.starts_with("sim-rt") {
-                times.agents_s += seconds;
             }
-            times.total_s += seconds;
         }
+        // Threads that exited (idle blocking-pool threads) leave /proc/self/task but stay in the
+        // process total, so everything not attributed to the controller is the load generator's.
+        times.total_s = process_cpu_seconds("self").await;
+        times.agents_s = (times.total_s - times.controller_s).max(0.0);
         times
     }
 

@@ -24,6 +24,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::{Grant, Principal, Risk, Tier};
 use crate::config::Limits;
 use crate::now_ms;
+use crate::result_writer::{HostResult, ResultWriter};
 use crate::store::{NewJob, Store, StoreError, TargetOutcome, summarize};
 
 /// How long after the deadline the controller waits for an agent's own timeout report.
@@ -160,13 +161,15 @@ pub struct JobManager {
     store: Store,
     agents: Arc<AgentRegistry>,
     audit: AuditLog,
+    results: ResultWriter,
     approval_ttl: Duration,
     live: Mutex<HashMap<u64, Arc<LiveJob>>>,
 }
 
 impl JobManager {
     pub fn new(store: Store, agents: Arc<AgentRegistry>, audit: AuditLog, approval_ttl: Duration) -> Self {
-        Self { store, agents, audit, approval_ttl, live: Mutex::default() }
+        let results = ResultWriter::start(store.clone());
+        Self { store, agents, audit, results, approval_ttl, live: Mutex::default() }
     }
 
     /// Re-arms jobs that were waiting for approval when the controller stopped.
@@ -356,9 +359,7 @@ impl JobManager {
     async fn end_unrun(&self, job: &LiveJob, state: v1::JobState, why: &str) {
         for target in job.targets() {
             let outcome = job.finish(&target.host_id, Finish::cancelled(why));
-            if let Err(e) = self.store.finish_target(job.id, &target.host_id, &outcome).await {
-                tracing::error!(job = job.id, error = %e, "could not persist a host result");
-            }
+            self.results.write(HostResult { job_id: job.id, host_id: target.host_id.clone(), outcome }).await;
         }
         let summary = job.final_state().1;
         self.close(job, state, summary).await;
@@ -366,6 +367,8 @@ impl JobManager {
 
     /// Records the job's final state, tells its watchers, and forgets the live job.
     async fn close(&self, job: &LiveJob, state: v1::JobState, summary: v1::JobSummary) {
+        // Every host's result is committed before the job is reported complete.
+        self.results.flush().await;
         if let Err(e) = self.store.finish_job(job.id, state, now_ms()).await {
             tracing::error!(job = job.id, error = %e, "could not persist job completion");
         }
@@ -591,9 +594,7 @@ impl JobManager {
 
     async fn finish_target(&self, job: &LiveJob, target: &v1::JobTarget, finish: Finish) {
         let outcome = job.finish(&target.host_id, finish);
-        if let Err(e) = self.store.finish_target(job.id, &target.host_id, &outcome).await {
-            tracing::error!(job = job.id, host = %target.host_name, error = %e, "could not persist a host result");
-        }
+        self.results.write(HostResult { job_id: job.id, host_id: target.host_id.clone(), outcome }).await;
     }
 
     async fn complete(&self, job: &LiveJob) {

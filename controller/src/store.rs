@@ -12,6 +12,8 @@ use tailops_pki::IssuedCertificate;
 use tailops_proto::time::format_ms;
 use tailops_proto::v1;
 
+use crate::result_writer::HostResult;
+
 /// Labels on hosts and tokens.
 pub type Labels = BTreeMap<String, String>;
 
@@ -669,26 +671,27 @@ impl Store {
         u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("negative job id {id}")))
     }
 
-    pub async fn finish_target(
-        &self,
-        job_id: u64,
-        host_id: &str,
-        outcome: &TargetOutcome,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE job_targets SET state = ?, result = ?, stdout = ?, stderr = ?, started_at = ?, finished_at = ?
-             WHERE job_id = ? AND host_id = ?",
-        )
-        .bind(outcome.state as i32)
-        .bind(outcome.result.encode_to_vec())
-        .bind(&outcome.stdout)
-        .bind(&outcome.stderr)
-        .bind(outcome.started_at_ms)
-        .bind(outcome.finished_at_ms)
-        .bind(job_id_sql(job_id))
-        .bind(host_id)
-        .execute(&self.pool)
-        .await?;
+    /// Records many hosts' final results in one transaction.
+    pub async fn finish_targets(&self, results: &[HostResult]) -> Result<(), StoreError> {
+        let mut tx = self.write_transaction().await?;
+        for r in results {
+            let outcome = &r.outcome;
+            sqlx::query(
+                "UPDATE job_targets SET state = ?, result = ?, stdout = ?, stderr = ?, started_at = ?, finished_at = ?
+                 WHERE job_id = ? AND host_id = ?",
+            )
+            .bind(outcome.state as i32)
+            .bind(outcome.result.encode_to_vec())
+            .bind(&outcome.stdout)
+            .bind(&outcome.stderr)
+            .bind(outcome.started_at_ms)
+            .bind(outcome.finished_at_ms)
+            .bind(job_id_sql(r.job_id))
+            .bind(&r.host_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
