@@ -239,7 +239,8 @@ impl Bench {
                         self.online().await.unwrap_or(0)
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Listing a large fleet is itself work for the controller: poll gently.
+                tokio::time::sleep(Duration::from_millis(if n > 1000 { 500 } else { 50 })).await;
             }
         })
     }

@@ -48,16 +48,18 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Both ends of every simulated agent's connection live in this process.
-fn raise_file_limit() {
+/// Both ends of every simulated agent's connection live in this process, so the file limit
+/// caps the fleet size. Raises it as far as allowed; returns the limit in force.
+fn raise_file_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let wanted = 200_000;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
         && soft < wanted
-        && setrlimit(Resource::RLIMIT_NOFILE, wanted.max(hard), wanted.max(hard)).is_err()
+        && setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err()
     {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 // The main thread is not a runtime thread: the runtimes live inside `Bench`.
@@ -78,7 +80,16 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    raise_file_limit();
+    let file_limit = raise_file_limit();
+    // Two descriptors per simulated agent (both ends) plus headroom for enrollment and SQLite.
+    let max_agents = usize::try_from(file_limit.saturating_sub(1000) / 2).unwrap_or(usize::MAX);
+    if let Some(too_big) = args.agents.iter().find(|n| **n > max_agents) {
+        anyhow::bail!(
+            "{too_big} agents need about {} file descriptors but the limit here is {file_limit}; \
+             use at most {max_agents} agents (or raise the hard limit: ulimit -Hn)",
+            too_big * 2 + 1000
+        );
+    }
     let mut bench = Bench::start(args.heartbeat)?;
     let probe = LagProbe::start(bench.controller_rt.handle());
     let baseline_rss = bench.sim_rt.block_on(rss_bytes("self"));
