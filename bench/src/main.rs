@@ -62,15 +62,6 @@ fn raise_file_limit() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
-// The main thread is not a runtime thread: the runtimes live inside `Bench`.
-#[allow(clippy::disallowed_methods)]
-fn write_results(path: &std::path::Path, json: &str) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(path, json)
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -172,7 +163,13 @@ fn main() -> anyhow::Result<()> {
         "reconnect": reconnect,
         "agent_footprint": footprint,
     });
-    write_results(&args.json, &serde_json::to_string_pretty(&results)?)?;
+    let json = serde_json::to_string_pretty(&results)?;
+    bench.sim_rt.block_on(async {
+        if let Some(parent) = args.json.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::write(&args.json, json).await
+    })?;
     println!("results written to {}", args.json.display());
     Ok(())
 }

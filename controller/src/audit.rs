@@ -14,6 +14,7 @@ use sqlx::Row;
 use tailops_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch::next_batch;
 use crate::now_ms;
 use crate::store::{Store, StoreError};
 
@@ -213,14 +214,7 @@ fn chain_hash(prev: &[u8], canonical: &[u8]) -> [u8; 32] {
 
 async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Arc<Mutex<Head>>) {
     let mut current = *head.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, BATCH).await {
         let mut flushes = Vec::new();
         let mut verifies = Vec::new();
         let mut records = Vec::new();

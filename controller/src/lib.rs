@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod data_dir;
 pub mod jobs;

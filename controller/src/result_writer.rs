@@ -3,6 +3,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch::next_batch;
 use crate::store::{Store, TargetOutcome};
 
 const QUEUE: usize = 16_384;
@@ -50,14 +51,7 @@ impl ResultWriter {
 }
 
 async fn writer(store: Store, mut rx: mpsc::Receiver<Command>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, BATCH).await {
         let mut results = Vec::new();
         let mut flushes = Vec::new();
         for cmd in batch {

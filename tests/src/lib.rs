@@ -286,6 +286,22 @@ pub async fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the `tailopsctl` binary with `profile` and `args`.
+pub async fn tailopsctl(profile: &Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(binary("tailopsctl").await)
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .output()
+        .await
+        .expect("run tailopsctl")
+}
+
+/// Lossy UTF-8 of a process's output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Convenience: an exec request.
 pub fn exec_request(selector: v1::HostSelector, argv: &[&str], timeout: Duration) -> v1::RunJobRequest {
     v1::RunJobRequest {

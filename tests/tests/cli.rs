@@ -5,18 +5,7 @@ use std::process::Output;
 use tailops_tests::*;
 
 async fn ctl(controller: &TestController, args: &[&str]) -> Output {
-    let profile = controller.admin_profile_file().await;
-    tokio::process::Command::new(binary("tailopsctl").await)
-        .arg("--profile")
-        .arg(&profile)
-        .args(args)
-        .output()
-        .await
-        .expect("run tailopsctl")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    tailopsctl(&controller.admin_profile_file().await, args).await
 }
 
 #[tokio::test]

@@ -7,17 +7,7 @@ use std::time::Duration;
 use tailops_tests::*;
 
 async fn ctl_with(profile: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(binary("tailopsctl").await)
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .output()
-        .await
-        .expect("run tailopsctl")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    tailopsctl(profile, args).await
 }
 
 fn json(out: &Output) -> serde_json::Value {

@@ -5,6 +5,16 @@ use std::time::Duration;
 use tailops_proto::v1::{self, OutputStream};
 use tailops_tests::*;
 
+fn user_invite(name: &str, role: &str) -> v1::CreateInviteRequest {
+    v1::CreateInviteRequest {
+        kind: v1::PrincipalKindProto::User as i32,
+        name: name.into(),
+        role: role.into(),
+        scope: None,
+        ttl_secs: 60,
+    }
+}
+
 fn staging_scope() -> v1::HostSelector {
     v1::HostSelector { labels: [("env".to_owned(), "staging".to_owned())].into(), ..Default::default() }
 }
@@ -27,13 +37,7 @@ async fn an_invited_user_logs_in_with_a_key_made_locally() {
     let invite = controller
         .identity()
         .await
-        .create_invite(v1::CreateInviteRequest {
-            kind: v1::PrincipalKindProto::User as i32,
-            name: "bob".into(),
-            role: "operator".into(),
-            scope: None,
-            ttl_secs: 60,
-        })
+        .create_invite(user_invite("bob", "operator"))
         .await
         .expect("invite")
         .into_inner();
@@ -50,27 +54,9 @@ async fn an_invited_user_logs_in_with_a_key_made_locally() {
 
     // Inviting an existing name or an unknown role is refused clearly.
     let mut identity = controller.identity().await;
-    let dup = identity
-        .create_invite(v1::CreateInviteRequest {
-            kind: v1::PrincipalKindProto::User as i32,
-            name: "alice".into(),
-            role: "viewer".into(),
-            scope: None,
-            ttl_secs: 60,
-        })
-        .await
-        .expect_err("exists");
+    let dup = identity.create_invite(user_invite("alice", "viewer")).await.expect_err("exists");
     assert_eq!(dup.code(), tonic::Code::AlreadyExists);
-    let bad_role = identity
-        .create_invite(v1::CreateInviteRequest {
-            kind: v1::PrincipalKindProto::User as i32,
-            name: "carol".into(),
-            role: "root".into(),
-            scope: None,
-            ttl_secs: 60,
-        })
-        .await
-        .expect_err("role");
+    let bad_role = identity.create_invite(user_invite("carol", "root")).await.expect_err("role");
     assert_eq!(bad_role.code(), tonic::Code::InvalidArgument);
     controller.stop().await;
 }
