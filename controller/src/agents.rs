@@ -102,14 +102,6 @@ impl AgentRegistry {
         self.lock().get(host_id).cloned()
     }
 
-    pub fn is_online(&self, host_id: &str) -> bool {
-        self.lock().contains_key(host_id)
-    }
-
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
     /// All current connections (a snapshot; cheap clones).
     pub fn snapshot(&self) -> Vec<AgentConnection> {
         self.lock().values().cloned().collect()

@@ -2,11 +2,9 @@
 //!
 //! Rows are appended by one writer task, in batches, so the chain has a single author and
 //! recording never blocks a request on SQLite. Each row stores the previous row's hash and
-//! `SHA-256(previous hash || canonical content)`; [`verify`] recomputes the chain and names the
+//! `SHA-256(previous hash || canonical content)`; [`AuditLog::verify`] recomputes the chain and names the
 //! first row that was altered, deleted, inserted or reordered. Deleting the newest rows leaves a
 //! valid chain, so verification also compares the last row with the head this controller wrote.
-
-use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -90,7 +88,6 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     queue: mpsc::Sender<Command>,
-    head: Arc<Mutex<Head>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -110,10 +107,9 @@ impl AuditLog {
     /// Reads the current head and starts the writer task.
     pub async fn start(store: Store) -> Result<Self, StoreError> {
         let head = read_head(&store).await?;
-        let head = Arc::new(Mutex::new(head));
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, rx, head.clone()));
-        Ok(Self { queue, head })
+        tokio::spawn(writer(store, rx, head));
+        Ok(Self { queue })
     }
 
     /// Queues a record. Waits only if the writer is a full queue behind, so audit rows are never
@@ -131,10 +127,6 @@ impl AuditLog {
         if self.queue.send(Command::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
-    }
-
-    pub fn head(&self) -> Head {
-        *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Verifies the whole chain against the head this controller wrote (after everything queued).
@@ -212,8 +204,9 @@ fn chain_hash(prev: &[u8], canonical: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Arc<Mutex<Head>>) {
-    let mut current = *head.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+/// The single author of the chain: it alone knows the head.
+async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Head) {
+    let mut current = head;
     while let Some(batch) = next_batch(&mut rx, BATCH).await {
         let mut flushes = Vec::new();
         let mut verifies = Vec::new();
@@ -227,10 +220,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Arc<Mutex<H
         }
         if !records.is_empty() {
             match append(&store, current, &records).await {
-                Ok(new_head) => {
-                    current = new_head;
-                    *head.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = new_head;
-                }
+                Ok(new_head) => current = new_head,
                 Err(e) => tracing::error!(error = %e, rows = records.len(), "could not write audit rows"),
             }
         }
