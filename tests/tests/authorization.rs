@@ -144,15 +144,7 @@ async fn a_certificate_from_a_foreign_ca_is_refused() {
     let foreign = CertificateAuthority::generate("test.tailops").expect("foreign ca");
     let admin = PrincipalId::new("test.tailops", PrincipalKind::User, "admin").expect("id");
     let (cert, key) = foreign.issue_client_with_new_key(&admin, Duration::from_secs(3600)).expect("cert");
-    let profile = Profile { cert_pem: cert.pem, key_pem: key, ..controller.admin.clone() };
-    let refused = match tailopsctl::connect(&profile).await {
-        Err(_) => true,
-        Ok(channel) => v1::fleet_client::FleetClient::new(channel)
-            .list_hosts(v1::ListHostsRequest::default())
-            .await
-            .is_err(),
-    };
-    assert!(refused, "a foreign-CA client certificate was accepted");
+    assert!(refused_with(&controller, &cert.pem, &key).await, "a foreign-CA client certificate was accepted");
     controller.stop().await;
 }
 
@@ -164,15 +156,7 @@ async fn an_expired_certificate_is_refused() {
     // Lifetime zero: valid from five minutes ago (skew allowance) until now.
     let (cert, key) = ca.issue_client_with_new_key(&admin, Duration::ZERO).expect("cert");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let profile = Profile { cert_pem: cert.pem, key_pem: key, ..controller.admin.clone() };
-    let refused = match tailopsctl::connect(&profile).await {
-        Err(_) => true,
-        Ok(channel) => v1::fleet_client::FleetClient::new(channel)
-            .list_hosts(v1::ListHostsRequest::default())
-            .await
-            .is_err(),
-    };
-    assert!(refused, "an expired client certificate was accepted");
+    assert!(refused_with(&controller, &cert.pem, &key).await, "an expired client certificate was accepted");
     controller.stop().await;
 }
 
