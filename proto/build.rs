@@ -6,6 +6,7 @@ use prost::Message;
 
 const PROTOS: &[&str] = &[
     "tailops/v1/common.proto",
+    "tailops/v1/monitoring.proto",
     "tailops/v1/enrollment.proto",
     "tailops/v1/agent_link.proto",
     "tailops/v1/fleet.proto",

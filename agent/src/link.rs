@@ -268,7 +268,7 @@ fn start_job(
     }
     let argv = match job.action.and_then(|a| a.kind) {
         Some(v1::job_action::Kind::Exec(exec)) => exec.argv,
-        None => Vec::new(),
+        Some(v1::job_action::Kind::ProcessList(_)) | None => Vec::new(),
     };
     let outbox = outbox.clone();
     let done = done.clone();

@@ -106,6 +106,14 @@ impl JobRequest {
                     )));
                 }
             }
+            Some(v1::job_action::Kind::ProcessList(list)) => {
+                if list.limit > MAX_PROCESS_LIST {
+                    return Err(invalid(format!(
+                        "a process list holds at most {MAX_PROCESS_LIST} processes, not {}",
+                        list.limit
+                    )));
+                }
+            }
             None => return Err(invalid("the job has no action".into())),
         }
         let timeout_secs_max = limits.max_job_timeout_secs;
@@ -142,9 +150,13 @@ impl JobRequest {
 }
 
 /// What an action risks. Every action a job can carry declares it here.
+/// The most processes one process-list action may return.
+pub const MAX_PROCESS_LIST: u32 = 500;
+
 pub fn risk_of(action: &v1::JobAction) -> Risk {
     match action.kind {
         Some(v1::job_action::Kind::Exec(_)) | None => Risk { tier: Tier::Control, exec: true },
+        Some(v1::job_action::Kind::ProcessList(_)) => Risk { tier: Tier::Observe, exec: false },
     }
 }
 
@@ -999,6 +1011,10 @@ struct Decision {
 fn action_json(action: &v1::JobAction) -> serde_json::Value {
     match &action.kind {
         Some(v1::job_action::Kind::Exec(exec)) => json!({"exec": exec.argv}),
+        Some(v1::job_action::Kind::ProcessList(list)) => json!({"process_list": {
+            "sort": v1::ProcessSort::try_from(list.sort).unwrap_or_default().as_str_name(),
+            "limit": list.limit,
+        }}),
         None => serde_json::Value::Null,
     }
 }

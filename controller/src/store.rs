@@ -927,6 +927,8 @@ fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::Host, StoreError> 
         hostname: row.try_get("hostname")?,
         kernel: row.try_get("kernel")?,
         enrolled_at_ms: row.try_get("enrolled_at")?,
+        latest: None,
+        health: None,
     })
 }
 

@@ -173,6 +173,8 @@ async fn read_agent_stream(
         conn.touch(now_ms());
         match kind {
             agent_message::Kind::Heartbeat(_) => {}
+            // Ingested once the monitoring store lands.
+            agent_message::Kind::Metrics(_) | agent_message::Kind::Facts(_) => {}
             agent_message::Kind::Hello(_) => {
                 tracing::debug!(host = %conn.host_name, "repeated hello ignored");
             }

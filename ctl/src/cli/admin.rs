@@ -9,7 +9,7 @@ use tailops_proto::v1::{
 };
 use tonic::transport::Channel;
 
-use super::render::{ago, print_json, rfc3339, table};
+use super::render::{self, ago, print_json, rfc3339, table};
 use super::{Output, parse_label};
 
 /// Hosts a role is limited to.
@@ -330,13 +330,6 @@ pub async fn forget_host(channel: Channel, host: String, output: Output) -> anyh
     Ok(())
 }
 
-fn job_argv(job: &v1::Job) -> String {
-    match job.action.as_ref().and_then(|a| a.kind.as_ref()) {
-        Some(v1::job_action::Kind::Exec(e)) => e.argv.join(" "),
-        None => String::new(),
-    }
-}
-
 pub async fn approvals(channel: Channel, command: ApprovalsCommand, output: Output) -> anyhow::Result<()> {
     let mut fleet = FleetClient::new(channel);
     let decide = |job_id, approve, reason| v1::DecideApprovalRequest { job_id, approve, reason };
@@ -348,7 +341,7 @@ pub async fn approvals(channel: Channel, command: ApprovalsCommand, output: Outp
                     .iter()
                     .map(|a| {
                         let job = a.job.clone().unwrap_or_default();
-                        json!({"job_id": job.id, "requested_by": job.requested_by, "command": job_argv(&job),
+                        json!({"job_id": job.id, "requested_by": job.requested_by, "action": render::action_json(job.action.as_ref()),
                                "reason": a.reason, "hosts": a.targets.iter().map(|t| t.host_name.clone()).collect::<Vec<_>>(),
                                "expires_at": rfc3339(a.expires_at_ms)})
                     })
@@ -365,7 +358,7 @@ pub async fn approvals(channel: Channel, command: ApprovalsCommand, output: Outp
                 t.add_row(vec![
                     job.id.to_string(),
                     job.requested_by.clone(),
-                    job_argv(&job),
+                    render::action_text(job.action.as_ref()),
                     a.targets.iter().map(|t| t.host_name.clone()).collect::<Vec<_>>().join(","),
                     a.reason.clone(),
                     rfc3339(a.expires_at_ms).as_str().unwrap_or("-").to_owned(),

@@ -43,10 +43,26 @@ fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
     labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-fn argv_of(action: Option<&v1::JobAction>) -> Vec<String> {
+/// What a job does, for a person: the command line, or the typed action and its parameters.
+pub fn action_text(action: Option<&v1::JobAction>) -> String {
     match action.and_then(|a| a.kind.as_ref()) {
-        Some(v1::job_action::Kind::Exec(e)) => e.argv.clone(),
-        None => Vec::new(),
+        Some(v1::job_action::Kind::Exec(e)) => e.argv.join(" "),
+        Some(v1::job_action::Kind::ProcessList(p)) => {
+            let sort = if p.sort() == v1::ProcessSort::Memory { "mem" } else { "cpu" };
+            format!("(process list, top {} by {sort})", p.limit)
+        }
+        None => String::new(),
+    }
+}
+
+/// What a job does, as data.
+pub fn action_json(action: Option<&v1::JobAction>) -> Value {
+    match action.and_then(|a| a.kind.as_ref()) {
+        Some(v1::job_action::Kind::Exec(e)) => json!({"exec": {"argv": e.argv}}),
+        Some(v1::job_action::Kind::ProcessList(p)) => {
+            json!({"process_list": {"sort": p.sort().as_str_name(), "limit": p.limit}})
+        }
+        None => Value::Null,
     }
 }
 
@@ -151,7 +167,7 @@ fn summary_json(s: Option<&v1::JobSummary>) -> Value {
 fn job_json(j: &v1::Job) -> Value {
     json!({
         "id": j.id, "state": job_state_name(j.state()), "requested_by": j.requested_by,
-        "argv": argv_of(j.action.as_ref()), "created_at": rfc3339(j.created_at_ms),
+        "action": action_json(j.action.as_ref()), "created_at": rfc3339(j.created_at_ms),
         "deadline": rfc3339(j.deadline_ms), "finished_at": rfc3339(j.finished_at_ms),
         "concurrency": j.concurrency, "summary": summary_json(j.summary.as_ref()),
     })
@@ -175,7 +191,7 @@ pub fn jobs(jobs: &[v1::Job], output: Output) -> anyhow::Result<()> {
             ago(j.created_at_ms),
             by,
             format!("{}/{}", s.succeeded, s.total),
-            argv_of(j.action.as_ref()).join(" "),
+            action_text(j.action.as_ref()),
         ]);
     }
     println!("{t}");
@@ -258,7 +274,7 @@ pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result
         return print_json(&value);
     }
     println!("Job {}  {}", job.id, job_state_name(job.state()));
-    println!("  command:   {}", argv_of(job.action.as_ref()).join(" "));
+    println!("  command:   {}", action_text(job.action.as_ref()));
     println!("  by:        {}", job.requested_by);
     println!("  created:   {}", rfc3339(job.created_at_ms).as_str().unwrap_or("-"));
     println!();
@@ -304,7 +320,7 @@ pub fn event_json(event: &v1::JobEvent) -> Value {
         Some(job_event::Kind::Accepted(a)) => json!({
             "job_id": event.job_id, "event": "accepted",
             "hosts": a.targets.iter().map(|t| t.host_name.clone()).collect::<Vec<_>>(),
-            "argv": argv_of(a.action.as_ref()), "deadline": rfc3339(a.deadline_ms),
+            "action": action_json(a.action.as_ref()), "deadline": rfc3339(a.deadline_ms),
         }),
         Some(job_event::Kind::ApprovalRequired(a)) => json!({
             "job_id": event.job_id, "event": "approval_required",
