@@ -23,6 +23,70 @@ pub struct ControllerConfig {
     pub rate_limits: RateLimits,
     #[serde(default)]
     pub security: Security,
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
+}
+
+/// Metric retention, rollup cadence and the thresholds behind host health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    pub raw_retention_hours: u64,
+    pub minute_retention_days: u64,
+    pub hour_retention_days: u64,
+    pub change_retention_days: u64,
+    /// How often rollups and pruning run.
+    pub rollup_interval_secs: u64,
+    /// A minute is rolled up this long after it ends, so samples still in flight count.
+    /// Samples later than that are rolled up again when they arrive.
+    pub rollup_delay_secs: u64,
+    /// A host whose newest sample is older than this is stale.
+    pub stale_after_secs: u64,
+    pub health: HealthThresholds,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            raw_retention_hours: 48,
+            minute_retention_days: 30,
+            hour_retention_days: 365,
+            change_retention_days: 365,
+            rollup_interval_secs: 60,
+            rollup_delay_secs: 90,
+            stale_after_secs: 60,
+            health: HealthThresholds::default(),
+        }
+    }
+}
+
+/// Percentages (and load per core) at which a host is degraded (`warn`) or unhealthy (`crit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthThresholds {
+    pub cpu_warn: f64,
+    pub cpu_crit: f64,
+    pub memory_warn: f64,
+    pub memory_crit: f64,
+    pub disk_warn: f64,
+    pub disk_crit: f64,
+    pub swap_warn: f64,
+    pub load_per_core_warn: f64,
+}
+
+impl Default for HealthThresholds {
+    fn default() -> Self {
+        Self {
+            cpu_warn: 85.0,
+            cpu_crit: 97.0,
+            memory_warn: 85.0,
+            memory_crit: 95.0,
+            disk_warn: 85.0,
+            disk_crit: 95.0,
+            swap_warn: 50.0,
+            load_per_core_warn: 2.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

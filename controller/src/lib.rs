@@ -13,6 +13,7 @@ pub mod batch;
 pub mod config;
 pub mod data_dir;
 pub mod jobs;
+pub mod monitoring;
 pub mod rate_limit;
 pub mod result_writer;
 pub mod revocation;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tailops_pki::CertificateAuthority;
 use tailops_proto::v1::{
     agent_link_server::AgentLinkServer, audit_server::AuditServer, enrollment_server::EnrollmentServer,
-    fleet_server::FleetServer, identity_server::IdentityServer,
+    fleet_server::FleetServer, identity_server::IdentityServer, monitoring_server::MonitoringServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -20,10 +20,12 @@ use crate::auth::{AuthLayer, Authorizer};
 use crate::config::ControllerConfig;
 use crate::data_dir::{self, DataDir};
 use crate::jobs::JobManager;
+use crate::monitoring::Monitoring;
 use crate::rate_limit::RateLimiter;
 use crate::revocation::Revocations;
 use crate::services::audit::AuditService;
 use crate::services::identity::IdentityService;
+use crate::services::monitoring::MonitoringService;
 use crate::services::{agent_link::AgentLinkService, enrollment::EnrollmentService, fleet::FleetService};
 use crate::store::Store;
 use crate::{ControllerError, now_ms};
@@ -44,6 +46,7 @@ pub struct AppState {
     pub audit: AuditLog,
     pub limiter: Arc<RateLimiter>,
     pub revocations: Revocations,
+    pub monitoring: Arc<Monitoring>,
     /// `https://HOST:PORT` that agents and profiles use to reach this controller.
     pub public_url: String,
 }
@@ -111,9 +114,12 @@ impl Controller {
         if pending > 0 {
             tracing::info!(jobs = pending, "jobs still waiting for approval");
         }
+        let monitoring =
+            Monitoring::start(self.store.clone(), self.config.monitoring.clone(), shutdown.clone()).await?;
         let state = AppState {
             limiter: Arc::new(RateLimiter::new(self.config.rate_limits.clone())),
             revocations: Revocations::default(),
+            monitoring,
             audit,
             public_url: self.config.public_url(local.port()),
             config: Arc::new(self.config),
@@ -136,6 +142,7 @@ impl Controller {
         health.set_serving::<EnrollmentServer<EnrollmentService>>().await;
         health.set_serving::<IdentityServer<IdentityService>>().await;
         health.set_serving::<AuditServer<AuditService>>().await;
+        health.set_serving::<MonitoringServer<MonitoringService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tailops_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -176,6 +183,12 @@ impl Controller {
             )
             .add_service(
                 AuditServer::new(AuditService::new(state.clone())).max_decoding_message_size(64 * 1024),
+            )
+            .add_service(
+                MonitoringServer::new(MonitoringService::new(state.clone()))
+                    .max_decoding_message_size(64 * 1024)
+                    // A year of hourly points for one host is ~9,000 rows; let them through.
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
 
         tracing::info!(listen = %local, url = %state.public_url, fingerprint = %state.ca.fingerprint(), "controller serving");

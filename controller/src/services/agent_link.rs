@@ -173,8 +173,20 @@ async fn read_agent_stream(
         conn.touch(now_ms());
         match kind {
             agent_message::Kind::Heartbeat(_) => {}
-            // Ingested once the monitoring store lands.
-            agent_message::Kind::Metrics(_) | agent_message::Kind::Facts(_) => {}
+            agent_message::Kind::Metrics(batch) => {
+                if let Err(e) = state.monitoring.ingest(&conn.host_id, batch, now_ms()).await {
+                    tracing::warn!(host = %conn.host_name, error = %e, "samples refused");
+                }
+            }
+            agent_message::Kind::Facts(update) => {
+                match state.monitoring.apply_facts(&conn.host_id, update, now_ms()).await {
+                    Ok(applied) if applied.recorded > 0 => {
+                        tracing::info!(host = %conn.host_name, changes = applied.recorded, "inventory changed");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(host = %conn.host_name, error = %e, "facts refused"),
+                }
+            }
             agent_message::Kind::Hello(_) => {
                 tracing::debug!(host = %conn.host_name, "repeated hello ignored");
             }

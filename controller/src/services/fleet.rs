@@ -15,7 +15,7 @@ use crate::audit::AuditRecord;
 use crate::jobs::{JobError, JobRequest, risk_of, selector_matches};
 use crate::rate_limit::Bucket;
 use crate::services::enrollment::hash_secret;
-use crate::services::{internal, validate_labels};
+use crate::services::{internal, validate_labels, visible_hosts};
 use crate::store::NewJoinToken;
 use crate::{AppState, now_ms};
 
@@ -155,20 +155,9 @@ impl Fleet for FleetService {
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
         let principal = Principal::of(&request)?;
         let selector = request.into_inner().selector;
-        let mut hosts = self.state.store.list_hosts().await.map_err(internal)?;
-        hosts.retain(|h| principal.covers(h));
+        let mut hosts = visible_hosts(&self.state, &principal).await?;
         if let Some(selector) = selector {
             hosts.retain(|h| selector_matches(&selector, h));
-        }
-        // The live registry is the truth for online state; the database may lag a sweep behind.
-        for host in &mut hosts {
-            match self.state.agents.get(&host.id) {
-                Some(conn) => {
-                    host.online = true;
-                    host.last_seen_ms = host.last_seen_ms.max(conn.last_seen_ms());
-                }
-                None => host.online = false,
-            }
         }
         Ok(Response::new(v1::ListHostsResponse { hosts }))
     }

@@ -335,6 +335,7 @@ impl Identity for IdentityService {
             .await
             .map_err(internal)?;
         self.state.store.delete_host(&host.id).await.map_err(internal)?;
+        self.state.monitoring.forget(&host.id);
         self.state.revocations.publish(Revoked::Principal(id.uri()));
         self.audit(&me, "identity.forget_host", vec![host.name.clone()], json!({"host_id": host.id})).await;
         Ok(Response::new(v1::ForgetHostResponse {

@@ -5,10 +5,15 @@ pub mod audit;
 pub mod enrollment;
 pub mod fleet;
 pub mod identity;
+pub mod monitoring;
 
 use std::collections::BTreeMap;
 
+use tailops_proto::v1;
 use tonic::Status;
+
+use crate::auth::Principal;
+use crate::{AppState, now_ms};
 
 const MAX_LABELS: usize = 64;
 
@@ -16,6 +21,24 @@ const MAX_LABELS: usize = 64;
 pub fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "request failed");
     Status::internal("the controller failed to answer; see its log")
+}
+
+/// The hosts `principal` may see, with live online state, newest sample and health.
+pub async fn visible_hosts(state: &AppState, principal: &Principal) -> Result<Vec<v1::Host>, Status> {
+    let mut hosts = state.store.list_hosts().await.map_err(internal)?;
+    hosts.retain(|h| principal.covers(h));
+    // The live registry is the truth for online state; the database may lag a sweep behind.
+    for host in &mut hosts {
+        match state.agents.get(&host.id) {
+            Some(conn) => {
+                host.online = true;
+                host.last_seen_ms = host.last_seen_ms.max(conn.last_seen_ms());
+            }
+            None => host.online = false,
+        }
+    }
+    state.monitoring.annotate(&mut hosts, now_ms());
+    Ok(hosts)
 }
 
 /// Host names and label keys: what fits in a DNS label, plus `_` and `.`.

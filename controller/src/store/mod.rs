@@ -14,6 +14,10 @@ use tailops_proto::v1;
 
 use crate::result_writer::HostResult;
 
+mod monitoring;
+
+pub use monitoring::{ChangeFilter, FactsApplied, MetricTable, SampleRow};
+
 /// Labels on hosts and tokens.
 pub type Labels = BTreeMap<String, String>;
 
@@ -575,10 +579,15 @@ impl Store {
         row.as_ref().map(host_from_row).transpose()
     }
 
-    /// Removes a host; its name becomes free. Past jobs keep their copy of its name.
+    /// Removes a host with its metrics, facts and change history; its name becomes free. Past
+    /// jobs keep their copy of its name.
     pub async fn delete_host(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query("DELETE FROM hosts WHERE id = ?").bind(id).execute(&self.pool).await?.rows_affected()
-            > 0)
+        let mut tx = self.write_transaction().await?;
+        Self::delete_host_metrics(&mut tx, id).await?;
+        let deleted =
+            sqlx::query("DELETE FROM hosts WHERE id = ?").bind(id).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
     }
 
     pub async fn mark_online(&self, id: &str, report: &HostReport, now_ms: i64) -> Result<(), StoreError> {
