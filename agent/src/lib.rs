@@ -5,12 +5,17 @@
 //! - [`enroll`]: join-token enrollment with CA pinning; the key never leaves the host.
 //! - [`link`]: the long-lived stream, heartbeats, reconnects, certificate renewal.
 //! - [`executor`]: running one command safely.
-//! - [`host`]: what the agent says about its host.
+//! - [`host`]: what the agent says about its host in its hello.
+//! - [`monitor`]: resource samples and facts pushed over the link; [`facts`]: the inventory
+//!   sources; [`mounts`]: which filesystems count as disks.
 
 pub mod enroll;
 pub mod executor;
+pub mod facts;
 pub mod host;
 pub mod link;
+pub mod monitor;
+pub mod mounts;
 pub mod state;
 
 use std::path::PathBuf;

@@ -11,13 +11,15 @@ use std::time::Duration;
 use tailops_pki::CertificateInfo;
 use tailops_proto::time::{format_ms, now_ms};
 use tailops_proto::v1::{self, agent_link_client::AgentLinkClient, agent_message, controller_message};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::executor::{ExecSpec, Executor, OutputChunk, ProcessExecutor};
+use crate::facts::{self, Facts};
+use crate::monitor::{self, MonitorFeed, MonitorOptions, SampleBuffer};
 use crate::state::AgentState;
 use tailops_pki::error_chain;
 
@@ -38,6 +40,8 @@ pub struct LinkOptions {
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub executor: Arc<dyn Executor>,
+    /// Resource samples and facts; `None` sends neither (the benchmark's simulated agents).
+    pub monitor: Option<MonitorOptions>,
 }
 
 impl LinkOptions {
@@ -47,6 +51,7 @@ impl LinkOptions {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             executor: Arc::new(ProcessExecutor),
+            monitor: Some(MonitorOptions::default()),
         }
     }
 }
@@ -64,10 +69,18 @@ pub async fn run_with_state(mut state: AgentState, options: LinkOptions, shutdow
     let mut backoff = options.min_backoff;
     let mut last_error: Option<String> = None;
     let mut finished_jobs = RecentJobs::default();
+    let feed = options.monitor.clone().map(|m| monitor::start(m, shutdown.child_token()));
     loop {
         let started = Instant::now();
-        let outcome =
-            session(&mut state, &options.executor, &shutdown, &mut finished_jobs, &mut last_error).await;
+        let outcome = session(
+            &mut state,
+            &options.executor,
+            feed.clone(),
+            &shutdown,
+            &mut finished_jobs,
+            &mut last_error,
+        )
+        .await;
         if shutdown.is_cancelled() {
             tracing::info!("agent stopped");
             return;
@@ -120,6 +133,7 @@ fn endpoint(state: &AgentState) -> Result<Endpoint, AgentError> {
 async fn session(
     state: &mut AgentState,
     executor: &Arc<dyn Executor>,
+    mut feed: Option<MonitorFeed>,
     shutdown: &CancellationToken,
     finished_jobs: &mut RecentJobs,
     last_error: &mut Option<String>,
@@ -161,6 +175,17 @@ async fn session(
     let mut pending_key: Option<String> = None;
     let mut running: HashMap<u64, CancellationToken> = HashMap::new();
     let (job_done_tx, mut job_done) = mpsc::unbounded_channel::<u64>();
+    // The controller replaces its view with a full set on every connect, then gets diffs.
+    let mut facts_sent: Option<Arc<Facts>> = None;
+    let samples = feed.as_ref().map(|f| f.samples.clone());
+    let mut facts_rx = feed.take().map(|f| f.facts);
+    if let Some(rx) = facts_rx.as_mut() {
+        let current = rx.borrow_and_update().clone();
+        if let Some(current) = current {
+            send_facts(&outbox, None, &current).await;
+            facts_sent = Some(current);
+        }
+    }
 
     let result = loop {
         tokio::select! {
@@ -179,6 +204,15 @@ async fn session(
                     }
                     Err(e) => tracing::error!(error = %e, "cannot generate a key for renewal"),
                 }
+            }
+            () = samples_ready(samples.as_deref()) => {
+                if let Some(samples) = samples.as_deref() {
+                    send_samples(&outbox, samples.drain()).await;
+                }
+            }
+            Some(current) = facts_changed(facts_rx.as_mut()) => {
+                send_facts(&outbox, facts_sent.as_deref(), &current).await;
+                facts_sent = Some(current);
             }
             Some(job_id) = job_done.recv() => {
                 running.remove(&job_id);
@@ -216,6 +250,47 @@ async fn session(
         token.cancel();
     }
     result
+}
+
+/// Samples per message; a long outage's backlog goes in several.
+const SAMPLES_PER_BATCH: usize = 500;
+
+async fn samples_ready(samples: Option<&SampleBuffer>) {
+    match samples {
+        Some(samples) => samples.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The newest facts, when they changed; pending forever when monitoring is off or stopped.
+async fn facts_changed(facts: Option<&mut watch::Receiver<Option<Arc<Facts>>>>) -> Option<Arc<Facts>> {
+    let Some(facts) = facts else { return std::future::pending().await };
+    match facts.changed().await {
+        Ok(()) => facts.borrow_and_update().clone(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+async fn send_samples(outbox: &mpsc::Sender<v1::AgentMessage>, samples: Vec<v1::MetricSample>) {
+    for chunk in samples.chunks(SAMPLES_PER_BATCH) {
+        let batch = agent_message::Kind::Metrics(v1::MetricsBatch { samples: chunk.to_vec() });
+        let _ = outbox.send(v1::AgentMessage { kind: Some(batch) }).await;
+    }
+}
+
+/// Sends `current` in full (no previous set) or as a diff against `previous`, if it differs.
+async fn send_facts(outbox: &mpsc::Sender<v1::AgentMessage>, previous: Option<&Facts>, current: &Facts) {
+    let update = match previous {
+        None => v1::FactsUpdate { full: true, set: current.clone(), removed: Vec::new() },
+        Some(previous) => {
+            let diff = facts::diff(previous, current);
+            if diff.is_empty() {
+                return;
+            }
+            v1::FactsUpdate { full: false, set: diff.set, removed: diff.removed }
+        }
+    };
+    let _ = outbox.send(v1::AgentMessage { kind: Some(agent_message::Kind::Facts(update)) }).await;
 }
 
 async fn store_renewed(state: &mut AgentState, key_pem: String, cert_pem: String) {
@@ -266,38 +341,72 @@ fn start_job(
         tracing::info!(job = job_id, "job already delivered; not running it again");
         return;
     }
-    let argv = match job.action.and_then(|a| a.kind) {
-        Some(v1::job_action::Kind::Exec(exec)) => exec.argv,
-        Some(v1::job_action::Kind::ProcessList(_)) | None => Vec::new(),
-    };
     let outbox = outbox.clone();
     let done = done.clone();
     let executor = executor.clone();
     let cancel = CancellationToken::new();
     running.insert(job_id, cancel.clone());
     tokio::spawn(async move {
-        let result = if argv.is_empty() || job.timeout_ms == 0 {
+        let timeout = Duration::from_millis(job.timeout_ms);
+        let result = match job.action.and_then(|a| a.kind) {
             // Re-validated here: the agent does not trust that the controller checked.
-            v1::CommandResult { error: "refused: empty command or zero timeout".into(), ..Default::default() }
-        } else {
-            tracing::debug!(job = job_id, program = %argv[0], "running job");
-            let started = agent_message::Kind::JobStarted(v1::JobStarted { job_id });
-            let _ = outbox.send(v1::AgentMessage { kind: Some(started) }).await;
-            let spec = ExecSpec {
-                argv,
-                timeout: Duration::from_millis(job.timeout_ms),
-                output_cap: job.output_cap_bytes,
-            };
-            let (chunks_tx, chunks) = mpsc::channel(64);
-            let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
-            let result = executor.execute(spec, cancel, chunks_tx).await;
-            let _ = forward.await;
-            result
+            _ if job.timeout_ms == 0 => refused("zero timeout"),
+            Some(v1::job_action::Kind::Exec(exec)) if !exec.argv.is_empty() => {
+                tracing::debug!(job = job_id, program = %exec.argv[0], "running job");
+                send_started(&outbox, job_id).await;
+                let spec = ExecSpec { argv: exec.argv, timeout, output_cap: job.output_cap_bytes };
+                let (chunks_tx, chunks) = mpsc::channel(64);
+                let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
+                let result = executor.execute(spec, cancel, chunks_tx).await;
+                let _ = forward.await;
+                result
+            }
+            Some(v1::job_action::Kind::ProcessList(action)) => {
+                send_started(&outbox, job_id).await;
+                typed_action(timeout, cancel, async move {
+                    monitor::process_list(&action).await.map(v1::action_output::Kind::ProcessList)
+                })
+                .await
+            }
+            Some(v1::job_action::Kind::Exec(_)) | None => refused("empty command"),
         };
         let finished = agent_message::Kind::JobFinished(v1::JobFinished { job_id, result: Some(result) });
         let _ = outbox.send(v1::AgentMessage { kind: Some(finished) }).await;
         let _ = done.send(job_id);
     });
+}
+
+fn refused(why: &str) -> v1::CommandResult {
+    v1::CommandResult { error: format!("refused: {why}"), ..Default::default() }
+}
+
+async fn send_started(outbox: &mpsc::Sender<v1::AgentMessage>, job_id: u64) {
+    let started = agent_message::Kind::JobStarted(v1::JobStarted { job_id });
+    let _ = outbox.send(v1::AgentMessage { kind: Some(started) }).await;
+}
+
+/// Runs a typed action under the job's deadline and cancellation; its structured output goes
+/// in the result, and success reads as exit code 0 like a command's.
+async fn typed_action(
+    timeout: Duration,
+    cancel: CancellationToken,
+    action: impl std::future::Future<Output = Result<v1::action_output::Kind, String>>,
+) -> v1::CommandResult {
+    let started = Instant::now();
+    let mut result = tokio::select! {
+        outcome = tokio::time::timeout(timeout, action) => match outcome {
+            Ok(Ok(output)) => v1::CommandResult {
+                exit_code: Some(0),
+                output: Some(v1::ActionOutput { kind: Some(output) }),
+                ..Default::default()
+            },
+            Ok(Err(error)) => v1::CommandResult { error, ..Default::default() },
+            Err(_) => v1::CommandResult { timed_out: true, ..Default::default() },
+        },
+        () = cancel.cancelled() => v1::CommandResult { cancelled: true, ..Default::default() },
+    };
+    result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    result
 }
 
 async fn forward_output(

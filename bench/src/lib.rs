@@ -208,6 +208,7 @@ impl Bench {
             let shutdown = CancellationToken::new();
             let mut options = LinkOptions::new(state.dir.clone());
             options.executor = Arc::new(InstantExecutor);
+            options.monitor = None;
             let running = state.clone();
             let stop = shutdown.clone();
             self.sim_rt.spawn(tailops_agent::run_with_state(running, options, stop));

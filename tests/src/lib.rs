@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tailops_agent::monitor::MonitorOptions;
 use tailops_agent::{EnrollOptions, LinkOptions};
 use tailops_controller::Controller;
 use tailops_controller::config::ControllerConfig;
@@ -14,6 +15,7 @@ use tailops_controller::data_dir::{self, DataDir, InitOptions};
 use tailops_pki::Fingerprint;
 use tailops_proto::v1::{
     self, audit_client::AuditClient, fleet_client::FleetClient, identity_client::IdentityClient,
+    monitoring_client::MonitoringClient,
 };
 use tailopsctl::Profile;
 use tempfile::TempDir;
@@ -79,6 +81,10 @@ impl TestController {
 
     pub async fn identity(&self) -> IdentityClient<Channel> {
         IdentityClient::new(tailopsctl::connect(&self.admin).await.expect("admin connects"))
+    }
+
+    pub async fn monitoring(&self) -> MonitoringClient<Channel> {
+        MonitoringClient::new(tailopsctl::connect(&self.admin).await.expect("connects"))
     }
 
     pub async fn audit(&self) -> AuditClient<Channel> {
@@ -172,10 +178,20 @@ impl TestController {
 
     /// Enrolls a new host with its own token carrying `labels` and starts it in-process.
     pub async fn agent(&self, name: &str, labels: &[(&str, &str)]) -> TestAgent {
+        self.agent_with_monitor(name, labels, test_monitor()).await
+    }
+
+    /// Like [`Self::agent`], with its own monitoring options (`None`: no samples or facts).
+    pub async fn agent_with_monitor(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        monitor: Option<MonitorOptions>,
+    ) -> TestAgent {
         let token = self.token(labels, 1, Duration::from_secs(60)).await;
         let state_dir = tempfile::tempdir().expect("agent dir");
         tailops_agent::enroll(self.enroll_options(&token, name, state_dir.path())).await.expect("enroll");
-        let agent = TestAgent::start(state_dir, name);
+        let agent = TestAgent::start_with(state_dir, name, monitor);
         self.wait_online(name, true).await;
         agent
     }
@@ -218,19 +234,39 @@ async fn set_fast_timing(data: &DataDir, configure: impl FnOnce(&mut ControllerC
     tokio::fs::write(&path, toml::to_string(&config).expect("toml")).await.expect("write config");
 }
 
+/// Samples every half second; facts once at start (then every minute), so tests that do not
+/// look at monitoring pay little for it.
+pub fn test_monitor() -> Option<MonitorOptions> {
+    Some(MonitorOptions {
+        sample_interval: Duration::from_millis(500),
+        facts_interval: Duration::from_secs(60),
+        ..MonitorOptions::default()
+    })
+}
+
 /// An agent running as a task in the test process.
 #[derive(Debug)]
 pub struct TestAgent {
     pub name: String,
     pub state_dir: TempDir,
+    monitor: Option<MonitorOptions>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
 impl TestAgent {
     pub fn start(state_dir: TempDir, name: &str) -> Self {
-        let mut agent =
-            Self { name: name.to_owned(), state_dir, shutdown: CancellationToken::new(), task: None };
+        Self::start_with(state_dir, name, test_monitor())
+    }
+
+    pub fn start_with(state_dir: TempDir, name: &str, monitor: Option<MonitorOptions>) -> Self {
+        let mut agent = Self {
+            name: name.to_owned(),
+            state_dir,
+            monitor,
+            shutdown: CancellationToken::new(),
+            task: None,
+        };
         agent.resume();
         agent
     }
@@ -248,6 +284,7 @@ impl TestAgent {
         let mut options = LinkOptions::new(self.state_dir.path());
         options.min_backoff = Duration::from_millis(100);
         options.max_backoff = Duration::from_millis(500);
+        options.monitor = self.monitor.clone();
         let shutdown = self.shutdown.clone();
         self.task = Some(tokio::spawn(async move {
             tailops_agent::run(options, shutdown).await.expect("agent state is usable");

@@ -2,6 +2,7 @@
 
 mod admin;
 mod exec;
+mod monitor;
 mod render;
 
 use std::path::PathBuf;
@@ -39,6 +40,15 @@ enum Command {
     /// Enrolled hosts.
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// A host's metrics over time: a table, JSON, or sparklines (--spark).
+    Metrics(monitor::MetricsArgs),
+    /// A live, refreshing fleet table, like `top` for hosts.
+    Top(monitor::TopArgs),
+    /// The top processes on a host, by CPU or memory.
+    Ps(monitor::PsArgs),
+    /// Inventory history: what changed on hosts.
+    #[command(subcommand)]
+    Inventory(monitor::InventoryCommand),
     /// Run a command on hosts and stream its output (argv, no shell).
     Exec(exec::ExecArgs),
     /// Jobs: list, inspect, re-attach, cancel.
@@ -100,8 +110,10 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum HostsCommand {
-    /// List hosts with their status.
-    Ls,
+    /// List hosts with status, health and CPU/memory/disk use.
+    Ls(monitor::HostsLsArgs),
+    /// One host: facts, latest metrics, and health with its reasons.
+    Show { host: String },
     /// Remove a host: its certificates are revoked and its stream closed; the name becomes free.
     Forget { host: String },
 }
@@ -194,10 +206,12 @@ pub async fn run() -> anyhow::Result<ExitCode> {
                 .into_inner();
             render::token(&response, cli.output)?;
         }
-        Command::Hosts(HostsCommand::Ls) => {
-            let hosts = fleet.list_hosts(v1::ListHostsRequest::default()).await?.into_inner().hosts;
-            render::hosts(&hosts, cli.output)?;
-        }
+        Command::Hosts(HostsCommand::Ls(args)) => monitor::hosts_ls(channel, args, output).await?,
+        Command::Hosts(HostsCommand::Show { host }) => monitor::hosts_show(channel, host, output).await?,
+        Command::Metrics(args) => monitor::metrics(channel, args, output).await?,
+        Command::Top(args) => monitor::top(channel, args, output).await?,
+        Command::Ps(args) => return monitor::ps(channel, args, output).await,
+        Command::Inventory(command) => monitor::inventory(channel, command, output).await?,
         Command::Exec(args) => return exec::run(&mut fleet, args, cli.output).await,
         Command::Jobs(JobsCommand::Ls { limit }) => {
             let jobs = fleet.list_jobs(v1::ListJobsRequest { limit }).await?.into_inner().jobs;

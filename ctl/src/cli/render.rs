@@ -39,7 +39,7 @@ pub fn rfc3339(ms: i64) -> Value {
     Value::String(humantime::format_rfc3339_millis(t).to_string())
 }
 
-fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
     labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
@@ -118,41 +118,6 @@ pub fn token(t: &v1::CreateJoinTokenResponse, output: Output) -> anyhow::Result<
     );
     println!();
     println!("The token is shown only this once.");
-    Ok(())
-}
-
-pub fn hosts(hosts: &[v1::Host], output: Output) -> anyhow::Result<()> {
-    if output == Output::Json {
-        let rows: Vec<Value> = hosts
-            .iter()
-            .map(|h| {
-                json!({
-                    "id": h.id, "name": h.name, "labels": h.labels, "online": h.online,
-                    "last_seen": rfc3339(h.last_seen_ms), "agent_version": h.agent_version,
-                    "hostname": h.hostname, "os": h.os, "arch": h.arch, "kernel": h.kernel,
-                    "enrolled_at": rfc3339(h.enrolled_at_ms),
-                })
-            })
-            .collect();
-        return print_json(&Value::Array(rows));
-    }
-    if hosts.is_empty() {
-        println!("No hosts enrolled yet. Create a join token with `tailopsctl token create`.");
-        return Ok(());
-    }
-    let mut t = table(&["NAME", "ID", "STATUS", "LAST SEEN", "VERSION", "OS", "LABELS"]);
-    for h in hosts {
-        t.add_row(vec![
-            h.name.clone(),
-            h.id.chars().take(8).collect(),
-            if h.online { "online".into() } else { "offline".into() },
-            ago(h.last_seen_ms),
-            h.agent_version.clone(),
-            format!("{} {}", h.os, h.arch).trim().to_owned(),
-            labels_text(&h.labels),
-        ]);
-    }
-    println!("{t}");
     Ok(())
 }
 
