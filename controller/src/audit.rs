@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::batch::next_batch;
 use crate::now_ms;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Telemetry;
 
 const QUEUE: usize = 4096;
 const BATCH: usize = 256;
@@ -105,10 +106,10 @@ pub struct Head {
 
 impl AuditLog {
     /// Reads the current head and starts the writer task.
-    pub async fn start(store: Store) -> Result<Self, StoreError> {
+    pub async fn start(store: Store, telemetry: Telemetry) -> Result<Self, StoreError> {
         let head = read_head(&store).await?;
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, rx, head));
+        tokio::spawn(writer(store, telemetry, rx, head));
         Ok(Self { queue })
     }
 
@@ -205,7 +206,7 @@ fn chain_hash(prev: &[u8], canonical: &[u8]) -> [u8; 32] {
 }
 
 /// The single author of the chain: it alone knows the head.
-async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Head) {
+async fn writer(store: Store, telemetry: Telemetry, mut rx: mpsc::Receiver<Command>, head: Head) {
     let mut current = head;
     while let Some(batch) = next_batch(&mut rx, BATCH).await {
         let mut flushes = Vec::new();
@@ -219,8 +220,12 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Command>, head: Head) {
             }
         }
         if !records.is_empty() {
+            let started = std::time::Instant::now();
             match append(&store, current, &records).await {
-                Ok(new_head) => current = new_head,
+                Ok(new_head) => {
+                    current = new_head;
+                    telemetry.observe_db_write("audit", records.len(), started.elapsed());
+                }
                 Err(e) => tracing::error!(error = %e, rows = records.len(), "could not write audit rows"),
             }
         }

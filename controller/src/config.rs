@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::telemetry::PrometheusConfig;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
@@ -25,6 +27,9 @@ pub struct ControllerConfig {
     pub security: Security,
     #[serde(default)]
     pub monitoring: MonitoringConfig,
+    /// The Prometheus `/metrics` endpoint; off unless `listen` is set.
+    #[serde(default)]
+    pub prometheus: PrometheusConfig,
 }
 
 /// Metric retention, rollup cadence and the thresholds behind host health.

@@ -26,6 +26,7 @@ use crate::config::Limits;
 use crate::now_ms;
 use crate::result_writer::{HostResult, ResultWriter};
 use crate::store::{NewJob, Store, StoreError, TargetOutcome, summarize};
+use crate::telemetry::Telemetry;
 
 /// How long after the deadline the controller waits for an agent's own timeout report.
 const REPORT_GRACE: Duration = Duration::from_secs(5);
@@ -179,8 +180,14 @@ pub struct JobManager {
 }
 
 impl JobManager {
-    pub fn new(store: Store, agents: Arc<AgentRegistry>, audit: AuditLog, approval_ttl: Duration) -> Self {
-        let results = ResultWriter::start(store.clone());
+    pub fn new(
+        store: Store,
+        agents: Arc<AgentRegistry>,
+        audit: AuditLog,
+        approval_ttl: Duration,
+        telemetry: Telemetry,
+    ) -> Self {
+        let results = ResultWriter::start(store.clone(), telemetry);
         Self { store, agents, audit, results, approval_ttl, live: Mutex::default() }
     }
 

@@ -20,6 +20,7 @@ pub mod revocation;
 pub mod server;
 pub mod services;
 pub mod store;
+pub mod telemetry;
 
 use std::path::PathBuf;
 

@@ -5,6 +5,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::next_batch;
 use crate::store::{Store, TargetOutcome};
+use crate::telemetry::Telemetry;
 
 const QUEUE: usize = 16_384;
 const BATCH: usize = 1024;
@@ -29,9 +30,9 @@ pub struct ResultWriter {
 }
 
 impl ResultWriter {
-    pub fn start(store: Store) -> Self {
+    pub fn start(store: Store, telemetry: Telemetry) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, rx));
+        tokio::spawn(writer(store, telemetry, rx));
         Self { queue }
     }
 
@@ -50,7 +51,7 @@ impl ResultWriter {
     }
 }
 
-async fn writer(store: Store, mut rx: mpsc::Receiver<Command>) {
+async fn writer(store: Store, telemetry: Telemetry, mut rx: mpsc::Receiver<Command>) {
     while let Some(batch) = next_batch(&mut rx, BATCH).await {
         let mut results = Vec::new();
         let mut flushes = Vec::new();
@@ -60,10 +61,12 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Command>) {
                 Command::Flush(done) => flushes.push(done),
             }
         }
-        if !results.is_empty()
-            && let Err(e) = store.finish_targets(&results).await
-        {
-            tracing::error!(error = %e, rows = results.len(), "could not persist host results");
+        if !results.is_empty() {
+            let started = std::time::Instant::now();
+            match store.finish_targets(&results).await {
+                Ok(()) => telemetry.observe_db_write("job_results", results.len(), started.elapsed()),
+                Err(e) => tracing::error!(error = %e, rows = results.len(), "could not persist host results"),
+            }
         }
         for done in flushes {
             let _ = done.send(());

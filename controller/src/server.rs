@@ -25,9 +25,11 @@ use crate::rate_limit::RateLimiter;
 use crate::revocation::Revocations;
 use crate::services::audit::AuditService;
 use crate::services::identity::IdentityService;
+use crate::services::live_hosts;
 use crate::services::monitoring::MonitoringService;
 use crate::services::{agent_link::AgentLinkService, enrollment::EnrollmentService, fleet::FleetService};
 use crate::store::Store;
+use crate::telemetry::{self, FleetSnapshot, HostGauges, SnapshotSource, Telemetry};
 use crate::{ControllerError, now_ms};
 
 /// Largest gRPC message accepted from any peer.
@@ -47,6 +49,7 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     pub revocations: Revocations,
     pub monitoring: Arc<Monitoring>,
+    pub telemetry: Telemetry,
     /// `https://HOST:PORT` that agents and profiles use to reach this controller.
     pub public_url: String,
 }
@@ -104,9 +107,19 @@ impl Controller {
             .local_addr()
             .map_err(|source| ControllerError::Listen { addr: "listener".into(), source })?;
         let agents = Arc::new(AgentRegistry::default());
-        let audit = AuditLog::start(self.store.clone()).await?;
+        let telemetry = Telemetry::new();
+        let metrics_listener = telemetry::bind(&self.config.prometheus)
+            .await
+            .map_err(|e| ControllerError::Config { path: "[prometheus]".into(), message: e.to_string() })?;
+        let audit = AuditLog::start(self.store.clone(), telemetry.clone()).await?;
         let approval_ttl = Duration::from_secs(self.config.timing.approval_ttl_secs);
-        let jobs = Arc::new(JobManager::new(self.store.clone(), agents.clone(), audit.clone(), approval_ttl));
+        let jobs = Arc::new(JobManager::new(
+            self.store.clone(),
+            agents.clone(),
+            audit.clone(),
+            approval_ttl,
+            telemetry.clone(),
+        ));
         let pending = jobs.resume_pending_approvals().await.map_err(|e| ControllerError::Config {
             path: "pending approvals".into(),
             message: e.to_string(),
@@ -114,12 +127,18 @@ impl Controller {
         if pending > 0 {
             tracing::info!(jobs = pending, "jobs still waiting for approval");
         }
-        let monitoring =
-            Monitoring::start(self.store.clone(), self.config.monitoring.clone(), shutdown.clone()).await?;
+        let monitoring = Monitoring::start(
+            self.store.clone(),
+            self.config.monitoring.clone(),
+            telemetry.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let state = AppState {
             limiter: Arc::new(RateLimiter::new(self.config.rate_limits.clone())),
             revocations: Revocations::default(),
             monitoring,
+            telemetry,
             audit,
             public_url: self.config.public_url(local.port()),
             config: Arc::new(self.config),
@@ -155,6 +174,13 @@ impl Controller {
             .map_err(|e| ControllerError::Config { path: "reflection".into(), message: e.to_string() })?;
 
         let sweeper = tokio::spawn(liveness_sweeper(state.clone(), shutdown.clone()));
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+            }
+            let source = Arc::new(FleetView { state: state.clone() });
+            tokio::spawn(telemetry::serve(listener, state.telemetry.clone(), source, shutdown.clone()));
+        }
 
         let authorizer = Authorizer::new(&state);
         let router = Server::builder()
@@ -162,6 +188,8 @@ impl Controller {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Outermost first: refused calls are counted too.
+            .layer(state.telemetry.rpc_layer())
             .layer(AuthLayer::new(authorizer))
             .add_service(health_service)
             .add_service(reflection)
@@ -216,6 +244,49 @@ impl Controller {
         };
         sweeper.abort();
         result
+    }
+}
+
+/// The fleet as a Prometheus scrape sees it: every host, unscoped (the endpoint is for the
+/// operator's monitoring system), with live online state and the monitoring view.
+#[derive(Debug)]
+struct FleetView {
+    state: AppState,
+}
+
+impl SnapshotSource for FleetView {
+    fn snapshot(&self) -> futures::future::BoxFuture<'_, FleetSnapshot> {
+        Box::pin(async move {
+            let hosts = match live_hosts(&self.state).await {
+                Ok(hosts) => hosts,
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics scrape could not list hosts");
+                    Vec::new()
+                }
+            };
+            let jobs_by_state = self.state.store.job_counts().await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "metrics scrape could not count jobs");
+                Vec::new()
+            });
+            let health_scores =
+                hosts.iter().filter_map(|h| h.health.as_ref().map(|x| (h.id.clone(), x.score))).collect();
+            FleetSnapshot {
+                connected_agents: self.state.agents.snapshot().len() as u64,
+                jobs_by_state,
+                health_scores,
+                hosts: hosts
+                    .into_iter()
+                    .map(|h| HostGauges {
+                        host_id: h.id,
+                        name: h.name,
+                        labels: h.labels,
+                        online: h.online,
+                        last_seen_ms: h.last_seen_ms,
+                        latest: h.latest,
+                    })
+                    .collect(),
+            }
+        })
     }
 }
 

@@ -345,3 +345,65 @@ async fn bad_queries_get_clear_errors() {
     assert!(text(&unknown.stderr).contains("no host named \"ghost\""), "{}", text(&unknown.stderr));
     controller.stop().await;
 }
+
+/// A free loopback port (bound and released; the controller binds it again right after).
+async fn free_port() -> std::net::SocketAddr {
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    probe.local_addr().expect("addr")
+}
+
+/// `GET /metrics` over a plain TCP connection.
+async fn scrape(addr: std::net::SocketAddr) -> prometheus_parse::Scrape {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("exposition parses")
+}
+
+fn gauge(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[tokio::test]
+async fn prometheus_exposes_hosts_and_the_controller_itself() {
+    let addr = free_port().await;
+    let controller = TestController::start_with(|c| c.prometheus.listen = Some(addr)).await;
+    let _agent = controller.agent("web", &[("env", "prod")]).await;
+    eventually("a sample", || async { get_host(&controller, "web").await.latest.map(|_| ()) }).await;
+    // The sample writer commits asynchronously; scrape until its rows are counted.
+    let metrics = eventually("stored samples in the metrics", || async {
+        let metrics = scrape(addr).await;
+        gauge(&metrics, "tailops_db_rows_written_total", &[("writer", "metrics")]).filter(|n| *n >= 1.0)?;
+        Some(metrics)
+    })
+    .await;
+    let host = [("host", "web"), ("label_env", "prod")];
+    assert_eq!(gauge(&metrics, "tailops_host_up", &host), Some(1.0));
+    #[allow(clippy::cast_precision_loss)]
+    let total = meminfo_bytes("MemTotal:").await as f64;
+    assert_eq!(gauge(&metrics, "tailops_host_memory_total_bytes", &host), Some(total));
+    assert!(gauge(&metrics, "tailops_host_health_score", &host).is_some());
+    assert_eq!(gauge(&metrics, "tailops_agents_connected", &[]), Some(1.0));
+    let calls = gauge(
+        &metrics,
+        "tailops_rpc_requests_total",
+        &[("method", "/tailops.v1.Monitoring/GetHost"), ("code", "OK")],
+    );
+    assert!(calls.is_some_and(|n| n >= 1.0), "GetHost calls: {calls:?}");
+    controller.stop().await;
+}

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::rollup::LateSamples;
 use crate::batch::next_batch;
 use crate::store::{SampleRow, Store, StoreError};
+use crate::telemetry::Telemetry;
 
 /// Samples one batch may carry (an agent's buffer after a long disconnection is sent in parts).
 pub const MAX_SAMPLES_PER_BATCH: usize = 2_000;
@@ -119,9 +120,9 @@ pub struct SampleWriter {
 }
 
 impl SampleWriter {
-    pub fn start(store: Store, late: LateSamples) -> Self {
+    pub fn start(store: Store, late: LateSamples, telemetry: Telemetry) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, late, rx));
+        tokio::spawn(writer(store, late, telemetry, rx));
         Self { queue }
     }
 
@@ -148,7 +149,7 @@ impl SampleWriter {
     }
 }
 
-async fn writer(store: Store, late: LateSamples, mut rx: mpsc::Receiver<Command>) {
+async fn writer(store: Store, late: LateSamples, telemetry: Telemetry, mut rx: mpsc::Receiver<Command>) {
     while let Some(batch) = next_batch(&mut rx, WRITE_BATCH).await {
         let mut rows = Vec::new();
         let mut latest: HashMap<String, v1::MetricSample> = HashMap::new();
@@ -171,7 +172,7 @@ async fn writer(store: Store, late: LateSamples, mut rx: mpsc::Receiver<Command>
             let latest: Vec<_> = latest.into_iter().collect();
             let started = Instant::now();
             match store.insert_samples(&rows, &latest).await {
-                Ok(()) => tracing::trace!(rows = rows.len(), elapsed = ?started.elapsed(), "samples stored"),
+                Ok(()) => telemetry.observe_db_write("metrics", rows.len(), started.elapsed()),
                 Err(e) => tracing::error!(error = %e, rows = rows.len(), "could not store samples"),
             }
             // Noted once stored: a sample older than what the rollups have finished makes the

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MonitoringConfig;
 use crate::store::{FactsApplied, Store, StoreError};
+use crate::telemetry::Telemetry;
 use health::HealthInput;
 use ingest::{IngestError, SampleWriter};
 use rollup::LateSamples;
@@ -50,6 +51,7 @@ impl Monitoring {
     pub async fn start(
         store: Store,
         config: MonitoringConfig,
+        telemetry: Telemetry,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let mut hosts: HashMap<String, HostView> = HashMap::new();
@@ -63,7 +65,7 @@ impl Monitoring {
             hosts.entry(host_id).or_default().cores = facts.get(CORES_KEY).and_then(|v| v.parse().ok());
         }
         let late = LateSamples::default();
-        let writer = SampleWriter::start(store.clone(), late.clone());
+        let writer = SampleWriter::start(store.clone(), late.clone(), telemetry);
         tokio::spawn(rollup::run(store.clone(), config.clone(), late.clone(), shutdown));
         Ok(Arc::new(Self { store, config, writer, hosts: RwLock::new(hosts) }))
     }

@@ -13,6 +13,7 @@ use tailops_proto::v1;
 use tonic::Status;
 
 use crate::auth::Principal;
+use crate::store::StoreError;
 use crate::{AppState, now_ms};
 
 const MAX_LABELS: usize = 64;
@@ -25,8 +26,14 @@ pub fn internal(e: impl std::fmt::Display) -> Status {
 
 /// The hosts `principal` may see, with live online state, newest sample and health.
 pub async fn visible_hosts(state: &AppState, principal: &Principal) -> Result<Vec<v1::Host>, Status> {
-    let mut hosts = state.store.list_hosts().await.map_err(internal)?;
+    let mut hosts = live_hosts(state).await.map_err(internal)?;
     hosts.retain(|h| principal.covers(h));
+    Ok(hosts)
+}
+
+/// Every host, with live online state, newest sample and health.
+pub async fn live_hosts(state: &AppState) -> Result<Vec<v1::Host>, StoreError> {
+    let mut hosts = state.store.list_hosts().await?;
     // The live registry is the truth for online state; the database may lag a sweep behind.
     for host in &mut hosts {
         match state.agents.get(&host.id) {

@@ -579,6 +579,19 @@ impl Store {
         row.as_ref().map(host_from_row).transpose()
     }
 
+    /// How many jobs are in each state, by state name (`running`, `succeeded`, ...).
+    pub async fn job_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT state, count(*) AS n FROM jobs GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let state = v1::JobState::try_from(row.try_get::<i32, _>("state")?).unwrap_or_default();
+                let name = state.as_str_name().trim_start_matches("JOB_STATE_").to_ascii_lowercase();
+                Ok((name, u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// Removes a host with its metrics, facts and change history; its name becomes free. Past
     /// jobs keep their copy of its name.
     pub async fn delete_host(&self, id: &str) -> Result<bool, StoreError> {
