@@ -2,8 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tailops_agent::monitor::MonitorOptions;
+use tailops_agent::mounts::MountFilter;
 use tailops_agent::{EnrollOptions, LinkOptions};
 use tailops_pki::Fingerprint;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +51,58 @@ enum Command {
     Run {
         #[arg(long, env = "TAILOPS_AGENT_STATE_DIR", default_value = "/var/lib/tailops-agent")]
         state_dir: PathBuf,
+        #[command(flatten)]
+        monitoring: MonitoringArgs,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct MonitoringArgs {
+    /// How often to sample CPU, memory, disks and network (at least 1s).
+    #[arg(long, env = "TAILOPS_SAMPLE_INTERVAL", default_value = "10s", value_parser = at_least_a_second)]
+    sample_interval: Duration,
+    /// How often to look for changed facts (OS, units, containers, addresses...).
+    #[arg(long, env = "TAILOPS_FACTS_INTERVAL", default_value = "60s", value_parser = at_least_a_second)]
+    facts_interval: Duration,
+    /// Send no samples and no facts (jobs only).
+    #[arg(long)]
+    no_monitoring: bool,
+    /// Count filesystems of this type as disks even if they are pseudo filesystems (repeatable).
+    #[arg(long = "include-fstype", value_name = "TYPE")]
+    include_fstypes: Vec<String>,
+    /// Do not count filesystems of this type as disks (repeatable).
+    #[arg(long = "exclude-fstype", value_name = "TYPE")]
+    exclude_fstypes: Vec<String>,
+    /// Do not count mounts at or under this path as disks (repeatable).
+    #[arg(long = "exclude-mount", value_name = "PATH")]
+    exclude_mounts: Vec<String>,
+}
+
+impl MonitoringArgs {
+    fn options(self) -> Option<MonitorOptions> {
+        if self.no_monitoring {
+            return None;
+        }
+        let mut options = MonitorOptions {
+            sample_interval: self.sample_interval,
+            facts_interval: self.facts_interval,
+            ..Default::default()
+        };
+        options.facts.mounts = MountFilter {
+            include_fstypes: self.include_fstypes,
+            exclude_fstypes: self.exclude_fstypes,
+            exclude_mount_prefixes: self.exclude_mounts,
+        };
+        Some(options)
+    }
+}
+
+fn at_least_a_second(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s} is too short; use 1s or more"));
+    }
+    Ok(d)
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -88,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
             println!("Start the agent with: tailops-agent run --state-dir {}", state.dir.display());
             Ok(())
         }
-        Command::Run { state_dir } => {
+        Command::Run { state_dir, monitoring } => {
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -99,7 +153,9 @@ async fn main() -> anyhow::Result<()> {
                 }
                 stop.cancel();
             });
-            tailops_agent::run(LinkOptions::new(state_dir), shutdown).await?;
+            let mut options = LinkOptions::new(state_dir);
+            options.monitor = monitoring.options();
+            tailops_agent::run(options, shutdown).await?;
             Ok(())
         }
     }
