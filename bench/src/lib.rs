@@ -246,12 +246,46 @@ impl Bench {
         })
     }
 
+    /// The controller's SQLite database.
+    pub fn database(&self) -> std::path::PathBuf {
+        DataDir::new(self.dir.path().join("controller")).file(data_dir::DATABASE)
+    }
+
     pub fn stop_agents(&mut self) {
         for agent in self.agents.drain(..) {
             agent.shutdown.cancel();
             drop(agent.state);
         }
     }
+}
+
+/// An agent's stream opened by hand (hello sent, welcome received): the outbox to push messages
+/// and the inbound stream, which must be kept alive for the stream to stay open.
+pub async fn open_link(
+    state: &AgentState,
+) -> anyhow::Result<(tokio::sync::mpsc::Sender<v1::AgentMessage>, tonic::Streaming<v1::ControllerMessage>)> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&state.ca_pem))
+        .identity(Identity::from_pem(&state.cert_pem, &state.key_pem));
+    let channel = Endpoint::from_shared(state.config.controller_url.clone())?
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let (outbox, rx) = tokio::sync::mpsc::channel(64);
+    let hello = v1::Hello { agent_version: "bench".into(), ..Default::default() };
+    outbox.send(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Hello(hello)) }).await?;
+    let mut inbound = v1::agent_link_client::AgentLinkClient::new(channel)
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match inbound.message().await? {
+        Some(v1::ControllerMessage { kind: Some(v1::controller_message::Kind::Welcome(_)) }) => {}
+        other => anyhow::bail!("expected a welcome, got {other:?}"),
+    }
+    Ok((outbox, inbound))
 }
 
 impl Drop for Bench {

@@ -32,9 +32,31 @@ struct Args {
     /// Skip the reconnect storm.
     #[arg(long)]
     no_reconnect: bool,
+    /// Which scenario groups to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fleet,ingest,footprint")]
+    only: Vec<Group>,
+    /// Agent streams pushing samples in the ingest scenario.
+    #[arg(long, default_value_t = 200)]
+    ingest_agents: usize,
+    /// Samples per pushed batch in the ingest scenario.
+    #[arg(long, default_value_t = 100)]
+    ingest_batch: usize,
+    /// How long the ingest scenario pushes.
+    #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+    ingest_window: Duration,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Group {
+    /// Enrollment, fan-out, steady state and the reconnect storm, per fleet size.
+    Fleet,
+    /// Sample ingest into SQLite.
+    Ingest,
+    /// The real agent binary, idle.
+    Footprint,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -74,7 +96,8 @@ fn main() -> anyhow::Result<()> {
     let file_limit = raise_file_limit();
     // Two descriptors per simulated agent (both ends) plus headroom for enrollment and SQLite.
     let max_agents = usize::try_from(file_limit.saturating_sub(1000) / 2).unwrap_or(usize::MAX);
-    if let Some(too_big) = args.agents.iter().find(|n| **n > max_agents) {
+    let fleet_sizes: &[usize] = if args.only.contains(&Group::Fleet) { &args.agents } else { &[] };
+    if let Some(too_big) = fleet_sizes.iter().find(|n| **n > max_agents) {
         anyhow::bail!(
             "{too_big} agents need about {} file descriptors but the limit here is {file_limit}; \
              use at most {max_agents} agents (or raise the hard limit: ulimit -Hn)",
@@ -90,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     let mut enrollments = Vec::new();
     let mut fanouts = Vec::new();
     let mut steadies = Vec::new();
-    for &size in &args.agents {
+    for &size in fleet_sizes {
         let missing = size.saturating_sub(bench.agent_count());
         if missing > 0 {
             let (result, states) = scenarios::enroll(&bench, missing, args.enroll_parallel)?;
@@ -131,7 +154,7 @@ fn main() -> anyhow::Result<()> {
         );
         steadies.push(steady);
     }
-    let reconnect = if args.no_reconnect {
+    let reconnect = if args.no_reconnect || !args.only.contains(&Group::Fleet) {
         None
     } else {
         let r = scenarios::reconnect(&mut bench)?;
@@ -141,16 +164,35 @@ fn main() -> anyhow::Result<()> {
         );
         Some(r)
     };
-    let footprint = if args.footprint.is_zero() {
+    let ingest = if args.only.contains(&Group::Ingest) {
+        let r = scenarios::ingest(&bench, args.ingest_agents, args.ingest_batch, args.ingest_window, &probe)?;
+        println!(
+            "ingest   {:>6} agents: {:>9.0} samples/s into SQLite ({} rows in {:.1} s, batches of {}; lag p50 {:.2} p99 {:.2} max {:.2} ms)",
+            r.agents,
+            r.samples_per_second,
+            r.rows,
+            r.seconds,
+            r.samples_per_batch,
+            r.controller_lag.p50_ms,
+            r.controller_lag.p99_ms,
+            r.controller_lag.max_ms
+        );
+        Some(r)
+    } else {
+        None
+    };
+    let footprint = if args.footprint.is_zero() || !args.only.contains(&Group::Footprint) {
         None
     } else {
         let agent_binary = std::env::current_exe()?.with_file_name("tailops-agent");
         let f = scenarios::footprint(&bench, &agent_binary, args.footprint)?;
         println!(
-            "agent    idle {:.0} s: RSS {:.1} MiB, CPU {:.3} % of a core",
+            "agent    idle {:.0} s: RSS {:.1} MiB (peak {:.1}), CPU {:.3} % of a core (+ {:.3} % in fact commands)",
             f.window_s,
             f.rss_bytes as f64 / 1_048_576.0,
-            f.cpu_pct
+            f.peak_rss_bytes as f64 / 1_048_576.0,
+            f.cpu_pct,
+            f.commands_cpu_pct
         );
         Some(f)
     };
@@ -161,6 +203,7 @@ fn main() -> anyhow::Result<()> {
         "fanout": fanouts,
         "steady": steadies,
         "reconnect": reconnect,
+        "ingest": ingest,
         "agent_footprint": footprint,
     });
     let json = serde_json::to_string_pretty(&results)?;

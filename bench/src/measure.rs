@@ -129,10 +129,19 @@ impl CpuTimes {
 
 /// Resident set size of a process in bytes (`self` or a pid).
 pub async fn rss_bytes(pid: &str) -> u64 {
+    status_kib(pid, "VmRSS:").await
+}
+
+/// The most resident memory the process ever had, in bytes.
+pub async fn peak_rss_bytes(pid: &str) -> u64 {
+    status_kib(pid, "VmHWM:").await
+}
+
+async fn status_kib(pid: &str, field: &str) -> u64 {
     let status = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await.unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
@@ -140,11 +149,21 @@ pub async fn rss_bytes(pid: &str) -> u64 {
 
 /// CPU seconds used by process `pid` (user + system).
 pub async fn process_cpu_seconds(pid: &str) -> f64 {
+    stat_seconds(pid, 11, 12).await
+}
+
+/// CPU seconds used by the commands `pid` ran and waited for (cutime + cstime).
+pub async fn children_cpu_seconds(pid: &str) -> f64 {
+    stat_seconds(pid, 13, 14).await
+}
+
+/// The sum of two clock-tick fields of `/proc/PID/stat` (counted after the command name), in seconds.
+async fn stat_seconds(pid: &str, a: usize, b: usize) -> f64 {
     let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await.unwrap_or_default();
     let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+    (ticks(a) + ticks(b)) / clock_ticks_per_second()
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use tailops_agent::AgentState;
 use tailops_proto::v1;
 
 use crate::Bench;
-use crate::measure::{CpuTimes, LagProbe, Percentiles, process_cpu_seconds, rss_bytes};
+use crate::measure::{
+    CpuTimes, LagProbe, Percentiles, children_cpu_seconds, peak_rss_bytes, process_cpu_seconds, rss_bytes,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EnrollResult {
@@ -155,8 +157,11 @@ pub fn reconnect(bench: &mut Bench) -> anyhow::Result<ReconnectResult> {
 pub struct FootprintResult {
     pub window_s: f64,
     pub rss_bytes: u64,
-    /// Percent of one core over the window.
+    pub peak_rss_bytes: u64,
+    /// Percent of one core over the window, the agent process alone.
     pub cpu_pct: f64,
+    /// Percent of one core used by the commands the agent ran for facts (docker, systemctl...).
+    pub commands_cpu_pct: f64,
 }
 
 /// The real `tailops-agent` binary, enrolled and idle for `window` at the default heartbeat.
@@ -172,11 +177,157 @@ pub fn footprint(bench: &Bench, agent_binary: &Path, window: Duration) -> anyhow
         // Let it connect and settle before measuring.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let cpu_before = process_cpu_seconds(&pid).await;
+        let commands_before = children_cpu_seconds(&pid).await;
         tokio::time::sleep(window).await;
         let cpu = process_cpu_seconds(&pid).await - cpu_before;
+        let commands = children_cpu_seconds(&pid).await - commands_before;
         let rss = rss_bytes(&pid).await;
+        let peak = peak_rss_bytes(&pid).await;
         child.kill().await?;
         let window_s = window.as_secs_f64();
-        anyhow::Ok(FootprintResult { window_s, rss_bytes: rss, cpu_pct: cpu / window_s * 100.0 })
+        anyhow::Ok(FootprintResult {
+            window_s,
+            rss_bytes: rss,
+            peak_rss_bytes: peak,
+            cpu_pct: cpu / window_s * 100.0,
+            commands_cpu_pct: commands / window_s * 100.0,
+        })
     })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestResult {
+    pub agents: usize,
+    pub samples_per_batch: usize,
+    pub seconds: f64,
+    /// Samples committed to SQLite (`metrics_raw` rows), per second, from the first batch sent
+    /// until the last row was committed.
+    pub samples_per_second: f64,
+    pub rows: u64,
+    pub controller_lag: Percentiles,
+}
+
+/// `agents` agent streams push sample batches as fast as the controller takes them for
+/// `window`; counts the rows that reach `metrics_raw`. Everything runs through the real path:
+/// mTLS stream, decoding, validation, the batched writer, SQLite.
+pub fn ingest(
+    bench: &Bench,
+    agents: usize,
+    samples_per_batch: usize,
+    window: Duration,
+    probe: &LagProbe,
+) -> anyhow::Result<IngestResult> {
+    let states = bench.enroll(agents, 32)?;
+    let database = bench.database();
+    bench.sim_rt.block_on(async {
+        let rows_before = count_rows(&database).await?;
+        let mut streams = Vec::with_capacity(agents);
+        for state in &states {
+            streams.push(crate::open_link(state).await?);
+        }
+        probe.reset();
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + window;
+        let mut tasks = Vec::with_capacity(agents);
+        // Old enough that a run of a few minutes stays inside raw retention and in the past.
+        let base = tailops_proto::time::now_ms() - 40 * 3_600_000;
+        for (i, (outbox, inbound)) in streams.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                let mut at = base + i64::try_from(i).unwrap_or(0) % 1000;
+                let mut sent = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    let samples = (0..samples_per_batch)
+                        .map(|_| {
+                            at += 1000;
+                            synthetic_sample(at)
+                        })
+                        .collect();
+                    let batch = v1::agent_message::Kind::Metrics(v1::MetricsBatch { samples });
+                    if outbox.send(v1::AgentMessage { kind: Some(batch) }).await.is_err() {
+                        break;
+                    }
+                    sent += samples_per_batch as u64;
+                }
+                drop(inbound);
+                sent
+            }));
+        }
+        for task in tasks {
+            task.await?;
+        }
+        // Wait for the writer to commit what it holds: the count stops growing.
+        let mut rows = count_rows(&database).await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = count_rows(&database).await?;
+            if now == rows {
+                break;
+            }
+            rows = now;
+        }
+        let seconds = started.elapsed().as_secs_f64() - 0.2;
+        let committed = rows - rows_before;
+        #[allow(clippy::cast_precision_loss)]
+        let samples_per_second = committed as f64 / seconds;
+        anyhow::Ok(IngestResult {
+            agents,
+            samples_per_batch,
+            seconds,
+            samples_per_second,
+            rows: committed,
+            controller_lag: probe.percentiles(),
+        })
+    })
+}
+
+/// A sample shaped like a real host's: two disks, three interfaces.
+fn synthetic_sample(at_ms: i64) -> v1::MetricSample {
+    #[allow(clippy::cast_precision_loss)]
+    let wobble = (at_ms % 7_000) as f64 / 100.0;
+    v1::MetricSample {
+        at_ms,
+        cpu_percent: wobble,
+        load1: 0.4,
+        load5: 0.3,
+        load15: 0.2,
+        mem_total_bytes: 16 << 30,
+        mem_used_bytes: 6 << 30,
+        mem_available_bytes: 10 << 30,
+        swap_total_bytes: 2 << 30,
+        swap_used_bytes: 0,
+        disks: vec![
+            v1::DiskUsage {
+                mount: "/".into(),
+                filesystem: "ext4".into(),
+                used_bytes: 40 << 30,
+                total_bytes: 100 << 30,
+            },
+            v1::DiskUsage {
+                mount: "/srv".into(),
+                filesystem: "xfs".into(),
+                used_bytes: 1 << 40,
+                total_bytes: 2 << 40,
+            },
+        ],
+        interfaces: ["eth0", "tailscale0", "docker0"]
+            .iter()
+            .map(|n| v1::InterfaceRate {
+                name: (*n).into(),
+                rx_bytes_per_sec: 1200.0,
+                tx_bytes_per_sec: 800.0,
+            })
+            .collect(),
+        net_rx_bytes_per_sec: 3600.0,
+        net_tx_bytes_per_sec: 2400.0,
+        uptime_secs: 86_400,
+        process_count: 180,
+    }
+}
+
+async fn count_rows(database: &Path) -> anyhow::Result<u64> {
+    use sqlx::ConnectOptions;
+    let mut conn =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(database).read_only(true).connect().await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM metrics_raw").fetch_one(&mut conn).await?;
+    Ok(u64::try_from(n)?)
 }

@@ -32,4 +32,8 @@ fn every_scenario_runs_end_to_end() {
     assert_eq!(reconnect.agents, 3);
     // Work still flows after the restart.
     scenarios::fanout(&bench, 1, &probe).expect("fan-out after restart");
+
+    let ingest = scenarios::ingest(&bench, 2, 10, Duration::from_millis(500), &probe).expect("ingest");
+    assert_eq!(ingest.agents, 2);
+    assert!(ingest.rows > 0, "samples reached SQLite");
 }

@@ -9,6 +9,18 @@ pub mod v1 {
     tonic::include_proto!("tailops.v1");
 }
 
+impl v1::Resolution {
+    /// How people write it: `auto`, `raw`, `1m`, `1h`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Raw => "raw",
+            Self::Minute => "1m",
+            Self::Hour => "1h",
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every TailOps proto file (for reflection and descriptor walks).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tailops_descriptor.bin"));
 

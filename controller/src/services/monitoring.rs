@@ -110,7 +110,7 @@ impl MonitoringApi for MonitoringService {
             return Err(Status::invalid_argument(format!(
                 "more than {MAX_POINTS} points in that range at {} resolution; narrow --since or choose a coarser \
                  --resolution",
-                resolution_name(resolution)
+                resolution.short_name()
             )));
         }
         points.shrink_to_fit();
@@ -195,14 +195,5 @@ impl MonitoringApi for MonitoringService {
             changes.retain(|c| visible.contains(&c.host_id));
         }
         Ok(Response::new(v1::ListChangesResponse { changes }))
-    }
-}
-
-fn resolution_name(r: v1::Resolution) -> &'static str {
-    match r {
-        v1::Resolution::Auto => "auto",
-        v1::Resolution::Raw => "raw",
-        v1::Resolution::Minute => "1m",
-        v1::Resolution::Hour => "1h",
     }
 }

@@ -15,6 +15,27 @@ use crate::monitoring::fullest_disk_percent;
 /// parameters, and one statement text per chunk size keeps the prepared-statement cache warm.
 const INSERT_CHUNK: usize = 512;
 
+/// `INSERT INTO <rollup table> <select> ON CONFLICT DO UPDATE`: a bucket is always recomputed
+/// whole, so running a rollup again over the same range is harmless. A macro so the statement
+/// stays one static string.
+macro_rules! rollup_sql {
+    ($table:literal, $select:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " (series, at, samples, cpu, cpu_max, load1, mem_used, mem_used_max, mem_total, swap_used, \
+             disk_pct, disk_pct_max, net_rx, net_tx, procs) ",
+            $select,
+            " ON CONFLICT (series, at) DO UPDATE SET samples = excluded.samples, cpu = excluded.cpu, \
+             cpu_max = excluded.cpu_max, load1 = excluded.load1, mem_used = excluded.mem_used, \
+             mem_used_max = excluded.mem_used_max, mem_total = excluded.mem_total, \
+             swap_used = excluded.swap_used, disk_pct = excluded.disk_pct, \
+             disk_pct_max = excluded.disk_pct_max, net_rx = excluded.net_rx, net_tx = excluded.net_tx, \
+             procs = excluded.procs"
+        )
+    };
+}
+
 /// A metrics table: raw samples or one of the rollups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricTable {
@@ -134,28 +155,23 @@ impl Store {
 
     /// Recomputes the 1-minute buckets that start in `[from, to)` from raw samples.
     pub async fn rollup_minutes(&self, from: i64, to: i64) -> Result<u64, StoreError> {
-        let sql = "INSERT INTO metrics_1m (series, at, samples, cpu, cpu_max, load1, mem_used, mem_used_max,
-                mem_total, swap_used, disk_pct, disk_pct_max, net_rx, net_tx, procs)
-             SELECT series, at - at % 60000, count(*), avg(cpu), max(cpu), avg(load1), avg(mem_used),
+        let sql = rollup_sql!(
+            "metrics_1m",
+            "SELECT series, at - at % 60000, count(*), avg(cpu), max(cpu), avg(load1), avg(mem_used),
                 max(mem_used), avg(mem_total), avg(swap_used), avg(disk_pct), max(disk_pct), avg(net_rx),
                 avg(net_tx), avg(procs)
              FROM metrics_raw WHERE at >= ?1 AND at < ?2
-             GROUP BY series, at - at % 60000
-             ON CONFLICT (series, at) DO UPDATE SET samples = excluded.samples, cpu = excluded.cpu,
-                cpu_max = excluded.cpu_max, load1 = excluded.load1, mem_used = excluded.mem_used,
-                mem_used_max = excluded.mem_used_max, mem_total = excluded.mem_total,
-                swap_used = excluded.swap_used, disk_pct = excluded.disk_pct,
-                disk_pct_max = excluded.disk_pct_max, net_rx = excluded.net_rx, net_tx = excluded.net_tx,
-                procs = excluded.procs";
+             GROUP BY series, at - at % 60000"
+        );
         self.rollup(sql, from, to).await
     }
 
     /// Recomputes the 1-hour buckets that start in `[from, to)` from 1-minute rollups, weighting
     /// each minute by its sample count.
     pub async fn rollup_hours(&self, from: i64, to: i64) -> Result<u64, StoreError> {
-        let sql = "INSERT INTO metrics_1h (series, at, samples, cpu, cpu_max, load1, mem_used, mem_used_max,
-                mem_total, swap_used, disk_pct, disk_pct_max, net_rx, net_tx, procs)
-             SELECT series, at - at % 3600000, sum(samples),
+        let sql = rollup_sql!(
+            "metrics_1h",
+            "SELECT series, at - at % 3600000, sum(samples),
                 sum(cpu * samples) / sum(samples), max(cpu_max),
                 sum(load1 * samples) / sum(samples),
                 sum(mem_used * samples) / sum(samples), max(mem_used_max),
@@ -165,13 +181,8 @@ impl Store {
                 sum(net_rx * samples) / sum(samples), sum(net_tx * samples) / sum(samples),
                 sum(procs * samples) / sum(samples)
              FROM metrics_1m WHERE at >= ?1 AND at < ?2
-             GROUP BY series, at - at % 3600000
-             ON CONFLICT (series, at) DO UPDATE SET samples = excluded.samples, cpu = excluded.cpu,
-                cpu_max = excluded.cpu_max, load1 = excluded.load1, mem_used = excluded.mem_used,
-                mem_used_max = excluded.mem_used_max, mem_total = excluded.mem_total,
-                swap_used = excluded.swap_used, disk_pct = excluded.disk_pct,
-                disk_pct_max = excluded.disk_pct_max, net_rx = excluded.net_rx, net_tx = excluded.net_tx,
-                procs = excluded.procs";
+             GROUP BY series, at - at % 3600000"
+        );
         self.rollup(sql, from, to).await
     }
 

@@ -409,15 +409,6 @@ fn fact_groups<'a>(facts: &BTreeMap<&'a str, &'a str>) -> Vec<(String, usize)> {
 
 // ----- metrics ------------------------------------------------------------------------------
 
-fn resolution_name(r: v1::Resolution) -> &'static str {
-    match r {
-        v1::Resolution::Auto => "auto",
-        v1::Resolution::Raw => "raw",
-        v1::Resolution::Minute => "1m",
-        v1::Resolution::Hour => "1h",
-    }
-}
-
 /// A column title and how to read its value from a point.
 type Column = (&'static str, fn(&v1::MetricPoint) -> f64);
 
@@ -468,7 +459,7 @@ pub async fn metrics(channel: Channel, args: MetricsArgs, output: Output) -> any
     chosen.sort();
     chosen.dedup();
     let columns: Vec<_> = chosen.iter().flat_map(|m| metric_columns(*m)).collect();
-    let used = resolution_name(response.resolution());
+    let used = response.resolution().short_name();
     if output == Output::Json {
         let points: Vec<Value> = response
             .points
@@ -552,9 +543,11 @@ fn downsample(values: &[f64], width: usize) -> Vec<f64> {
 // ----- top ----------------------------------------------------------------------------------
 
 pub async fn top(channel: Channel, args: TopArgs, output: Output) -> anyhow::Result<()> {
-    let mut fleet = FleetClient::new(channel);
+    let mut fleet = FleetClient::new(channel.clone());
+    let mut monitoring = MonitoringClient::new(channel);
     let interactive = output == Output::Table && !args.once;
     loop {
+        let summary = monitoring.fleet_summary(v1::FleetSummaryRequest::default()).await?.into_inner();
         let mut hosts = fleet.list_hosts(v1::ListHostsRequest::default()).await?.into_inner().hosts;
         sort_hosts(&mut hosts, args.sort);
         hosts.truncate(args.limit);
@@ -567,9 +560,14 @@ pub async fn top(channel: Channel, args: TopArgs, output: Output) -> anyhow::Res
                 })
                 .collect();
             // One line per frame, so a program can follow the stream.
-            println!("{}", serde_json::to_string(&json!({"at": rfc3339(now_ms()), "hosts": rows}))?);
+            let counts = json!({"hosts": summary.hosts, "online": summary.online, "offline": summary.offline,
+                                "stale": summary.stale, "unhealthy": summary.unhealthy, "degraded": summary.degraded});
+            println!(
+                "{}",
+                serde_json::to_string(&json!({"at": rfc3339(now_ms()), "fleet": counts, "hosts": rows}))?
+            );
         } else {
-            let frame = top_frame(&hosts, args.sort);
+            let frame = top_frame(&summary, &hosts);
             if interactive {
                 // Home the cursor and clear, then draw: no flicker from scrolling.
                 print!("\x1b[H\x1b[2J{frame}");
@@ -613,8 +611,7 @@ fn sort_hosts(hosts: &mut [v1::Host], sort: TopSort) {
     }
 }
 
-fn top_frame(hosts: &[v1::Host], _sort: TopSort) -> String {
-    let online = hosts.iter().filter(|h| h.online).count();
+fn top_frame(summary: &v1::FleetSummaryResponse, hosts: &[v1::Host]) -> String {
     let mut t =
         table(&["NAME", "HEALTH", "CPU", "MEM", "DISK", "LOAD", "NET RX", "NET TX", "PROCS", "UPTIME"]);
     for h in hosts {
@@ -636,7 +633,10 @@ fn top_frame(hosts: &[v1::Host], _sort: TopSort) -> String {
             ),
         ]);
     }
-    format!("{} hosts, {online} online\n{t}\n", hosts.len())
+    format!(
+        "{} hosts: {} online, {} offline, {} stale; {} unhealthy, {} degraded\n{t}\n",
+        summary.hosts, summary.online, summary.offline, summary.stale, summary.unhealthy, summary.degraded
+    )
 }
 
 // ----- ps -----------------------------------------------------------------------------------
