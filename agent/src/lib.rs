@@ -8,6 +8,7 @@
 //! - [`host`]: what the agent says about its host in its hello.
 //! - [`monitor`]: resource samples and facts pushed over the link; [`facts`]: the inventory
 //!   sources; [`mounts`]: which filesystems count as disks.
+//! - [`ops`]: typed operations (services, files, network checks).
 
 pub mod enroll;
 pub mod executor;
@@ -16,6 +17,7 @@ pub mod host;
 pub mod link;
 pub mod monitor;
 pub mod mounts;
+pub mod ops;
 pub mod state;
 
 use std::path::PathBuf;

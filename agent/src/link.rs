@@ -20,6 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::executor::{ExecSpec, Executor, OutputChunk, ProcessExecutor};
 use crate::facts::{self, Facts};
 use crate::monitor::{self, MonitorFeed, MonitorOptions, SampleBuffer};
+use crate::ops::{self, OpsConfig};
 use crate::state::AgentState;
 use tailops_pki::error_chain;
 
@@ -42,6 +43,8 @@ pub struct LinkOptions {
     pub executor: Arc<dyn Executor>,
     /// Resource samples and facts; `None` sends neither (the benchmark's simulated agents).
     pub monitor: Option<MonitorOptions>,
+    /// Tools and file policy of typed operations.
+    pub ops: Arc<OpsConfig>,
 }
 
 impl LinkOptions {
@@ -52,6 +55,7 @@ impl LinkOptions {
             max_backoff: Duration::from_secs(30),
             executor: Arc::new(ProcessExecutor),
             monitor: Some(MonitorOptions::default()),
+            ops: Arc::new(OpsConfig::default()),
         }
     }
 }
@@ -72,15 +76,8 @@ pub async fn run_with_state(mut state: AgentState, options: LinkOptions, shutdow
     let feed = options.monitor.clone().map(|m| monitor::start(m, shutdown.child_token()));
     loop {
         let started = Instant::now();
-        let outcome = session(
-            &mut state,
-            &options.executor,
-            feed.clone(),
-            &shutdown,
-            &mut finished_jobs,
-            &mut last_error,
-        )
-        .await;
+        let outcome =
+            session(&mut state, &options, feed.clone(), &shutdown, &mut finished_jobs, &mut last_error).await;
         if shutdown.is_cancelled() {
             tracing::info!("agent stopped");
             return;
@@ -132,7 +129,7 @@ fn endpoint(state: &AgentState) -> Result<Endpoint, AgentError> {
 /// One connected session; returns when the stream ends.
 async fn session(
     state: &mut AgentState,
-    executor: &Arc<dyn Executor>,
+    options: &LinkOptions,
     mut feed: Option<MonitorFeed>,
     shutdown: &CancellationToken,
     finished_jobs: &mut RecentJobs,
@@ -221,7 +218,7 @@ async fn session(
             message = inbound.message() => match message {
                 Ok(Some(v1::ControllerMessage { kind: Some(kind) })) => match kind {
                     controller_message::Kind::RunJob(job) => {
-                        start_job(job, executor, &mut running, finished_jobs, &outbox, &job_done_tx);
+                        start_job(job, options, &mut running, finished_jobs, &outbox, &job_done_tx);
                     }
                     controller_message::Kind::CancelJob(cancel) => {
                         if let Some(token) = running.get(&cancel.job_id) {
@@ -330,7 +327,7 @@ fn renewal_instant(cert_pem: &str) -> Instant {
 
 fn start_job(
     job: v1::RunJob,
-    executor: &Arc<dyn Executor>,
+    options: &LinkOptions,
     running: &mut HashMap<u64, CancellationToken>,
     finished_jobs: &RecentJobs,
     outbox: &mpsc::Sender<v1::AgentMessage>,
@@ -343,7 +340,8 @@ fn start_job(
     }
     let outbox = outbox.clone();
     let done = done.clone();
-    let executor = executor.clone();
+    let executor = options.executor.clone();
+    let ops_config = options.ops.clone();
     let cancel = CancellationToken::new();
     running.insert(job_id, cancel.clone());
     tokio::spawn(async move {
@@ -364,9 +362,37 @@ fn start_job(
             Some(v1::job_action::Kind::ProcessList(action)) => {
                 send_started(&outbox, job_id).await;
                 typed_action(timeout, cancel, async move {
-                    monitor::process_list(&action).await.map(v1::action_output::Kind::ProcessList)
+                    match monitor::process_list(&action).await {
+                        Ok(list) => v1::CommandResult {
+                            exit_code: Some(0),
+                            output: Some(v1::ActionOutput {
+                                kind: Some(v1::action_output::Kind::ProcessList(list)),
+                            }),
+                            ..Default::default()
+                        },
+                        Err(error) => v1::CommandResult { error, ..Default::default() },
+                    }
                 })
                 .await
+            }
+            Some(v1::job_action::Kind::Operation(action)) => {
+                // Validated again here: the agent does not trust that the controller checked.
+                match tailops_ops::validate(&action.name, &action.params, action.dry_run) {
+                    Err(e) => refused(&e.to_string()),
+                    Ok(op) => {
+                        tracing::debug!(
+                            job = job_id,
+                            op = op.spec.name,
+                            dry_run = op.dry_run,
+                            "running operation"
+                        );
+                        send_started(&outbox, job_id).await;
+                        typed_action(timeout, cancel, async move {
+                            ops::command_result(ops::run(&op, &ops_config, timeout).await)
+                        })
+                        .await
+                    }
+                }
             }
             Some(v1::job_action::Kind::Exec(_)) | None => refused("empty command"),
         };
@@ -385,22 +411,17 @@ async fn send_started(outbox: &mpsc::Sender<v1::AgentMessage>, job_id: u64) {
     let _ = outbox.send(v1::AgentMessage { kind: Some(started) }).await;
 }
 
-/// Runs a typed action under the job's deadline and cancellation; its structured output goes
-/// in the result, and success reads as exit code 0 like a command's.
+/// Runs a typed action under the job's deadline and cancellation (its result reports success as
+/// exit code 0, like a command's) and records how long it took.
 async fn typed_action(
     timeout: Duration,
     cancel: CancellationToken,
-    action: impl std::future::Future<Output = Result<v1::action_output::Kind, String>>,
+    action: impl std::future::Future<Output = v1::CommandResult>,
 ) -> v1::CommandResult {
     let started = Instant::now();
     let mut result = tokio::select! {
         outcome = tokio::time::timeout(timeout, action) => match outcome {
-            Ok(Ok(output)) => v1::CommandResult {
-                exit_code: Some(0),
-                output: Some(v1::ActionOutput { kind: Some(output) }),
-                ..Default::default()
-            },
-            Ok(Err(error)) => v1::CommandResult { error, ..Default::default() },
+            Ok(result) => result,
             Err(_) => v1::CommandResult { timed_out: true, ..Default::default() },
         },
         () = cancel.cancelled() => v1::CommandResult { cancelled: true, ..Default::default() },

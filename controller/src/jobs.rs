@@ -115,6 +115,10 @@ impl JobRequest {
                     )));
                 }
             }
+            Some(v1::job_action::Kind::Operation(op)) => {
+                tailops_ops::validate(&op.name, &op.params, op.dry_run)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
             None => return Err(invalid("the job has no action".into())),
         }
         let timeout_secs_max = limits.max_job_timeout_secs;
@@ -155,9 +159,20 @@ impl JobRequest {
 pub const MAX_PROCESS_LIST: u32 = 500;
 
 pub fn risk_of(action: &v1::JobAction) -> Risk {
-    match action.kind {
+    match &action.kind {
         Some(v1::job_action::Kind::Exec(_)) | None => Risk { tier: Tier::Control, exec: true },
         Some(v1::job_action::Kind::ProcessList(_)) => Risk { tier: Tier::Observe, exec: false },
+        // A dry run changes nothing, so it needs only observe, whatever it would change.
+        Some(v1::job_action::Kind::Operation(op)) => {
+            let tier = match tailops_ops::find(&op.name).map(|spec| spec.tier) {
+                _ if op.dry_run => Tier::Observe,
+                Some(tailops_ops::RiskTier::Observe) => Tier::Observe,
+                Some(tailops_ops::RiskTier::Control) => Tier::Control,
+                // Unknown operations are refused by validation; rank them highest regardless.
+                Some(tailops_ops::RiskTier::Admin) | None => Tier::Admin,
+            };
+            Risk { tier, exec: false }
+        }
     }
 }
 
@@ -1021,6 +1036,9 @@ fn action_json(action: &v1::JobAction) -> serde_json::Value {
         Some(v1::job_action::Kind::ProcessList(list)) => json!({"process_list": {
             "sort": v1::ProcessSort::try_from(list.sort).unwrap_or_default().as_str_name(),
             "limit": list.limit,
+        }}),
+        Some(v1::job_action::Kind::Operation(op)) => json!({"operation": {
+            "name": op.name, "params": op.params, "dry_run": op.dry_run,
         }}),
         None => serde_json::Value::Null,
     }

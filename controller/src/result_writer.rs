@@ -20,7 +20,8 @@ pub struct HostResult {
 
 #[derive(Debug)]
 enum Command {
-    Write(HostResult),
+    // Boxed: a result with an operation's output is large, a flush is a pointer.
+    Write(Box<HostResult>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -37,7 +38,7 @@ impl ResultWriter {
     }
 
     pub async fn write(&self, result: HostResult) {
-        if self.queue.send(Command::Write(result)).await.is_err() {
+        if self.queue.send(Command::Write(Box::new(result))).await.is_err() {
             tracing::error!("result writer is gone; a host result was not persisted");
         }
     }
@@ -57,7 +58,7 @@ async fn writer(store: Store, telemetry: Telemetry, mut rx: mpsc::Receiver<Comma
         let mut flushes = Vec::new();
         for cmd in batch {
             match cmd {
-                Command::Write(r) => results.push(r),
+                Command::Write(r) => results.push(*r),
                 Command::Flush(done) => flushes.push(done),
             }
         }

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tailops_agent::monitor::MonitorOptions;
+use tailops_agent::ops::OpsConfig;
 use tailops_agent::{EnrollOptions, LinkOptions};
 use tailops_controller::Controller;
 use tailops_controller::config::ControllerConfig;
@@ -188,10 +190,21 @@ impl TestController {
         labels: &[(&str, &str)],
         monitor: Option<MonitorOptions>,
     ) -> TestAgent {
+        self.agent_with(name, labels, monitor, OpsConfig::default()).await
+    }
+
+    /// Like [`Self::agent`], with its own monitoring options and operation tools and policy.
+    pub async fn agent_with(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        monitor: Option<MonitorOptions>,
+        ops: OpsConfig,
+    ) -> TestAgent {
         let token = self.token(labels, 1, Duration::from_secs(60)).await;
         let state_dir = tempfile::tempdir().expect("agent dir");
         tailops_agent::enroll(self.enroll_options(&token, name, state_dir.path())).await.expect("enroll");
-        let agent = TestAgent::start_with(state_dir, name, monitor);
+        let agent = TestAgent::start_with(state_dir, name, monitor, ops);
         self.wait_online(name, true).await;
         agent
     }
@@ -250,20 +263,27 @@ pub struct TestAgent {
     pub name: String,
     pub state_dir: TempDir,
     monitor: Option<MonitorOptions>,
+    ops: Arc<OpsConfig>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
 impl TestAgent {
     pub fn start(state_dir: TempDir, name: &str) -> Self {
-        Self::start_with(state_dir, name, test_monitor())
+        Self::start_with(state_dir, name, test_monitor(), OpsConfig::default())
     }
 
-    pub fn start_with(state_dir: TempDir, name: &str, monitor: Option<MonitorOptions>) -> Self {
+    pub fn start_with(
+        state_dir: TempDir,
+        name: &str,
+        monitor: Option<MonitorOptions>,
+        ops: OpsConfig,
+    ) -> Self {
         let mut agent = Self {
             name: name.to_owned(),
             state_dir,
             monitor,
+            ops: Arc::new(ops),
             shutdown: CancellationToken::new(),
             task: None,
         };
@@ -285,6 +305,7 @@ impl TestAgent {
         options.min_backoff = Duration::from_millis(100);
         options.max_backoff = Duration::from_millis(500);
         options.monitor = self.monitor.clone();
+        options.ops = self.ops.clone();
         let shutdown = self.shutdown.clone();
         self.task = Some(tokio::spawn(async move {
             tailops_agent::run(options, shutdown).await.expect("agent state is usable");

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// Where `program` would be executed from, the way `execvp` finds it: a name containing `/` is
 /// used as it is, a bare name is searched in `PATH`. `None` if there is no executable file
 /// there, which is how "not installed" is told apart from "installed but failing".
-pub(super) async fn find_program(program: &Path) -> Option<PathBuf> {
+pub(crate) async fn find_program(program: &Path) -> Option<PathBuf> {
     if program.as_os_str().is_empty() {
         return None;
     }

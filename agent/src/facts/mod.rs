@@ -11,11 +11,13 @@
 
 mod apps;
 mod command;
+
+pub(crate) use command::find_program;
 mod cpu;
 mod disks;
 mod docker;
 mod memory;
-mod net;
+pub(crate) mod net;
 mod os;
 mod systemd;
 mod tailscale;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::{Facts, insert, list, read_value, under};
 
-pub(super) async fn collect(root: &Path) -> Facts {
+pub(crate) async fn collect(root: &Path) -> Facts {
     let mut facts = Facts::new();
     let names = interface_names(root).await;
     let mut addresses = addresses_by_interface();

@@ -152,6 +152,11 @@ impl Printer {
                         write_lines(&host, v1::OutputStream::try_from(stream).unwrap_or_default(), &rest)?;
                     }
                 }
+                if let Some(v1::action_output::Kind::Operation(op)) =
+                    f.result.as_ref().and_then(|r| r.output.as_ref()).and_then(|o| o.kind.as_ref())
+                {
+                    print!("{}", render::operation_text(&host, op));
+                }
                 eprintln!("{}", render::target_status(&host, f.state(), f.result.as_ref()));
             }
             Some(job_event::Kind::Completed(c)) => {

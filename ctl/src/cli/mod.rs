@@ -3,6 +3,7 @@
 mod admin;
 mod exec;
 mod monitor;
+mod ops;
 mod render;
 
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ enum Command {
     Inventory(monitor::InventoryCommand),
     /// Run a command on hosts and stream its output (argv, no shell).
     Exec(exec::ExecArgs),
+    /// Typed operations (services, files, network checks): `op ls`, `op NAME --host H KEY=VALUE`.
+    #[command(subcommand)]
+    Op(ops::OpCommand),
     /// Jobs: list, inspect, re-attach, cancel.
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -167,6 +171,11 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 
 pub async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // The catalog is compiled in: listing it needs no controller.
+    if let Command::Op(ops::OpCommand::Ls { filter }) = &cli.command {
+        ops::list(filter.as_deref(), cli.output)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = Profile::resolve_path(cli.profile.as_deref())?;
     if let Command::Login(args) = cli.command {
         return login(args, &path).await;
@@ -213,6 +222,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         Command::Ps(args) => return monitor::ps(channel, args, output).await,
         Command::Inventory(command) => monitor::inventory(channel, command, output).await?,
         Command::Exec(args) => return exec::run(&mut fleet, args, cli.output).await,
+        Command::Op(command) => return ops::run(channel, command, output).await,
         Command::Jobs(JobsCommand::Ls { limit }) => {
             let jobs = fleet.list_jobs(v1::ListJobsRequest { limit }).await?.into_inner().jobs;
             render::jobs(&jobs, cli.output)?;

@@ -51,6 +51,11 @@ pub fn action_text(action: Option<&v1::JobAction>) -> String {
             let sort = if p.sort() == v1::ProcessSort::Memory { "mem" } else { "cpu" };
             format!("(process list, top {} by {sort})", p.limit)
         }
+        Some(v1::job_action::Kind::Operation(op)) => {
+            let params: Vec<String> = op.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let dry = if op.dry_run { " (dry run)" } else { "" };
+            format!("{} {}{dry}", op.name, params.join(" ")).trim_end().to_owned()
+        }
         None => String::new(),
     }
 }
@@ -61,6 +66,9 @@ pub fn action_json(action: Option<&v1::JobAction>) -> Value {
         Some(v1::job_action::Kind::Exec(e)) => json!({"exec": {"argv": e.argv}}),
         Some(v1::job_action::Kind::ProcessList(p)) => {
             json!({"process_list": {"sort": p.sort().as_str_name(), "limit": p.limit}})
+        }
+        Some(v1::job_action::Kind::Operation(op)) => {
+            json!({"operation": {"name": op.name, "params": op.params, "dry_run": op.dry_run}})
         }
         None => Value::Null,
     }
@@ -215,7 +223,84 @@ fn result_json(r: Option<&v1::CommandResult>) -> Value {
         "duration_ms": r.duration_ms, "stdout_truncated": r.stdout_truncated, "stderr_truncated": r.stderr_truncated,
         "stdout_bytes": r.stdout_bytes, "stderr_bytes": r.stderr_bytes,
         "error": if r.error.is_empty() { Value::Null } else { Value::String(r.error.clone()) },
+        "not_available": r.not_available,
+        "output": r.output.as_ref().and_then(|o| o.kind.as_ref()).map_or(Value::Null, action_output_json),
     })
+}
+
+fn scalar_json(s: &v1::Scalar) -> Value {
+    match &s.value {
+        Some(v1::scalar::Value::Text(t)) => Value::String(t.clone()),
+        Some(v1::scalar::Value::Int(n)) => json!(n),
+        Some(v1::scalar::Value::Real(x)) => json!(x),
+        Some(v1::scalar::Value::Flag(b)) => json!(b),
+        None => Value::Null,
+    }
+}
+
+fn scalar_text(s: Option<&v1::Scalar>) -> String {
+    match s.and_then(|s| s.value.as_ref()) {
+        Some(v1::scalar::Value::Text(t)) => t.clone(),
+        Some(v1::scalar::Value::Int(n)) => n.to_string(),
+        Some(v1::scalar::Value::Real(x)) => format!("{x:.3}"),
+        Some(v1::scalar::Value::Flag(b)) => {
+            if *b {
+                "yes".into()
+            } else {
+                "no".into()
+            }
+        }
+        None => "-".into(),
+    }
+}
+
+/// The structured output of a typed action, as data.
+pub fn action_output_json(kind: &v1::action_output::Kind) -> Value {
+    match kind {
+        v1::action_output::Kind::Operation(op) => {
+            let records: Vec<Value> = op
+                .records
+                .iter()
+                .map(|r| {
+                    let fields: serde_json::Map<String, Value> = op
+                        .columns
+                        .iter()
+                        .filter_map(|c| r.fields.get(c).map(|v| (c.clone(), scalar_json(v))))
+                        .collect();
+                    Value::Object(fields)
+                })
+                .collect();
+            json!({"summary": op.summary, "plan": op.plan, "records": records})
+        }
+        v1::action_output::Kind::ProcessList(list) => {
+            json!({"processes": list.processes.len(), "total": list.total})
+        }
+    }
+}
+
+/// An operation's output for a person: its summary, the steps it ran, and its records.
+pub fn operation_text(host: &str, op: &v1::OperationOutput) -> String {
+    let mut text = String::new();
+    if !op.summary.is_empty() {
+        text.push_str(&format!("[{host}] {}\n", op.summary));
+    }
+    for step in &op.plan {
+        text.push_str(&format!("[{host}] $ {step}\n"));
+    }
+    // One value per record reads better as plain lines than as a one-column table.
+    if op.columns.len() == 1 {
+        for r in &op.records {
+            text.push_str(&format!("[{host}] {}\n", scalar_text(r.fields.get(&op.columns[0]))));
+        }
+    } else if !op.records.is_empty() {
+        let header: Vec<String> = op.columns.iter().map(|c| c.to_uppercase()).collect();
+        let mut t = table(&header.iter().map(String::as_str).collect::<Vec<_>>());
+        for r in &op.records {
+            t.add_row(op.columns.iter().map(|c| scalar_text(r.fields.get(c))).collect::<Vec<_>>());
+        }
+        text.push_str(&format!("{t}\n"));
+    }
+    text
 }
 
 pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result<()> {

@@ -1,0 +1,101 @@
+//! Typed operations on the host: the catalog (`tailops-ops`) says what exists; this module runs
+//! it. Every operation is validated again here (the agent does not trust that the controller
+//! did), external tools run as argv through `tokio::process` under the job's deadline, and a
+//! missing tool answers "not available on this host" instead of failing obscurely.
+//!
+//! - [`services`]: systemd through `systemctl`.
+//! - [`files`]: read-only file access under base directories, never the deny list.
+//! - [`net`]: network checks from the host.
+//! - [`output`]: building the structured result.
+//! - [`tool`]: finding and running external programs.
+
+pub mod files;
+pub mod net;
+pub mod output;
+pub mod services;
+pub mod tool;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tailops_ops::Validated;
+use tailops_proto::v1;
+
+pub use files::FilePolicy;
+
+/// Where the agent's tools are and what it may read. Paths are names looked up in `PATH` unless
+/// they contain a `/`.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    pub systemctl: PathBuf,
+    pub ping: PathBuf,
+    pub dig: PathBuf,
+    pub files: FilePolicy,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            systemctl: "systemctl".into(),
+            ping: "ping".into(),
+            dig: "dig".into(),
+            files: FilePolicy::default(),
+        }
+    }
+}
+
+/// Why an operation did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// The host lacks the tool or facility (no systemd, no docker...).
+    #[error("not available on this host: {0}")]
+    NotAvailable(String),
+    /// The request was refused by the host's policy (path outside base directories, deny list).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The operation ran and failed; the message says how.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs a validated operation within `timeout`.
+pub async fn run(
+    op: &Validated,
+    config: &OpsConfig,
+    timeout: Duration,
+) -> Result<v1::OperationOutput, OpError> {
+    match op.spec.family() {
+        "service" => services::run(op, config, timeout).await,
+        "file" => files::run(op, &config.files).await,
+        "net" => net::run(op, config, timeout).await,
+        family => Err(OpError::NotAvailable(format!("this agent does not implement {family} operations"))),
+    }
+}
+
+/// The result of an operation for the job protocol: exit code 0 with the output on success,
+/// otherwise the error (and whether the host simply lacks what the operation needs).
+pub fn command_result(outcome: Result<v1::OperationOutput, OpError>) -> v1::CommandResult {
+    match outcome {
+        Ok(output) => v1::CommandResult {
+            exit_code: Some(0),
+            output: Some(v1::ActionOutput { kind: Some(v1::action_output::Kind::Operation(output)) }),
+            ..Default::default()
+        },
+        Err(e) => v1::CommandResult {
+            not_available: matches!(e, OpError::NotAvailable(_)),
+            error: e.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_catalog_family_has_a_handler() {
+        let implemented = ["service", "file", "net"];
+        for spec in tailops_ops::CATALOG {
+            assert!(implemented.contains(&spec.family()), "{} has no handler in the agent", spec.name);
+        }
+    }
+}

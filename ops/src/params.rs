@@ -1,0 +1,251 @@
+//! Parameter kinds. Every value that reaches an external program's argv passes one of these
+//! first; none may start with `-` (it would be read as an option) or hold control characters.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// What a parameter holds, and so how it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A systemd unit name (`nginx`, `nginx.service`, `getty@tty1.service`).
+    Unit,
+    /// A container name or id.
+    Container,
+    /// An absolute filesystem path (policy checks such as base directories come later, on the
+    /// host, against the canonical path).
+    Path,
+    /// A file-name pattern with `*`, `?` and `[...]`, without `/`.
+    Glob,
+    /// A DNS name or an IP address.
+    Host,
+    /// A TCP or UDP port, 1-65535.
+    Port,
+    /// An `http://` or `https://` URL without credentials.
+    Url,
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Bool,
+    Choice(&'static [&'static str]),
+    /// `30s`, `5m`, `2h`... at most `max_secs`.
+    Duration {
+        max_secs: u64,
+    },
+    /// Free text of printable characters, at most `max` bytes.
+    Text {
+        max: usize,
+    },
+}
+
+/// A checked parameter value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    Duration(Duration),
+    List(Vec<String>),
+}
+
+const MAX_NAME: usize = 255;
+const MAX_PATH: usize = 4096;
+
+impl ParamKind {
+    /// A short description for help texts and tool schemas.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Unit => "systemd unit name".into(),
+            Self::Container => "container name or id".into(),
+            Self::Path => "absolute path".into(),
+            Self::Glob => "file name pattern (* ? [...])".into(),
+            Self::Host => "DNS name or IP address".into(),
+            Self::Port => "port 1-65535".into(),
+            Self::Url => "http(s) URL".into(),
+            Self::Int { min, max } => format!("integer {min}-{max}"),
+            Self::Bool => "true or false".into(),
+            Self::Choice(options) => format!("one of {}", options.join(", ")),
+            Self::Duration { max_secs } => {
+                format!(
+                    "duration such as 30s or 5m, at most {}",
+                    humantime::format_duration(Duration::from_secs(*max_secs))
+                )
+            }
+            Self::Text { max } => format!("text, at most {max} bytes"),
+        }
+    }
+
+    /// Checks and converts `raw`; the error says what was expected.
+    pub fn parse(&self, raw: &str) -> Result<Value, String> {
+        if raw.chars().any(char::is_control) {
+            return Err("control characters are not allowed".into());
+        }
+        let text = || Value::Text(raw.to_owned());
+        match self {
+            Self::Unit => {
+                name_like(raw, MAX_NAME, |c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c))?;
+                Ok(text())
+            }
+            Self::Container => {
+                name_like(raw, 128, |c| c.is_ascii_alphanumeric() || "_.-".contains(c))?;
+                Ok(text())
+            }
+            Self::Path => {
+                if !raw.starts_with('/') {
+                    return Err(format!("{raw:?} is not an absolute path"));
+                }
+                if raw.len() > MAX_PATH {
+                    return Err(format!("longer than {MAX_PATH} bytes"));
+                }
+                Ok(text())
+            }
+            Self::Glob => {
+                name_like(raw, MAX_NAME, |c| c != '/' && c != '\0')?;
+                Ok(text())
+            }
+            Self::Host => host(raw).map(|()| text()),
+            Self::Port => match raw.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(Value::Int(i64::from(p))),
+                _ => Err(format!("{raw:?} is not a port (1-65535)")),
+            },
+            Self::Url => url(raw).map(|()| text()),
+            Self::Int { min, max } => match raw.parse::<i64>() {
+                Ok(n) if (*min..=*max).contains(&n) => Ok(Value::Int(n)),
+                _ => Err(format!("{raw:?} is not an integer from {min} to {max}")),
+            },
+            Self::Bool => match raw {
+                "true" | "yes" | "1" | "on" => Ok(Value::Bool(true)),
+                "false" | "no" | "0" | "off" => Ok(Value::Bool(false)),
+                _ => Err(format!("{raw:?} is not true or false")),
+            },
+            Self::Choice(options) => {
+                if options.contains(&raw) {
+                    Ok(text())
+                } else {
+                    Err(format!("{raw:?} is not one of {}", options.join(", ")))
+                }
+            }
+            Self::Duration { max_secs } => {
+                let d = humantime::parse_duration(raw)
+                    .map_err(|e| format!("{raw:?}: {e} (use e.g. 30s, 5m, 2h)"))?;
+                if d > Duration::from_secs(*max_secs) {
+                    return Err(format!(
+                        "{raw} is longer than {}",
+                        humantime::format_duration(Duration::from_secs(*max_secs))
+                    ));
+                }
+                Ok(Value::Duration(d))
+            }
+            Self::Text { max } => {
+                if raw.len() > *max {
+                    return Err(format!("longer than {max} bytes"));
+                }
+                Ok(text())
+            }
+        }
+    }
+}
+
+/// Non-empty, bounded, made of `allowed` characters, and not an option.
+fn name_like(raw: &str, max: usize, allowed: impl Fn(char) -> bool) -> Result<(), String> {
+    if raw.is_empty() {
+        return Err("empty".into());
+    }
+    if raw.len() > max {
+        return Err(format!("longer than {max} bytes"));
+    }
+    if raw.starts_with('-') {
+        return Err(format!("{raw:?} starts with '-' and would be read as an option"));
+    }
+    if let Some(bad) = raw.chars().find(|c| !allowed(*c)) {
+        return Err(format!("{raw:?} contains {bad:?}, which is not allowed here"));
+    }
+    Ok(())
+}
+
+fn host(raw: &str) -> Result<(), String> {
+    if raw.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{raw:?} is not a DNS name or IP address"));
+    }
+    Ok(())
+}
+
+fn url(raw: &str) -> Result<(), String> {
+    let rest = raw
+        .strip_prefix("http://")
+        .or_else(|| raw.strip_prefix("https://"))
+        .ok_or_else(|| format!("{raw:?} is not an http:// or https:// URL"))?;
+    if raw.len() > MAX_PATH || raw.contains(char::is_whitespace) {
+        return Err("URLs may not contain spaces or exceed 4096 bytes".into());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("credentials in URLs are not accepted (they would be logged)".into());
+    }
+    let host_part = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, port)| if port.parse::<u16>().is_ok() { h } else { authority })
+    };
+    host(host_part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_inject_are_refused() {
+        for bad in ["-rf", "--now", "a b", "x;rm", "$(id)", "a\nb", "", "`x`"] {
+            assert!(ParamKind::Unit.parse(bad).is_err(), "unit {bad:?}");
+            assert!(ParamKind::Container.parse(bad).is_err(), "container {bad:?}");
+        }
+        assert!(ParamKind::Unit.parse("getty@tty1.service").is_ok());
+        assert!(ParamKind::Unit.parse("systemd-fsck@dev-disk-by\\x2duuid.service").is_ok());
+        assert!(ParamKind::Container.parse("web_1.prod").is_ok());
+    }
+
+    #[test]
+    fn hosts_urls_and_paths() {
+        for ok in ["localhost", "db.internal.", "10.0.0.1", "::1", "node_1.ts.net"] {
+            assert!(ParamKind::Host.parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["-oProxyCommand=x", "a..b", "", "exa mple.com", "x.-y"] {
+            assert!(ParamKind::Host.parse(bad).is_err(), "{bad}");
+        }
+        assert!(ParamKind::Url.parse("https://example.com:8443/health?x=1").is_ok());
+        assert!(ParamKind::Url.parse("http://[::1]:80/").is_ok());
+        assert!(ParamKind::Url.parse("https://user:pw@example.com/").is_err());
+        assert!(ParamKind::Url.parse("file:///etc/passwd").is_err());
+        assert!(ParamKind::Path.parse("relative/path").is_err());
+        assert!(ParamKind::Glob.parse("*.log").is_ok());
+        assert!(ParamKind::Glob.parse("../*.log").is_err());
+    }
+
+    #[test]
+    fn numbers_flags_choices_durations() {
+        assert_eq!(ParamKind::Port.parse("443"), Ok(Value::Int(443)));
+        assert!(ParamKind::Port.parse("0").is_err());
+        assert!(ParamKind::Int { min: 1, max: 10 }.parse("11").is_err());
+        assert_eq!(ParamKind::Bool.parse("yes"), Ok(Value::Bool(true)));
+        assert!(ParamKind::Choice(&["a", "b"]).parse("c").is_err());
+        assert_eq!(
+            ParamKind::Duration { max_secs: 60 }.parse("30s"),
+            Ok(Value::Duration(Duration::from_secs(30)))
+        );
+        assert!(ParamKind::Duration { max_secs: 60 }.parse("2m").is_err());
+    }
+}
