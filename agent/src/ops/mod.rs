@@ -4,11 +4,13 @@
 //! missing tool answers "not available on this host" instead of failing obscurely.
 //!
 //! - [`services`]: systemd through `systemctl`.
+//! - [`containers`]: Docker (or a compatible CLI) through `docker`.
 //! - [`files`]: read-only file access under base directories, never the deny list.
 //! - [`net`]: network checks from the host.
 //! - [`output`]: building the structured result.
 //! - [`tool`]: finding and running external programs.
 
+pub mod containers;
 pub mod files;
 pub mod net;
 pub mod output;
@@ -28,6 +30,7 @@ pub use files::FilePolicy;
 #[derive(Debug, Clone)]
 pub struct OpsConfig {
     pub systemctl: PathBuf,
+    pub docker: PathBuf,
     pub ping: PathBuf,
     pub dig: PathBuf,
     pub files: FilePolicy,
@@ -37,6 +40,7 @@ impl Default for OpsConfig {
     fn default() -> Self {
         Self {
             systemctl: "systemctl".into(),
+            docker: "docker".into(),
             ping: "ping".into(),
             dig: "dig".into(),
             files: FilePolicy::default(),
@@ -66,6 +70,7 @@ pub async fn run(
 ) -> Result<v1::OperationOutput, OpError> {
     match op.spec.family() {
         "service" => services::run(op, config, timeout).await,
+        "container" => containers::run(op, config, timeout).await,
         "file" => files::run(op, &config.files).await,
         "net" => net::run(op, config, timeout).await,
         family => Err(OpError::NotAvailable(format!("this agent does not implement {family} operations"))),
@@ -93,7 +98,7 @@ pub fn command_result(outcome: Result<v1::OperationOutput, OpError>) -> v1::Comm
 mod tests {
     #[test]
     fn every_catalog_family_has_a_handler() {
-        let implemented = ["service", "file", "net"];
+        let implemented = ["service", "container", "file", "net"];
         for spec in tailops_ops::CATALOG {
             assert!(implemented.contains(&spec.family()), "{} has no handler in the agent", spec.name);
         }

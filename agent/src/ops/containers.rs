@@ -1,0 +1,295 @@
+//! Containers through the `docker` CLI (Podman's `docker` shim answers the same commands). A
+//! container is looked up on the host before anything acts on it, so only names the host
+//! actually has are used; names reach argv after `--`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tailops_ops::Validated;
+use tailops_proto::v1;
+
+use super::output::{Cell, Table};
+use super::tool::{self, Ran};
+use super::{OpError, OpsConfig};
+
+pub async fn run(
+    op: &Validated,
+    config: &OpsConfig,
+    timeout: Duration,
+) -> Result<v1::OperationOutput, OpError> {
+    let docker = tool::locate(&config.docker, "docker").await?;
+    let run = |args: Vec<String>| {
+        let docker = docker.clone();
+        async move {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let ran = tool::run(&docker, &argv, timeout).await?;
+            no_daemon(&ran)?;
+            Ok::<_, OpError>(ran)
+        }
+    };
+    let args = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let verb = op.spec.name.trim_start_matches("container.");
+    let name = op.text("container").unwrap_or_default();
+    match verb {
+        "list" => {
+            let argv = args(&["ps", "--all", "--no-trunc", "--format", "{{json .}}"]);
+            let rows = json_lines(&checked(run(argv.clone()).await?, "docker ps")?.stdout)?;
+            let mut table = Table::new(&["name", "image", "state", "status", "ports", "id"]);
+            for c in &rows {
+                table.row([
+                    field(c, "Names").into(),
+                    field(c, "Image").into(),
+                    field(c, "State").into(),
+                    field(c, "Status").into(),
+                    field(c, "Ports").into(),
+                    Cell::from(field(c, "ID").chars().take(12).collect::<String>()),
+                ]);
+            }
+            table.step(&prefixed(&argv));
+            table.summary(format!("{} container(s)", rows.len()));
+            Ok(table.finish())
+        }
+        "inspect" => {
+            let c = inspect(&run, name).await?;
+            let mut table = Table::new(&["property", "value"]);
+            for (key, value) in summary_fields(&c) {
+                table.row([Cell::from(key), Cell::from(value)]);
+            }
+            table.step(&["docker", "inspect", "--type", "container", "--", name]);
+            table.summary(format!("{name}: {}", pointer(&c, "/State/Status")));
+            Ok(table.finish())
+        }
+        "logs" => {
+            inspect(&run, name).await?;
+            let lines = op.int("lines").unwrap_or(100).to_string();
+            let argv = args(&["logs", "--tail", &lines, "--timestamps", "--", name]);
+            let ran = checked(run(argv.clone()).await?, "docker logs")?;
+            // A container's stdout and stderr arrive on the CLI's two streams; show both.
+            let mut table = Table::new(&["line"]);
+            for line in ran.stdout.lines().chain(ran.stderr.lines()) {
+                table.row([Cell::from(line)]);
+            }
+            table.step(&prefixed(&argv));
+            let n = table.len();
+            table.summary(format!("last {n} line(s) of {name}"));
+            Ok(table.finish())
+        }
+        "stats" => {
+            let argv = args(&["stats", "--no-stream", "--no-trunc", "--format", "{{json .}}"]);
+            let rows = json_lines(&checked(run(argv.clone()).await?, "docker stats")?.stdout)?;
+            let mut table =
+                Table::new(&["name", "cpu", "memory", "memory_percent", "net_io", "block_io", "pids"]);
+            for c in &rows {
+                table.row([
+                    field(c, "Name").into(),
+                    field(c, "CPUPerc").into(),
+                    field(c, "MemUsage").into(),
+                    field(c, "MemPerc").into(),
+                    field(c, "NetIO").into(),
+                    field(c, "BlockIO").into(),
+                    field(c, "PIDs").into(),
+                ]);
+            }
+            table.step(&prefixed(&argv));
+            table.summary(format!("{} running container(s)", rows.len()));
+            Ok(table.finish())
+        }
+        "images" => {
+            let argv = args(&["image", "ls", "--no-trunc", "--format", "{{json .}}"]);
+            let rows = json_lines(&checked(run(argv.clone()).await?, "docker image ls")?.stdout)?;
+            let mut table = Table::new(&["repository", "tag", "id", "size", "created"]);
+            for i in &rows {
+                table.row([
+                    field(i, "Repository").into(),
+                    field(i, "Tag").into(),
+                    Cell::from(
+                        field(i, "ID").trim_start_matches("sha256:").chars().take(12).collect::<String>(),
+                    ),
+                    field(i, "Size").into(),
+                    field(i, "CreatedSince").into(),
+                ]);
+            }
+            table.step(&prefixed(&argv));
+            table.summary(format!("{} image(s)", rows.len()));
+            Ok(table.finish())
+        }
+        "start" | "stop" | "restart" => {
+            let before = inspect(&run, name).await?;
+            let argv = ["docker", verb, "--", name];
+            let mut table = Table::new(&["property", "value"]);
+            table.step(&argv);
+            let state = pointer(&before, "/State/Status");
+            if op.dry_run {
+                table.summary(format!("would run: {} ({name} is {state})", argv.join(" ")));
+                return Ok(table.finish());
+            }
+            checked(run(args(&argv[1..])).await?, &format!("docker {verb}"))?;
+            let after = inspect(&run, name).await?;
+            for key in ["/State/Status", "/State/StartedAt", "/RestartCount"] {
+                table.row([Cell::from(key.trim_start_matches('/')), Cell::from(pointer(&after, key))]);
+            }
+            table.summary(format!("{verb}: {name} was {state}, is {}", pointer(&after, "/State/Status")));
+            Ok(table.finish())
+        }
+        other => Err(OpError::NotAvailable(format!("container.{other} is not implemented by this agent"))),
+    }
+}
+
+/// `docker inspect` of one container; a name the host does not have is refused.
+async fn inspect<F, Fut>(run: &F, name: &str) -> Result<Value, OpError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Ran, OpError>>,
+{
+    let argv = ["inspect", "--type", "container", "--", name].map(String::from).to_vec();
+    let ran = run(argv).await?;
+    if !ran.success() {
+        if ran.stderr.contains("No such") || ran.stdout.trim() == "[]" {
+            return Err(OpError::Refused(format!(
+                "no container named {name:?} on this host; `container.list` shows the ones it has"
+            )));
+        }
+        return Err(OpError::Failed(format!("docker inspect {name}: {}", ran.complaint())));
+    }
+    let parsed: Value = serde_json::from_str(&ran.stdout)
+        .map_err(|e| OpError::Failed(format!("docker inspect printed something unexpected: {e}")))?;
+    parsed
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .ok_or_else(|| OpError::Refused(format!("no container named {name:?} on this host")))
+}
+
+/// The fields of `docker inspect` an operator looks at first.
+fn summary_fields(c: &Value) -> Vec<(&'static str, String)> {
+    let ports = c
+        .pointer("/NetworkSettings/Ports")
+        .and_then(Value::as_object)
+        .map(|ports| {
+            let mut list: Vec<String> = ports
+                .iter()
+                .map(|(port, bindings)| {
+                    let published: Vec<String> = bindings
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|b| format!("{}:{}", field(b, "HostIp"), field(b, "HostPort")))
+                        .collect();
+                    if published.is_empty() {
+                        port.clone()
+                    } else {
+                        format!("{} -> {port}", published.join(","))
+                    }
+                })
+                .collect();
+            list.sort();
+            list.join(", ")
+        })
+        .unwrap_or_default();
+    let mounts = c
+        .pointer("/Mounts")
+        .and_then(Value::as_array)
+        .map(|m| {
+            m.iter()
+                .map(|m| format!("{} -> {}", field(m, "Source"), field(m, "Destination")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let networks = c
+        .pointer("/NetworkSettings/Networks")
+        .and_then(Value::as_object)
+        .map(|n| n.keys().cloned().collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    vec![
+        ("id", pointer(c, "/Id").chars().take(12).collect()),
+        ("name", pointer(c, "/Name").trim_start_matches('/').to_owned()),
+        ("image", pointer(c, "/Config/Image")),
+        ("state", pointer(c, "/State/Status")),
+        ("started_at", pointer(c, "/State/StartedAt")),
+        ("exit_code", pointer(c, "/State/ExitCode")),
+        ("restart_count", pointer(c, "/RestartCount")),
+        ("restart_policy", pointer(c, "/HostConfig/RestartPolicy/Name")),
+        ("command", pointer(c, "/Config/Cmd")),
+        ("ports", ports),
+        ("mounts", mounts),
+        ("networks", networks),
+    ]
+}
+
+/// A JSON value at `path` as text ("" when absent).
+fn pointer(v: &Value, path: &str) -> String {
+    match v.pointer(path) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn field(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// `docker ... --format '{{json .}}'`: one object per line.
+fn json_lines(text: &str) -> Result<Vec<Value>, OpError> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .map_err(|e| OpError::Failed(format!("unexpected docker output {l:?}: {e}")))
+        })
+        .collect()
+}
+
+fn checked(ran: Ran, what: &str) -> Result<Ran, OpError> {
+    if ran.success() { Ok(ran) } else { Err(OpError::Failed(format!("{what}: {}", ran.complaint()))) }
+}
+
+/// The CLI is installed but no engine answers.
+fn no_daemon(ran: &Ran) -> Result<(), OpError> {
+    if ran.stderr.contains("Cannot connect to the Docker daemon")
+        || ran.stderr.contains("Is the docker daemon running")
+    {
+        return Err(OpError::NotAvailable("the Docker daemon is not running on this host".into()));
+    }
+    Ok(())
+}
+
+fn prefixed(args: &[String]) -> Vec<String> {
+    std::iter::once("docker".to_owned()).chain(args.iter().cloned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trimmed from `docker inspect` of an nginx container (Docker 27).
+    const INSPECT: &str = r#"[{"Id":"3f0c9a1b2c3d4e5f","Name":"/web","RestartCount":2,
+      "State":{"Status":"running","StartedAt":"2026-11-27T01:00:00Z","ExitCode":0},
+      "Config":{"Image":"nginx:1.27","Cmd":["nginx","-g","daemon off;"]},
+      "HostConfig":{"RestartPolicy":{"Name":"unless-stopped"}},
+      "Mounts":[{"Source":"/srv/www","Destination":"/usr/share/nginx/html"}],
+      "NetworkSettings":{"Ports":{"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8080"}],"443/tcp":null},
+        "Networks":{"bridge":{}}}}]"#;
+
+    #[test]
+    fn inspect_output_is_summarised() {
+        let v: Value = serde_json::from_str(INSPECT).expect("json");
+        let fields: std::collections::BTreeMap<_, _> = summary_fields(&v[0]).into_iter().collect();
+        assert_eq!(fields["name"], "web");
+        assert_eq!(fields["restart_count"], "2");
+        assert_eq!(fields["ports"], "0.0.0.0:8080 -> 80/tcp, 443/tcp");
+        assert_eq!(fields["mounts"], "/srv/www -> /usr/share/nginx/html");
+        assert_eq!(fields["command"], "nginx -g daemon off;");
+    }
+}

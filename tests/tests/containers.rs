@@ -1,0 +1,189 @@
+//! Container operations against the real Docker Engine on this machine. No registry can be
+//! reached, so the test builds its own image: `docker import` of a root filesystem made of this
+//! machine's `dash` and `sleep` with the libraries they load. Without an engine these tests skip
+//! with a message, except under CI (`CI=true`), where a missing engine is a failure.
+
+use std::path::Path;
+
+use tailops_agent::ops::OpsConfig;
+use tailops_proto::v1;
+use tailops_tests::*;
+
+const IMAGE: &str = "tailops-test/sleeper:1";
+
+async fn sh(script: &str) -> std::process::Output {
+    tokio::process::Command::new("sh").args(["-c", script]).output().await.expect("run sh")
+}
+
+/// Whether the engine answers; panics under CI when it does not.
+async fn docker_available() -> bool {
+    let ok = sh("docker info >/dev/null 2>&1").await.status.success();
+    if !ok {
+        assert!(std::env::var("CI").is_err(), "CI=true but no Docker Engine answers `docker info`");
+        eprintln!("skipped: no Docker Engine here (docker info failed)");
+    }
+    ok
+}
+
+/// Imports the sleeper image (idempotent).
+async fn build_image(dir: &Path) {
+    let root = dir.join("rootfs");
+    let script = format!(
+        r#"set -e
+mkdir -p '{root}/bin' '{root}/tmp'
+cp /usr/bin/dash '{root}/bin/sh'
+cp /usr/bin/sleep '{root}/bin/sleep'
+for lib in $( (ldd /usr/bin/dash; ldd /usr/bin/sleep) | grep -o '/[^ ]*' | sort -u); do
+  mkdir -p "{root}$(dirname "$lib")"
+  cp -L "$lib" "{root}$lib"
+done
+tar -C '{root}' -c . | docker import - {IMAGE} >/dev/null"#,
+        root = root.display()
+    );
+    let out = sh(&script).await;
+    assert!(out.status.success(), "building the test image: {}", text(&out.stderr));
+}
+
+/// A running container, removed when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // Drop cannot await; a blocking cleanup at the end of a test is fine.
+        #[allow(clippy::disallowed_methods)]
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+async fn start_container(name: &str) -> Container {
+    let _ = sh(&format!("docker rm -f {name} >/dev/null 2>&1")).await;
+    let out = sh(&format!(
+        "docker run -d --stop-timeout 1 --name {name} {IMAGE} /bin/sh -c 'echo hello from {name}; echo oops >&2; exec /bin/sleep 600'"
+    ))
+    .await;
+    assert!(out.status.success(), "docker run: {}", text(&out.stderr));
+    Container(name.to_owned())
+}
+
+async fn op(
+    controller: &TestController,
+    host: &str,
+    name: &str,
+    params: &[(&str, &str)],
+    dry_run: bool,
+) -> (v1::TargetState, v1::CommandResult) {
+    let request = v1::RunJobRequest {
+        selector: Some(v1::HostSelector { hosts: vec![host.to_owned()], ..Default::default() }),
+        action: Some(v1::JobAction {
+            kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
+                name: name.to_owned(),
+                params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                dry_run,
+            })),
+        }),
+        timeout_ms: 60_000,
+        ..Default::default()
+    };
+    let events =
+        collect_events(controller.fleet().await.run_job(request).await.expect("accepted").into_inner()).await;
+    let finished = finished_by_host(&events).remove(host).expect("result");
+    (finished.state(), finished.result.unwrap_or_default())
+}
+
+fn records(result: &v1::CommandResult) -> Vec<std::collections::BTreeMap<String, String>> {
+    let Some(v1::action_output::Kind::Operation(out)) = result.output.as_ref().and_then(|o| o.kind.clone())
+    else {
+        panic!("no output: {}", result.error);
+    };
+    out.records
+        .iter()
+        .map(|r| {
+            r.fields
+                .iter()
+                .map(|(k, v)| {
+                    let text = match &v.value {
+                        Some(v1::scalar::Value::Text(t)) => t.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    (k.clone(), text)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn summary(result: &v1::CommandResult) -> String {
+    match result.output.as_ref().and_then(|o| o.kind.clone()) {
+        Some(v1::action_output::Kind::Operation(out)) => out.summary,
+        _ => String::new(),
+    }
+}
+
+#[tokio::test]
+async fn containers_are_listed_inspected_logged_and_restarted() {
+    if !docker_available().await {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_image(dir.path()).await;
+    let name = format!("tailops-test-{}", std::process::id());
+    let _container = start_container(&name).await;
+    let controller = TestController::start().await;
+    let _agent = controller.agent_with("dock", &[], None, OpsConfig::default()).await;
+
+    let (state, result) = op(&controller, "dock", "container.list", &[], false).await;
+    assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+    let mine = records(&result).into_iter().find(|r| r["name"] == name).expect("listed");
+    assert_eq!((mine["image"].as_str(), mine["state"].as_str()), (IMAGE, "running"));
+
+    let (_, result) = op(&controller, "dock", "container.images", &[], false).await;
+    assert!(records(&result).iter().any(|r| format!("{}:{}", r["repository"], r["tag"]) == IMAGE));
+
+    let (_, result) = op(&controller, "dock", "container.inspect", &[("container", &name)], false).await;
+    let fields: std::collections::BTreeMap<String, String> =
+        records(&result).into_iter().map(|r| (r["property"].clone(), r["value"].clone())).collect();
+    assert_eq!(fields["state"], "running");
+    assert_eq!(fields["image"], IMAGE);
+
+    let (_, result) =
+        op(&controller, "dock", "container.logs", &[("container", &name), ("lines", "10")], false).await;
+    let lines: Vec<String> = records(&result).into_iter().map(|r| r["line"].clone()).collect();
+    assert!(lines.iter().any(|l| l.ends_with(&format!("hello from {name}"))), "{lines:?}");
+    assert!(lines.iter().any(|l| l.ends_with("oops")), "stderr too: {lines:?}");
+
+    // A dry run changes nothing; the real stop does; start brings it back.
+    let (state, result) = op(&controller, "dock", "container.stop", &[("container", &name)], true).await;
+    assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+    assert!(
+        summary(&result).starts_with(&format!("would run: docker stop -- {name}")),
+        "{}",
+        summary(&result)
+    );
+    let running = sh(&format!("docker inspect -f '{{{{.State.Running}}}}' {name}")).await;
+    assert_eq!(text(&running.stdout).trim(), "true");
+
+    let (state, result) = op(&controller, "dock", "container.stop", &[("container", &name)], false).await;
+    assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+    assert!(summary(&result).contains("is exited"), "{}", summary(&result));
+    let (_, result) = op(&controller, "dock", "container.start", &[("container", &name)], false).await;
+    assert!(summary(&result).contains("is running"), "{}", summary(&result));
+
+    // A name the host does not have is refused before docker is asked to act.
+    let (state, result) =
+        op(&controller, "dock", "container.restart", &[("container", "no-such-container-x")], false).await;
+    assert_eq!(state, v1::TargetState::Failed);
+    assert!(result.error.contains("no container named \"no-such-container-x\""), "{}", result.error);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_host_without_docker_says_so() {
+    let controller = TestController::start().await;
+    let ops = OpsConfig { docker: "/nonexistent/docker".into(), ..OpsConfig::default() };
+    let _agent = controller.agent_with("nodock", &[], None, ops).await;
+    let (state, result) = op(&controller, "nodock", "container.list", &[], false).await;
+    assert_eq!(state, v1::TargetState::Failed);
+    assert!(result.not_available, "{}", result.error);
+    assert!(result.error.contains("docker"), "{}", result.error);
+    controller.stop().await;
+}
