@@ -387,10 +387,18 @@ fn start_job(
                             "running operation"
                         );
                         send_started(&outbox, job_id).await;
-                        typed_action(timeout, cancel, async move {
-                            ops::command_result(ops::run(&op, &ops_config, timeout).await)
+                        let (chunks_tx, chunks) = mpsc::channel(64);
+                        let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
+                        let live = ops::LiveOutput::new(chunks_tx, job.output_cap_bytes);
+                        let streamed = live.clone();
+                        let mut result = typed_action(timeout, cancel, async move {
+                            ops::command_result(ops::run(&op, &ops_config, timeout, &live).await)
                         })
-                        .await
+                        .await;
+                        (result.stdout_bytes, result.stdout_truncated) = streamed.totals();
+                        drop(streamed);
+                        let _ = forward.await;
+                        result
                     }
                 }
             }

@@ -380,7 +380,7 @@ async fn the_cli_lists_the_catalog_and_renders_results() {
         .expect("json");
     let names: Vec<&str> =
         json.as_array().expect("array").iter().filter_map(|o| o["name"].as_str()).collect();
-    assert_eq!(names.len(), tailops_ops::CATALOG.len());
+    assert_eq!(names.len(), tailops_ops::catalog().count());
 
     let log = base.join("app/app.log").display().to_string();
     let tail =

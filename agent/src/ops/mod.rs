@@ -7,11 +7,12 @@
 //! - [`containers`]: Docker (or a compatible CLI) through `docker`.
 //! - [`files`]: read-only file access under base directories, never the deny list.
 //! - [`net`]: network checks from the host.
-//! - [`output`]: building the structured result.
+//! - [`output`]: building the structured result; [`live`]: lines streamed while running.
 //! - [`tool`]: finding and running external programs.
 
 pub mod containers;
 pub mod files;
+pub mod live;
 pub mod net;
 pub mod output;
 pub mod services;
@@ -24,6 +25,7 @@ use tailops_ops::Validated;
 use tailops_proto::v1;
 
 pub use files::FilePolicy;
+pub use live::LiveOutput;
 
 /// Where the agent's tools are and what it may read. Paths are names looked up in `PATH` unless
 /// they contain a `/`.
@@ -62,12 +64,16 @@ pub enum OpError {
     Failed(String),
 }
 
-/// Runs a validated operation within `timeout`.
+/// Runs a validated operation within `timeout`. Operations that follow something (logs) write
+/// to `live` as they go; the rest return everything in their result.
 pub async fn run(
     op: &Validated,
     config: &OpsConfig,
     timeout: Duration,
+    live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
+    // No family streams yet; `logs.*` will.
+    let _ = live;
     match op.spec.family() {
         "service" => services::run(op, config, timeout).await,
         "container" => containers::run(op, config, timeout).await,
@@ -99,7 +105,7 @@ mod tests {
     #[test]
     fn every_catalog_family_has_a_handler() {
         let implemented = ["service", "container", "file", "net"];
-        for spec in tailops_ops::CATALOG {
+        for spec in tailops_ops::catalog() {
             assert!(implemented.contains(&spec.family()), "{} has no handler in the agent", spec.name);
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use tailops_ops::{CATALOG, OperationSpec};
+use tailops_ops::{OperationSpec, catalog};
 use tailops_proto::v1::{self, fleet_client::FleetClient};
 use tonic::transport::Channel;
 
@@ -108,9 +108,9 @@ fn params_text(spec: &OperationSpec) -> String {
 }
 
 pub fn list(filter: Option<&str>, output: Output) -> anyhow::Result<()> {
-    let specs: Vec<&OperationSpec> = CATALOG.iter().filter(|s| matches(s, filter)).collect();
+    let specs: Vec<&OperationSpec> = catalog().filter(|s| matches(s, filter)).collect();
     if specs.is_empty() {
-        let families: std::collections::BTreeSet<&str> = CATALOG.iter().map(OperationSpec::family).collect();
+        let families: std::collections::BTreeSet<&str> = catalog().map(OperationSpec::family).collect();
         anyhow::bail!(
             "no operation or family {:?}; families: {}",
             filter.unwrap_or(""),
