@@ -449,3 +449,35 @@ async fn ping_reaches_loopback_and_a_missing_tool_is_not_available() {
     assert_eq!((text(record, "sent"), text(record, "received")), ("2".to_owned(), "2".to_owned()));
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn friendly_commands_are_short_forms_of_operations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let systemctl = fake_systemctl(dir.path()).await;
+    let controller = TestController::start().await;
+    let _agent =
+        controller.agent_with("svc", &[], None, OpsConfig { systemctl, ..OpsConfig::default() }).await;
+    let profile = controller.admin_profile_file().await;
+
+    let ls = tailopsctl(&profile, &["svc", "ls", "--host", "svc"]).await;
+    assert!(ls.status.success(), "{}", tailops_tests::text(&ls.stderr));
+    assert!(tailops_tests::text(&ls.stdout).contains("nginx.service"), "{}", tailops_tests::text(&ls.stdout));
+
+    let dry = tailopsctl(&profile, &["svc", "restart", "nginx.service", "--host", "svc", "--dry-run"]).await;
+    assert!(dry.status.success(), "{}", tailops_tests::text(&dry.stderr));
+    assert!(
+        tailops_tests::text(&dry.stdout).contains("[svc] would run: systemctl restart -- nginx.service"),
+        "{}",
+        tailops_tests::text(&dry.stdout)
+    );
+    assert!(!calls(dir.path()).await.iter().any(|c| c.starts_with("restart")));
+
+    let wrong = tailopsctl(&profile, &["svc", "explode", "nginx", "--host", "svc"]).await;
+    assert!(!wrong.status.success());
+    assert!(
+        tailops_tests::text(&wrong.stderr).contains("unknown operation \"service.explode\""),
+        "{}",
+        tailops_tests::text(&wrong.stderr)
+    );
+    controller.stop().await;
+}

@@ -2,6 +2,7 @@
 
 mod admin;
 mod exec;
+mod friendly;
 mod monitor;
 mod ops;
 mod render;
@@ -55,6 +56,16 @@ enum Command {
     /// Typed operations (services, files, network checks): `op ls`, `op NAME --host H KEY=VALUE`.
     #[command(subcommand)]
     Op(ops::OpCommand),
+    /// Services: `svc ls|status|start|stop|restart|reload|enable|disable [UNIT] --host H`.
+    Svc(friendly::FriendlyArgs),
+    /// Containers: `ctr ls|inspect|logs|stats|images|start|stop|restart [CONTAINER] --host H`.
+    Ctr(friendly::FriendlyArgs),
+    /// Files (read-only): `files list|stat|read|tail|search PATH --host H [KEY=VALUE]`.
+    Files(friendly::FriendlyArgs),
+    /// Network checks from hosts: `net interfaces|sockets|port|dns|ping [HOST] --host H [KEY=VALUE]`.
+    Net(friendly::FriendlyArgs),
+    /// Packages: `pkg updates|upgrade|install [PACKAGES] --host H`.
+    Pkg(friendly::FriendlyArgs),
     /// Jobs: list, inspect, re-attach, cancel.
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -223,6 +234,11 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         Command::Inventory(command) => monitor::inventory(channel, command, output).await?,
         Command::Exec(args) => return exec::run(&mut fleet, args, cli.output).await,
         Command::Op(command) => return ops::run(channel, command, output).await,
+        Command::Svc(args) => return friendly::run(channel, friendly::SVC, args, output).await,
+        Command::Ctr(args) => return friendly::run(channel, friendly::CTR, args, output).await,
+        Command::Files(args) => return friendly::run(channel, friendly::FILES, args, output).await,
+        Command::Net(args) => return friendly::run(channel, friendly::NET, args, output).await,
+        Command::Pkg(args) => return friendly::run(channel, friendly::PKG, args, output).await,
         Command::Jobs(JobsCommand::Ls { limit }) => {
             let jobs = fleet.list_jobs(v1::ListJobsRequest { limit }).await?.into_inner().jobs;
             render::jobs(&jobs, cli.output)?;

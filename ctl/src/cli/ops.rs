@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+
+use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use tailops_ops::{OperationSpec, catalog};
 use tailops_proto::v1::{self, fleet_client::FleetClient};
@@ -29,6 +31,19 @@ pub struct OpRunArgs {
     /// The operation, e.g. service.restart (`tailopsctl op ls` lists them).
     operation: String,
     #[command(flatten)]
+    job: JobFlags,
+    /// Output format (also accepted here, after the operation name).
+    #[arg(long, short = 'o', value_enum)]
+    output: Option<Output>,
+    /// Parameters, KEY=VALUE.
+    #[arg(value_name = "KEY=VALUE", value_parser = parse_label)]
+    params: Vec<(String, String)>,
+}
+
+/// Where and how an operation runs: shared by `op` and the friendly commands (`svc`, `ctr`...).
+#[derive(Debug, Clone, Args)]
+pub struct JobFlags {
+    #[command(flatten)]
     selector: SelectorArgs,
     /// Change nothing; say exactly what would run.
     #[arg(long)]
@@ -42,12 +57,6 @@ pub struct OpRunArgs {
     /// Why this is needed; shown to whoever approves it, and kept in the audit log.
     #[arg(long, default_value = "")]
     reason: String,
-    /// Output format (also accepted here, after the operation name).
-    #[arg(long, short = 'o', value_enum)]
-    output: Option<Output>,
-    /// Parameters, KEY=VALUE.
-    #[arg(value_name = "KEY=VALUE", value_parser = parse_label)]
-    params: Vec<(String, String)>,
 }
 
 pub async fn run(channel: Channel, command: OpCommand, output: Output) -> anyhow::Result<ExitCode> {
@@ -63,28 +72,34 @@ pub async fn run(channel: Channel, command: OpCommand, output: Output) -> anyhow
                     Err(e) => e.exit(),
                 };
             let output = args.output.unwrap_or(output);
-            run_operation(channel, args, output).await
+            run_operation(channel, &args.operation, args.params.into_iter().collect(), args.job, output).await
         }
     }
 }
 
-async fn run_operation(channel: Channel, args: OpRunArgs, output: Output) -> anyhow::Result<ExitCode> {
-    let params = args.params.into_iter().collect();
+/// Runs operation `name` with `params` on the hosts `job` selects and follows it like `exec`.
+pub async fn run_operation(
+    channel: Channel,
+    name: &str,
+    params: BTreeMap<String, String>,
+    job: JobFlags,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
     // Checked here for a quick, precise error; the controller and the agent check again.
-    tailops_ops::validate(&args.operation, &params, args.dry_run)?;
+    tailops_ops::validate(name, &params, job.dry_run)?;
     let request = v1::RunJobRequest {
-        selector: Some(args.selector.to_wire()),
+        selector: Some(job.selector.to_wire()),
         action: Some(v1::JobAction {
             kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
-                name: args.operation,
+                name: name.to_owned(),
                 params,
-                dry_run: args.dry_run,
+                dry_run: job.dry_run,
             })),
         }),
-        timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),
-        concurrency: args.concurrency,
+        timeout_ms: u64::try_from(job.timeout.as_millis()).unwrap_or(u64::MAX),
+        concurrency: job.concurrency,
         output_cap_bytes: 0,
-        reason: args.reason,
+        reason: job.reason,
     };
     let mut fleet = FleetClient::new(channel);
     let events = fleet.run_job(request).await?.into_inner();
