@@ -36,6 +36,9 @@ pub enum ParamKind {
     Text {
         max: usize,
     },
+    /// A snapshot name: a letter, then letters, digits, `-` or `_`; at most 40 characters
+    /// (Proxmox's rule).
+    SnapshotName,
 }
 
 /// A checked parameter value.
@@ -72,6 +75,7 @@ impl ParamKind {
                 )
             }
             Self::Text { max } => format!("text, at most {max} bytes"),
+            Self::SnapshotName => "snapshot name (letter, then letters, digits, - or _)".into(),
         }
     }
 
@@ -139,6 +143,13 @@ impl ParamKind {
             Self::Text { max } => {
                 if raw.len() > *max {
                     return Err(format!("longer than {max} bytes"));
+                }
+                Ok(text())
+            }
+            Self::SnapshotName => {
+                name_like(raw, 40, |c| c.is_ascii_alphanumeric() || c == '-' || c == '_')?;
+                if !raw.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                    return Err(format!("{raw:?} must start with a letter"));
                 }
                 Ok(text())
             }

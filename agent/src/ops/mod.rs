@@ -7,6 +7,7 @@
 //! - [`containers`]: Docker (or a compatible CLI) through `docker`.
 //! - [`files`]: read-only file access under base directories, never the deny list.
 //! - [`net`]: network checks from the host.
+//! - [`proxmox`]: Proxmox VE guests through `pct` and `qm`.
 //! - [`output`]: building the structured result; [`live`]: lines streamed while running.
 //! - [`tool`]: finding and running external programs.
 
@@ -15,6 +16,7 @@ pub mod files;
 pub mod live;
 pub mod net;
 pub mod output;
+pub mod proxmox;
 pub mod services;
 pub mod tool;
 
@@ -33,6 +35,8 @@ pub use live::LiveOutput;
 pub struct OpsConfig {
     pub systemctl: PathBuf,
     pub docker: PathBuf,
+    pub pct: PathBuf,
+    pub qm: PathBuf,
     pub ping: PathBuf,
     pub dig: PathBuf,
     pub files: FilePolicy,
@@ -43,6 +47,8 @@ impl Default for OpsConfig {
         Self {
             systemctl: "systemctl".into(),
             docker: "docker".into(),
+            pct: "pct".into(),
+            qm: "qm".into(),
             ping: "ping".into(),
             dig: "dig".into(),
             files: FilePolicy::default(),
@@ -79,6 +85,7 @@ pub async fn run(
         "container" => containers::run(op, config, timeout).await,
         "file" => files::run(op, &config.files).await,
         "net" => net::run(op, config, timeout).await,
+        "proxmox" => proxmox::run(op, config, timeout).await,
         family => Err(OpError::NotAvailable(format!("this agent does not implement {family} operations"))),
     }
 }
@@ -104,7 +111,7 @@ pub fn command_result(outcome: Result<v1::OperationOutput, OpError>) -> v1::Comm
 mod tests {
     #[test]
     fn every_catalog_family_has_a_handler() {
-        let implemented = ["service", "container", "file", "net"];
+        let implemented = ["service", "container", "file", "net", "proxmox"];
         for spec in tailops_ops::catalog() {
             assert!(implemented.contains(&spec.family()), "{} has no handler in the agent", spec.name);
         }
