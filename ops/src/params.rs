@@ -36,6 +36,10 @@ pub enum ParamKind {
     Text {
         max: usize,
     },
+    /// An image reference: `nginx`, `nginx:1.27`, `ghcr.io/org/app@sha256:...`.
+    Image,
+    /// A Compose project name: lowercase letters, digits, `-` and `_`.
+    Project,
     /// A snapshot name: a letter, then letters, digits, `-` or `_`; at most 40 characters
     /// (Proxmox's rule).
     SnapshotName,
@@ -76,6 +80,8 @@ impl ParamKind {
             }
             Self::Text { max } => format!("text, at most {max} bytes"),
             Self::SnapshotName => "snapshot name (letter, then letters, digits, - or _)".into(),
+            Self::Image => "image reference, e.g. nginx:1.27".into(),
+            Self::Project => "Compose project name".into(),
         }
     }
 
@@ -144,6 +150,16 @@ impl ParamKind {
                 if raw.len() > *max {
                     return Err(format!("longer than {max} bytes"));
                 }
+                Ok(text())
+            }
+            Self::Image => {
+                name_like(raw, 255, |c| c.is_ascii_alphanumeric() || "._/:@+-".contains(c))?;
+                Ok(text())
+            }
+            Self::Project => {
+                name_like(raw, 128, |c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+                })?;
                 Ok(text())
             }
             Self::SnapshotName => {

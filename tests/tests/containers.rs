@@ -187,3 +187,89 @@ async fn a_host_without_docker_says_so() {
     assert!(result.error.contains("docker"), "{}", result.error);
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn pulling_says_what_it_would_run_and_reports_registry_errors() {
+    if !docker_available().await {
+        return;
+    }
+    let controller = TestController::start().await;
+    let _agent = controller.agent_with("dock", &[], None, OpsConfig::default()).await;
+    let image = "registry.invalid/tailops/none:1";
+    let (state, result) = op(&controller, "dock", "container.pull", &[("image", image)], true).await;
+    assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+    assert_eq!(summary(&result), format!("would run: docker pull --quiet -- {image}"));
+    // No registry is reachable here: the pull fails, and says why.
+    let (state, result) = op(&controller, "dock", "container.pull", &[("image", image)], false).await;
+    assert_eq!(state, v1::TargetState::Failed);
+    assert!(result.error.starts_with("docker pull:"), "{}", result.error);
+    controller.stop().await;
+}
+
+/// The real engine here may lack the Compose plugin; then the answer must be "not available".
+/// The project operations themselves run against a stand-in `docker` that accepts only the
+/// exact argv (with the project's own config file) and replays output captured from Compose 2.29.
+#[tokio::test]
+async fn compose_projects_are_found_by_name_and_updated_with_pull_then_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("calls.log");
+    let docker = dir.path().join("docker");
+    let base = "compose -p web -f /srv/web/compose.yaml";
+    let body = format!(
+        r#"#!/bin/sh
+echo "$*" >> '{log}'
+case "$*" in
+  "compose ls --all --format json") echo '[{{"Name":"web","Status":"running(2)","ConfigFiles":"/srv/web/compose.yaml"}}]' ;;
+  "{base} ps --all --format json")
+    echo '{{"Name":"web-app-1","Service":"app","Image":"ghcr.io/acme/app:2","State":"running","Status":"Up 3 hours","Publishers":[{{"URL":"0.0.0.0","TargetPort":8080,"PublishedPort":80,"Protocol":"tcp"}}]}}'
+    echo '{{"Name":"web-db-1","Service":"db","Image":"postgres:16","State":"running","Status":"Up 3 hours","Publishers":[]}}' ;;
+  "{base} pull") echo ' app Pulled' >&2 ;;
+  "{base} up -d") echo ' Container web-app-1  Started' >&2 ;;
+  *) echo "unexpected argv: $*" >&2; exit 64 ;;
+esac
+"#,
+        log = log.display()
+    );
+    tokio::fs::write(&docker, body).await.expect("script");
+    assert!(sh(&format!("chmod 755 '{}'", docker.display())).await.status.success());
+    let controller = TestController::start().await;
+    let _fake = controller.agent_with("fake", &[], None, OpsConfig { docker, ..OpsConfig::default() }).await;
+    let calls = || async { tokio::fs::read_to_string(&log).await.unwrap_or_default() };
+
+    let (state, result) = op(&controller, "fake", "compose.status", &[("project", "web")], false).await;
+    assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+    let services = records(&result);
+    assert_eq!(services.len(), 2);
+    assert_eq!(services[0]["ports"], "0.0.0.0:80->8080");
+
+    let (_, result) = op(&controller, "fake", "compose.update", &[("project", "web")], true).await;
+    assert!(
+        summary(&result).starts_with(&format!("would run: docker {base} pull; then docker {base} up -d")),
+        "{}",
+        summary(&result)
+    );
+    assert!(!calls().await.contains("pull"), "the dry run pulled");
+
+    let (state, result) = op(&controller, "fake", "compose.update", &[("project", "web")], false).await;
+    assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+    let log_text = calls().await;
+    let pull = log_text.find(&format!("{base} pull")).expect("pulled");
+    let up = log_text.find(&format!("{base} up -d")).expect("up");
+    assert!(pull < up, "pull comes before up: {log_text}");
+
+    let (state, result) = op(&controller, "fake", "compose.down", &[("project", "shop")], false).await;
+    assert_eq!(state, v1::TargetState::Failed);
+    assert!(result.error.contains("no Compose project \"shop\""), "{}", result.error);
+
+    if docker_available().await {
+        let _real = controller.agent_with("real", &[], None, OpsConfig::default()).await;
+        let plugin = sh("docker compose version >/dev/null 2>&1").await.status.success();
+        let (state, result) = op(&controller, "real", "compose.list", &[], false).await;
+        if plugin {
+            assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+        } else {
+            assert!(result.not_available && result.error.contains("compose plugin"), "{}", result.error);
+        }
+    }
+    controller.stop().await;
+}

@@ -28,9 +28,26 @@ pub async fn run(
         }
     };
     let args = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    if op.spec.family() == "compose" {
+        return compose(op, &run).await;
+    }
     let verb = op.spec.name.trim_start_matches("container.");
     let name = op.text("container").unwrap_or_default();
     match verb {
+        "pull" => {
+            let image = op.text("image").unwrap_or_default();
+            let argv = ["docker", "pull", "--quiet", "--", image];
+            let mut table = Table::new(&["image", "reference"]);
+            table.step(&argv);
+            if op.dry_run {
+                table.summary(format!("would run: {}", argv.join(" ")));
+                return Ok(table.finish());
+            }
+            let ran = checked(run(args(&argv[1..])).await?, "docker pull")?;
+            table.row([Cell::from(image), Cell::from(ran.stdout.trim())]);
+            table.summary(format!("pulled {image}"));
+            Ok(table.finish())
+        }
         "list" => {
             let argv = args(&["ps", "--all", "--no-trunc", "--format", "{{json .}}"]);
             let rows = json_lines(&checked(run(argv.clone()).await?, "docker ps")?.stdout)?;
@@ -135,6 +152,141 @@ pub async fn run(
     }
 }
 
+/// A Compose project as `docker compose ls` reports it.
+#[derive(Debug, Clone)]
+struct Project {
+    name: String,
+    status: String,
+    config_files: Vec<String>,
+}
+
+/// `compose.*`: projects are looked up with `docker compose ls` first; their own config files
+/// are passed back with `-f`, so the agent acts on exactly the project the host knows.
+async fn compose<F, Fut>(op: &Validated, run: &F) -> Result<v1::OperationOutput, OpError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Ran, OpError>>,
+{
+    let ls = run(["compose", "ls", "--all", "--format", "json"].map(String::from).to_vec()).await?;
+    if !ls.success() {
+        let text = format!("{}{}", ls.stderr, ls.stdout);
+        // Without the plugin the CLI parses `compose ...` as its own arguments and exits 125.
+        if ls.status == Some(125)
+            || text.contains("is not a docker command")
+            || text.contains("unknown command")
+        {
+            return Err(OpError::NotAvailable("the docker compose plugin is not installed".into()));
+        }
+        return Err(OpError::Failed(format!("docker compose ls: {}", ls.complaint())));
+    }
+    let projects = parse_compose_ls(&ls.stdout)?;
+    if op.spec.name == "compose.list" {
+        let mut table = Table::new(&["project", "status", "config_files"]);
+        for p in &projects {
+            table.row([
+                Cell::from(p.name.clone()),
+                Cell::from(p.status.clone()),
+                Cell::from(p.config_files.join(",")),
+            ]);
+        }
+        table.summary(format!("{} project(s)", projects.len()));
+        return Ok(table.finish());
+    }
+    let wanted = op.text("project").unwrap_or_default();
+    let project = projects.iter().find(|p| p.name == wanted).ok_or_else(|| {
+        OpError::Refused(format!("no Compose project {wanted:?} on this host; `compose.list` shows them"))
+    })?;
+    let mut base: Vec<String> = vec!["compose".into(), "-p".into(), project.name.clone()];
+    for file in &project.config_files {
+        base.extend(["-f".to_owned(), file.clone()]);
+    }
+    let with = |extra: &[&str]| {
+        base.iter().cloned().chain(extra.iter().map(|s| (*s).to_owned())).collect::<Vec<_>>()
+    };
+    if op.spec.name == "compose.status" {
+        let argv = with(&["ps", "--all", "--format", "json"]);
+        let services = compose_ps(&checked(run(argv.clone()).await?, "docker compose ps")?.stdout)?;
+        let mut table = Table::new(&["service", "container", "image", "state", "status", "ports"]);
+        for s in &services {
+            table.row([
+                field(s, "Service").into(),
+                field(s, "Name").into(),
+                field(s, "Image").into(),
+                field(s, "State").into(),
+                field(s, "Status").into(),
+                field(s, "Publishers").into(),
+            ]);
+        }
+        table.step(&prefixed(&argv));
+        table.summary(format!(
+            "{}: {} service container(s), {}",
+            project.name,
+            services.len(),
+            project.status
+        ));
+        return Ok(table.finish());
+    }
+    let steps: Vec<Vec<String>> = match op.spec.name {
+        "compose.update" => vec![with(&["pull"]), with(&["up", "-d"])],
+        "compose.restart" => vec![with(&["restart"])],
+        "compose.down" => vec![with(&["down"])],
+        other => return Err(OpError::NotAvailable(format!("{other} is not implemented by this agent"))),
+    };
+    let mut table = Table::new(&["step", "result"]);
+    for step in &steps {
+        table.step(&prefixed(step));
+    }
+    if op.dry_run {
+        let plan: Vec<String> = steps.iter().map(|s| prefixed(s).join(" ")).collect();
+        table.summary(format!(
+            "would run: {} ({} is {})",
+            plan.join("; then "),
+            project.name,
+            project.status
+        ));
+        return Ok(table.finish());
+    }
+    for step in steps {
+        let ran = checked(run(step.clone()).await?, &format!("docker {}", step.join(" ")))?;
+        let last =
+            ran.stderr.lines().chain(ran.stdout.lines()).rev().find(|l| !l.trim().is_empty()).unwrap_or("ok");
+        table.row([Cell::from(prefixed(&step).join(" ")), Cell::from(last.trim())]);
+    }
+    table.summary(format!("{} {}", op.spec.name.trim_start_matches("compose."), project.name));
+    Ok(table.finish())
+}
+
+/// `docker compose ls --format json`: an array of `{Name, Status, ConfigFiles}`.
+fn parse_compose_ls(text: &str) -> Result<Vec<Project>, OpError> {
+    let parsed: Value = serde_json::from_str(text.trim())
+        .map_err(|e| OpError::Failed(format!("unexpected docker compose ls output: {e}")))?;
+    Ok(parsed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| Project {
+            name: field(p, "Name"),
+            status: field(p, "Status"),
+            config_files: field(p, "ConfigFiles")
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect())
+}
+
+/// `docker compose ps --format json`: a JSON array (Compose < 2.21) or one object per line.
+fn compose_ps(text: &str) -> Result<Vec<Value>, OpError> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('[') {
+        let parsed: Value = serde_json::from_str(trimmed)
+            .map_err(|e| OpError::Failed(format!("unexpected docker compose ps output: {e}")))?;
+        return Ok(parsed.as_array().cloned().unwrap_or_default());
+    }
+    json_lines(trimmed)
+}
+
 /// `docker inspect` of one container; a name the host does not have is refused.
 async fn inspect<F, Fut>(run: &F, name: &str) -> Result<Value, OpError>
 where
@@ -234,6 +386,13 @@ fn pointer(v: &Value, path: &str) -> String {
 fn field(v: &Value, key: &str) -> String {
     match v.get(key) {
         Some(Value::String(s)) => s.clone(),
+        // Compose's `Publishers`: published ports as objects.
+        Some(Value::Array(items)) if items.iter().any(Value::is_object) => items
+            .iter()
+            .filter(|p| p.get("PublishedPort").and_then(Value::as_u64).is_some_and(|n| n > 0))
+            .map(|p| format!("{}:{}->{}", field(p, "URL"), field(p, "PublishedPort"), field(p, "TargetPort")))
+            .collect::<Vec<_>>()
+            .join(","),
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),

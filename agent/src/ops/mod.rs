@@ -82,7 +82,7 @@ pub async fn run(
     let _ = live;
     match op.spec.family() {
         "service" => services::run(op, config, timeout).await,
-        "container" => containers::run(op, config, timeout).await,
+        "container" | "compose" => containers::run(op, config, timeout).await,
         "file" => files::run(op, &config.files).await,
         "net" => net::run(op, config, timeout).await,
         "proxmox" => proxmox::run(op, config, timeout).await,
@@ -111,7 +111,7 @@ pub fn command_result(outcome: Result<v1::OperationOutput, OpError>) -> v1::Comm
 mod tests {
     #[test]
     fn every_catalog_family_has_a_handler() {
-        let implemented = ["service", "container", "file", "net", "proxmox"];
+        let implemented = ["service", "container", "compose", "file", "net", "proxmox"];
         for spec in tailops_ops::catalog() {
             assert!(implemented.contains(&spec.family()), "{} has no handler in the agent", spec.name);
         }

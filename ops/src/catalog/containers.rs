@@ -4,6 +4,12 @@ use super::{K, OperationSpec, ParamSpec, RiskTier, optional, param};
 
 const CONTAINER: ParamSpec = param("container", K::Container, "the container's name or id");
 
+const PROJECT: ParamSpec = param("project", K::Project, "the Compose project name (`compose.list`)");
+
+const fn project(name: &'static str, summary: &'static str) -> OperationSpec {
+    OperationSpec { name, summary, tier: RiskTier::Control, mutating: true, params: &[PROJECT] }
+}
+
 const fn container(name: &'static str, summary: &'static str) -> OperationSpec {
     OperationSpec { name, summary, tier: RiskTier::Control, mutating: true, params: &[CONTAINER] }
 }
@@ -44,7 +50,32 @@ pub(super) static OPS: &[OperationSpec] = &[
         mutating: false,
         params: &[],
     },
+    OperationSpec {
+        name: "container.pull",
+        summary: "Pull an image from its registry",
+        tier: RiskTier::Control,
+        mutating: true,
+        params: &[param("image", K::Image, "the image reference, e.g. nginx:1.27")],
+    },
     container("container.start", "Start a stopped container"),
     container("container.stop", "Stop a running container"),
     container("container.restart", "Restart a container"),
+    // ----- Compose projects (the `docker compose` plugin) -----
+    OperationSpec {
+        name: "compose.list",
+        summary: "Compose projects on the host with their status and files",
+        tier: RiskTier::Observe,
+        mutating: false,
+        params: &[],
+    },
+    OperationSpec {
+        name: "compose.status",
+        summary: "The services of one Compose project and their state",
+        tier: RiskTier::Observe,
+        mutating: false,
+        params: &[PROJECT],
+    },
+    project("compose.update", "Pull a project's images and recreate what changed (pull, then up -d)"),
+    project("compose.restart", "Restart a project's services"),
+    project("compose.down", "Stop and remove a project's containers and networks (volumes are kept)"),
 ];
