@@ -273,3 +273,72 @@ esac
     }
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn update_recreates_a_container_on_a_new_image_with_the_same_configuration() {
+    if !docker_available().await {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = format!("tailops-test/updatable:{}", std::process::id());
+    let name = format!("tailops-update-{}", std::process::id());
+    let import = |marker: &'static str| {
+        let root = dir.path().join(marker);
+        let tag = tag.clone();
+        async move {
+            let script = format!(
+                r#"set -e
+mkdir -p '{root}/bin'
+cp /usr/bin/dash '{root}/bin/sh'
+cp /usr/bin/sleep '{root}/bin/sleep'
+echo {marker} > '{root}/version'
+for lib in $( (ldd /usr/bin/dash; ldd /usr/bin/sleep) | grep -o '/[^ ]*' | sort -u); do
+  mkdir -p "{root}$(dirname "$lib")"; cp -L "$lib" "{root}$lib"
+done
+tar -C '{root}' -c . | docker import - {tag}"#,
+                root = root.display()
+            );
+            let out = sh(&script).await;
+            assert!(out.status.success(), "import: {}", text(&out.stderr));
+            text(&out.stdout).trim().to_owned()
+        }
+    };
+    let v1_id = import("v1").await;
+    let _ = sh(&format!("docker rm -f {name} >/dev/null 2>&1")).await;
+    let run = sh(&format!(
+        "docker run -d --stop-timeout 1 --name {name} -e GREETING=hi --label team=ops --restart unless-stopped {tag} /bin/sleep 600"
+    ))
+    .await;
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let _cleanup = Container(name.clone());
+    let controller = TestController::start().await;
+    let _agent = controller.agent_with("dock", &[], None, OpsConfig::default()).await;
+
+    let (_, result) =
+        op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], false).await;
+    assert!(summary(&result).contains("already runs the newest"), "{} {}", summary(&result), result.error);
+
+    let v2_id = import("v2").await;
+    assert_ne!(v1_id, v2_id);
+    let (state, result) =
+        op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], true).await;
+    assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+    assert!(summary(&result).starts_with(&format!("would recreate {name}")), "{}", summary(&result));
+    let still = sh(&format!("docker inspect -f '{{{{.Image}}}}' {name}")).await;
+    assert_eq!(text(&still.stdout).trim(), v1_id, "the dry run changed the container");
+
+    let (state, result) =
+        op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], false).await;
+    assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
+    let after = sh(&format!(
+        "docker inspect -f '{{{{.Image}}}} {{{{.State.Running}}}} {{{{.HostConfig.RestartPolicy.Name}}}} {{{{index .Config.Labels \"team\"}}}} {{{{.Config.Env}}}}' {name}"
+    ))
+    .await;
+    let after = text(&after.stdout);
+    assert!(after.starts_with(&format!("{v2_id} true unless-stopped ops")), "{after}");
+    assert!(after.contains("GREETING=hi"), "{after}");
+    let parked = sh(&format!("docker inspect {name}.tailops-old >/dev/null 2>&1")).await;
+    assert!(!parked.status.success(), "the old container was removed");
+    let _ = sh(&format!("docker rmi -f {tag} {v1_id} >/dev/null 2>&1")).await;
+    controller.stop().await;
+}

@@ -17,6 +17,9 @@ pub async fn run(
     config: &OpsConfig,
     timeout: Duration,
 ) -> Result<v1::OperationOutput, OpError> {
+    if op.spec.name == "container.update" {
+        return update(op, config, timeout).await;
+    }
     let docker = tool::locate(&config.docker, "docker").await?;
     let run = |args: Vec<String>| {
         let docker = docker.clone();
@@ -150,6 +153,117 @@ pub async fn run(
         }
         other => Err(OpError::NotAvailable(format!("container.{other} is not implemented by this agent"))),
     }
+}
+
+/// Pulls the container's image (unless `pull=false`) and, when the image changed, recreates the
+/// container with its full configuration on the new image. The old container is renamed, not
+/// removed, until the new one runs; any failure puts the old one back.
+async fn update(
+    op: &Validated,
+    config: &OpsConfig,
+    timeout: Duration,
+) -> Result<v1::OperationOutput, OpError> {
+    let docker = tool::locate(&config.docker, "docker").await?;
+    let name = op.text("container").unwrap_or_default();
+    let run = |argv: Vec<String>| {
+        let docker = docker.clone();
+        async move {
+            let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let ran = tool::run(&docker, &args, timeout).await?;
+            no_daemon(&ran)?;
+            Ok::<_, OpError>(ran)
+        }
+    };
+    let cli = |args: &[&str]| args.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    let before = inspect(&run, name).await?;
+    let image = pointer(&before, "/Config/Image");
+    let old_image_id = pointer(&before, "/Image");
+    let was_running = before.pointer("/State/Running").and_then(Value::as_bool).unwrap_or(false);
+    let parked = format!("{name}.tailops-old");
+    let mut table = Table::new(&["step", "result"]);
+
+    if op.flag("pull") {
+        let argv = ["pull", "--quiet", "--", image.as_str()];
+        table.step(&prefixed(&cli(&argv)));
+        if !op.dry_run {
+            checked(run(cli(&argv)).await?, "docker pull")?;
+        }
+    }
+    let id_args = ["image", "inspect", "--format", "{{.Id}}", "--", image.as_str()];
+    let new_image_id = checked(run(cli(&id_args)).await?, "docker image inspect")?.stdout.trim().to_owned();
+    if new_image_id == old_image_id {
+        table.summary(format!("{name} already runs the newest {image}; nothing to do"));
+        return Ok(table.finish());
+    }
+    let plan: Vec<Vec<String>> = [
+        was_running.then(|| cli(&["docker", "stop", "--", name])),
+        Some(cli(&["docker", "rename", name, &parked])),
+        Some(cli(&[
+            "POST",
+            &format!("/containers/create?name={name}"),
+            "(the same configuration, on",
+            &image,
+            ")",
+        ])),
+        was_running.then(|| cli(&["docker", "start", "--", name])),
+        Some(cli(&["docker", "rm", "--", &parked])),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for step in &plan {
+        table.step(step);
+    }
+    if op.dry_run {
+        table.summary(format!(
+            "would recreate {name} on {image} ({} -> {})",
+            short(&old_image_id),
+            short(&new_image_id)
+        ));
+        return Ok(table.finish());
+    }
+
+    if was_running {
+        checked(run(cli(&["stop", "--", name])).await?, "docker stop")?;
+    }
+    checked(run(cli(&["rename", name, &parked])).await?, "docker rename")?;
+    let parked_ref = parked.as_str();
+    let restore = |reason: OpError| async move {
+        let _ = run(cli(&["rm", "--force", "--", name])).await;
+        let _ = run(cli(&["rename", parked_ref, name])).await;
+        if was_running {
+            let _ = run(cli(&["start", "--", name])).await;
+        }
+        OpError::Failed(format!("{reason}; the old container was put back"))
+    };
+    let body = super::docker_api::create_body(&before, &image);
+    let created = match super::docker_api::create(&config.docker_socket, name, &body).await {
+        Ok(id) => id,
+        Err(e) => return Err(restore(e).await),
+    };
+    table.row([Cell::from("created"), Cell::from(short(&created))]);
+    if was_running {
+        let started = match run(cli(&["start", "--", name])).await {
+            Ok(ran) => checked(ran, "docker start"),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            return Err(restore(e).await);
+        }
+        table.row([Cell::from("started"), Cell::from(name)]);
+    }
+    checked(run(cli(&["rm", "--", &parked])).await?, "docker rm")?;
+    table.row([Cell::from("removed"), Cell::from(parked)]);
+    table.summary(format!(
+        "recreated {name} on {image} ({} -> {})",
+        short(&old_image_id),
+        short(&new_image_id)
+    ));
+    Ok(table.finish())
+}
+
+fn short(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
 /// A Compose project as `docker compose ls` reports it.

@@ -12,6 +12,7 @@
 //! - [`tool`]: finding and running external programs.
 
 pub mod containers;
+pub mod docker_api;
 pub mod files;
 pub mod live;
 pub mod net;
@@ -35,6 +36,8 @@ pub use live::LiveOutput;
 pub struct OpsConfig {
     pub systemctl: PathBuf,
     pub docker: PathBuf,
+    /// The Docker Engine's API socket (used where the CLI falls short: `container.update`).
+    pub docker_socket: PathBuf,
     pub pct: PathBuf,
     pub qm: PathBuf,
     pub ping: PathBuf,
@@ -47,6 +50,7 @@ impl Default for OpsConfig {
         Self {
             systemctl: "systemctl".into(),
             docker: "docker".into(),
+            docker_socket: "/var/run/docker.sock".into(),
             pct: "pct".into(),
             qm: "qm".into(),
             ping: "ping".into(),

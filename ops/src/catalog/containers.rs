@@ -57,6 +57,21 @@ pub(super) static OPS: &[OperationSpec] = &[
         mutating: true,
         params: &[param("image", K::Image, "the image reference, e.g. nginx:1.27")],
     },
+    OperationSpec {
+        name: "container.update",
+        summary: "Pull a container's image and, if it changed, recreate the container with the same configuration",
+        tier: RiskTier::Control,
+        mutating: true,
+        params: &[
+            CONTAINER,
+            optional(
+                "pull",
+                K::Bool,
+                "true",
+                "pull the image first (false: use the image already on the host)",
+            ),
+        ],
+    },
     container("container.start", "Start a stopped container"),
     container("container.stop", "Stop a running container"),
     container("container.restart", "Restart a container"),
