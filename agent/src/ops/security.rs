@@ -267,22 +267,8 @@ async fn firewall_check(config: &OpsConfig, timeout: Duration) -> Check {
         && let Ok(ran) = tool::run(&nft, &["list", "ruleset"], timeout).await
         && ran.success()
     {
-        let chains = ran.stdout.lines().filter(|l| l.trim_start().starts_with("chain ")).count();
-        let rules = ran
-            .stdout
-            .lines()
-            .filter(|l| {
-                let l = l.trim();
-                !l.is_empty()
-                    && !l.starts_with("table ")
-                    && !l.starts_with("chain ")
-                    && !l.starts_with("type ")
-                    && l != "}"
-                    && !l.starts_with("policy ")
-            })
-            .count();
-        if rules > 0 || ran.stdout.contains("policy drop") {
-            return check(NAME, "pass", format!("nftables: {chains} chain(s), {rules} rule(s)"));
+        if let Some(pass) = judge_nft(&ran.stdout) {
+            return pass;
         }
         empty_nft = true;
     }
@@ -290,24 +276,47 @@ async fn firewall_check(config: &OpsConfig, timeout: Duration) -> Check {
         && let Ok(ran) = tool::run(&iptables, &["-S"], timeout).await
         && ran.success()
     {
-        let input_policy = ran
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("-P INPUT "))
-            .unwrap_or("ACCEPT")
-            .trim()
-            .to_owned();
-        let input_rules = ran.stdout.lines().filter(|l| l.starts_with("-A INPUT")).count();
-        return if input_policy != "ACCEPT" || input_rules > 0 {
-            check(NAME, "pass", format!("iptables: INPUT policy {input_policy}, {input_rules} INPUT rule(s)"))
-        } else {
-            check(NAME, "warn", "iptables: INPUT accepts everything and has no rules")
-        };
+        return judge_iptables(&ran.stdout);
     }
     if empty_nft {
         return check(NAME, "warn", "nftables ruleset is empty");
     }
     check(NAME, "unknown", "no ufw, nft or iptables answered")
+}
+
+/// `nft list ruleset`: a pass when it holds rules or a dropping policy; `None` when empty.
+fn judge_nft(ruleset: &str) -> Option<Check> {
+    let chains = ruleset.lines().filter(|l| l.trim_start().starts_with("chain ")).count();
+    let rules = ruleset
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("table ")
+                && !l.starts_with("chain ")
+                && !l.starts_with("type ")
+                && !l.starts_with("policy ")
+                && *l != "}"
+        })
+        .count();
+    (rules > 0 || ruleset.contains("policy drop"))
+        .then(|| check("firewall", "pass", format!("nftables: {chains} chain(s), {rules} rule(s)")))
+}
+
+/// `iptables -S`: a pass when INPUT does not accept everything or has rules of its own.
+fn judge_iptables(rules: &str) -> Check {
+    let input_policy =
+        rules.lines().find_map(|l| l.strip_prefix("-P INPUT ")).unwrap_or("ACCEPT").trim().to_owned();
+    let input_rules = rules.lines().filter(|l| l.starts_with("-A INPUT")).count();
+    if input_policy != "ACCEPT" || input_rules > 0 {
+        check(
+            "firewall",
+            "pass",
+            format!("iptables: INPUT policy {input_policy}, {input_rules} INPUT rule(s)"),
+        )
+    } else {
+        check("firewall", "warn", "iptables: INPUT accepts everything and has no rules")
+    }
 }
 
 /// Listening TCP sockets not bound to loopback, from `/proc/net/tcp{,6}`.
@@ -805,6 +814,22 @@ mod tests {
         ] {
             assert!(find_secrets(clean).is_empty(), "{clean}: {:?}", find_secrets(clean));
         }
+    }
+
+    #[test]
+    fn firewall_rulesets_are_judged() {
+        // `nft list ruleset` of a host with a drop-by-default input chain, and of a bare one.
+        let nft = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t\tct state established,related accept\n\t\ttcp dport 22 accept\n\t}\n}\n";
+        let pass = judge_nft(nft).expect("rules");
+        assert_eq!(pass.detail, "nftables: 1 chain(s), 2 rule(s)");
+        assert_eq!(judge_nft(""), None);
+        assert_eq!(judge_nft("table ip nat {\n}\n"), None);
+        // `iptables -S` as Docker leaves it (INPUT open) and as a hardened host has it.
+        let open = "-P INPUT ACCEPT\n-P FORWARD DROP\n-P OUTPUT ACCEPT\n-N DOCKER\n-A FORWARD -j DOCKER\n";
+        assert_eq!(judge_iptables(open).status, "warn");
+        let closed = "-P INPUT DROP\n-P FORWARD DROP\n-P OUTPUT ACCEPT\n-A INPUT -i lo -j ACCEPT\n";
+        let c = judge_iptables(closed);
+        assert_eq!((c.status, c.detail.as_str()), ("pass", "iptables: INPUT policy DROP, 1 INPUT rule(s)"));
     }
 
     /// Trimmed from `trivy fs --quiet --format json` (Trivy 0.56) of a Python project.
