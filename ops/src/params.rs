@@ -36,7 +36,11 @@ pub enum ParamKind {
     Text {
         max: usize,
     },
-    /// An image reference: `nginx`, `nginx:1.27`, `ghcr.io/org/app@sha256:...`.
+    /// Comma-separated Debian/RPM package names (`nginx,libc6:amd64`), at most
+    /// [`MAX_PACKAGES`]; each `[a-z0-9][a-z0-9+.-_:]*`, so none can be an option.
+    Packages,
+    /// A container image reference (`nginx:1.27`, `ghcr.io/org/app@sha256:...`); scanner
+    /// source schemes (`dir:`, `docker-archive:`...) are refused, so it can only name an image.
     Image,
     /// A Compose project name: lowercase letters, digits, `-` and `_`.
     Project,
@@ -57,6 +61,22 @@ pub enum Value {
 
 const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
+/// How many names one `Packages` value may hold.
+pub const MAX_PACKAGES: usize = 100;
+/// Prefixes Trivy and Grype read as "not a registry image"; an image reference may not use them.
+const SCANNER_SCHEMES: &[&str] = &[
+    "dir",
+    "file",
+    "docker",
+    "podman",
+    "containerd",
+    "docker-archive",
+    "oci-archive",
+    "oci-dir",
+    "singularity",
+    "registry",
+    "sbom",
+];
 
 impl ParamKind {
     /// A short description for help texts and tool schemas.
@@ -79,8 +99,9 @@ impl ParamKind {
                 )
             }
             Self::Text { max } => format!("text, at most {max} bytes"),
+            Self::Packages => format!("comma-separated package names, at most {MAX_PACKAGES}"),
+            Self::Image => "container image reference (name[:tag][@digest])".into(),
             Self::SnapshotName => "snapshot name (letter, then letters, digits, - or _)".into(),
-            Self::Image => "image reference, e.g. nginx:1.27".into(),
             Self::Project => "Compose project name".into(),
         }
     }
@@ -152,10 +173,6 @@ impl ParamKind {
                 }
                 Ok(text())
             }
-            Self::Image => {
-                name_like(raw, 255, |c| c.is_ascii_alphanumeric() || "._/:@+-".contains(c))?;
-                Ok(text())
-            }
             Self::Project => {
                 name_like(raw, 128, |c| {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
@@ -169,8 +186,40 @@ impl ParamKind {
                 }
                 Ok(text())
             }
+            Self::Packages => packages(raw),
+            Self::Image => image(raw).map(|()| text()),
         }
     }
+}
+
+fn packages(raw: &str) -> Result<Value, String> {
+    let names: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if names.len() > MAX_PACKAGES {
+        return Err(format!("{} names; at most {MAX_PACKAGES}", names.len()));
+    }
+    for name in &names {
+        name_like(name, MAX_NAME, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-_:".contains(c))?;
+        if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+            return Err(format!("{name:?} must start with a lowercase letter or digit"));
+        }
+    }
+    Ok(Value::List(names.into_iter().map(str::to_owned).collect()))
+}
+
+fn image(raw: &str) -> Result<(), String> {
+    name_like(raw, MAX_NAME, |c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))?;
+    if !raw.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("{raw:?} must start with a letter or digit"));
+    }
+    if let Some((scheme, _)) = raw.split_once(':')
+        && SCANNER_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str())
+    {
+        return Err(format!("{raw:?}: the {scheme}: source scheme is not accepted, only an image reference"));
+    }
+    if raw.contains(":/") || raw.contains("//") {
+        return Err(format!("{raw:?} is not an image reference"));
+    }
+    Ok(())
 }
 
 /// Non-empty, bounded, made of `allowed` characters, and not an option.
@@ -274,5 +323,29 @@ mod tests {
             Ok(Value::Duration(Duration::from_secs(30)))
         );
         assert!(ParamKind::Duration { max_secs: 60 }.parse("2m").is_err());
+    }
+
+    #[test]
+    fn package_lists_are_strict() {
+        assert_eq!(
+            ParamKind::Packages.parse("nginx,libc6:amd64, g++"),
+            Ok(Value::List(vec!["nginx".into(), "libc6:amd64".into(), "g++".into()]))
+        );
+        for bad in ["-o,APT::x", "a;b", "", "a,,b", "Nginx", "a b", "$(id)", "a,-y", ".x", "pkg=1.0", "a/b"] {
+            assert!(ParamKind::Packages.parse(bad).is_err(), "{bad:?}");
+        }
+        let many = vec!["p"; MAX_PACKAGES + 1].join(",");
+        assert!(ParamKind::Packages.parse(&many).is_err());
+        assert!(ParamKind::Packages.parse(&vec!["p"; MAX_PACKAGES].join(",")).is_ok());
+    }
+
+    #[test]
+    fn image_references_cannot_name_other_sources() {
+        for ok in ["nginx", "nginx:1.27", "ghcr.io/org/app@sha256:abc123", "localhost:5000/x/y:v1"] {
+            assert!(ParamKind::Image.parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["dir:/etc", "dir:etc", "docker-archive:x.tar", "-x", "a b", "x://y", "file:x", "_x"] {
+            assert!(ParamKind::Image.parse(bad).is_err(), "{bad}");
+        }
     }
 }

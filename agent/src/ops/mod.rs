@@ -7,6 +7,8 @@
 //! - [`containers`]: Docker (or a compatible CLI) through `docker`.
 //! - [`files`]: read-only file access under base directories, never the deny list.
 //! - [`net`]: network checks from the host.
+//! - [`packages`]: updates, upgrades and installs through apt or dnf.
+//! - [`security`]: CIS-style checks, secrets scan, vulnerability scanners (Trivy, Grype).
 //! - [`proxmox`]: Proxmox VE guests through `pct` and `qm`.
 //! - [`output`]: building the structured result; [`live`]: lines streamed while running.
 //! - [`tool`]: finding and running external programs.
@@ -17,7 +19,9 @@ pub mod files;
 pub mod live;
 pub mod net;
 pub mod output;
+pub mod packages;
 pub mod proxmox;
+pub mod security;
 pub mod services;
 pub mod tool;
 
@@ -43,6 +47,19 @@ pub struct OpsConfig {
     pub ping: PathBuf,
     pub dig: PathBuf,
     pub files: FilePolicy,
+    /// `apt` (for `apt list`), `apt-get` and `dnf`: a host with `apt-get` uses apt, otherwise dnf.
+    pub apt: PathBuf,
+    pub apt_get: PathBuf,
+    pub dnf: PathBuf,
+    /// The root the security checks read (`etc/ssh/sshd_config`, `etc/passwd`, `proc/...`).
+    pub security_root: PathBuf,
+    /// Firewall front ends, tried in this order by `security.checks`.
+    pub ufw: PathBuf,
+    pub nft: PathBuf,
+    pub iptables: PathBuf,
+    /// Vulnerability scanners, Trivy first.
+    pub trivy: PathBuf,
+    pub grype: PathBuf,
 }
 
 impl Default for OpsConfig {
@@ -56,6 +73,15 @@ impl Default for OpsConfig {
             ping: "ping".into(),
             dig: "dig".into(),
             files: FilePolicy::default(),
+            apt: "apt".into(),
+            apt_get: "apt-get".into(),
+            dnf: "dnf".into(),
+            security_root: "/".into(),
+            ufw: "ufw".into(),
+            nft: "nft".into(),
+            iptables: "iptables".into(),
+            trivy: "trivy".into(),
+            grype: "grype".into(),
         }
     }
 }
@@ -89,6 +115,8 @@ pub async fn run(
         "container" | "compose" => containers::run(op, config, timeout).await,
         "file" => files::run(op, &config.files).await,
         "net" => net::run(op, config, timeout).await,
+        "package" => packages::run(op, config, timeout).await,
+        "security" => security::run(op, config, timeout).await,
         "proxmox" => proxmox::run(op, config, timeout).await,
         family => Err(OpError::NotAvailable(format!("this agent does not implement {family} operations"))),
     }
@@ -115,7 +143,8 @@ pub fn command_result(outcome: Result<v1::OperationOutput, OpError>) -> v1::Comm
 mod tests {
     #[test]
     fn every_catalog_family_has_a_handler() {
-        let implemented = ["service", "container", "compose", "file", "net", "proxmox"];
+        let implemented =
+            ["service", "container", "compose", "file", "net", "package", "security", "proxmox"];
         for spec in tailops_ops::catalog() {
             assert!(implemented.contains(&spec.family()), "{} has no handler in the agent", spec.name);
         }

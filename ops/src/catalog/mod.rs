@@ -5,7 +5,9 @@
 mod containers;
 mod files;
 mod net;
+mod packages;
 mod proxmox;
+mod security;
 mod services;
 
 use crate::params::ParamKind as K;
@@ -20,7 +22,8 @@ const fn optional(name: &'static str, kind: K, default: &'static str, help: &'st
 }
 
 /// The families, in the order `op ls` shows them.
-static FAMILIES: &[&[OperationSpec]] = &[services::OPS, containers::OPS, files::OPS, net::OPS, proxmox::OPS];
+static FAMILIES: &[&[OperationSpec]] =
+    &[services::OPS, containers::OPS, files::OPS, net::OPS, packages::OPS, security::OPS, proxmox::OPS];
 
 /// Every operation.
 pub fn all() -> impl Iterator<Item = &'static OperationSpec> {
