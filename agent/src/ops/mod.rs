@@ -6,17 +6,22 @@
 //! - [`services`]: systemd through `systemctl`.
 //! - [`containers`]: Docker (or a compatible CLI) through `docker`.
 //! - [`files`]: read-only file access under base directories, never the deny list.
-//! - [`net`]: network checks from the host.
+//! - [`logs`]: the systemd journal and allowlisted log files, optionally followed.
+//! - [`net`]: network checks from the host; [`http`]: HTTP(S) requests and TLS certificates
+//!   (with the address policy every hop passes); [`traceroute`]: routes.
 //! - [`output`]: building the structured result; [`live`]: lines streamed while running.
 //! - [`tool`]: finding and running external programs.
 
 pub mod containers;
 pub mod files;
+pub mod http;
 pub mod live;
+pub mod logs;
 pub mod net;
 pub mod output;
 pub mod services;
 pub mod tool;
+pub mod traceroute;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +40,9 @@ pub struct OpsConfig {
     pub docker: PathBuf,
     pub ping: PathBuf,
     pub dig: PathBuf,
+    pub journalctl: PathBuf,
+    pub traceroute: PathBuf,
+    pub tracepath: PathBuf,
     pub files: FilePolicy,
 }
 
@@ -45,6 +53,9 @@ impl Default for OpsConfig {
             docker: "docker".into(),
             ping: "ping".into(),
             dig: "dig".into(),
+            journalctl: "journalctl".into(),
+            traceroute: "traceroute".into(),
+            tracepath: "tracepath".into(),
             files: FilePolicy::default(),
         }
     }
@@ -72,12 +83,11 @@ pub async fn run(
     timeout: Duration,
     live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
-    // No family streams yet; `logs.*` will.
-    let _ = live;
     match op.spec.family() {
         "service" => services::run(op, config, timeout).await,
         "container" => containers::run(op, config, timeout).await,
         "file" => files::run(op, &config.files).await,
+        "log" => logs::run(op, config, timeout, live).await,
         "net" => net::run(op, config, timeout).await,
         family => Err(OpError::NotAvailable(format!("this agent does not implement {family} operations"))),
     }
@@ -104,7 +114,7 @@ pub fn command_result(outcome: Result<v1::OperationOutput, OpError>) -> v1::Comm
 mod tests {
     #[test]
     fn every_catalog_family_has_a_handler() {
-        let implemented = ["service", "container", "file", "net"];
+        let implemented = ["service", "container", "file", "log", "net"];
         for spec in tailops_ops::catalog() {
             assert!(implemented.contains(&spec.family()), "{} has no handler in the agent", spec.name);
         }

@@ -4,6 +4,7 @@
 
 mod containers;
 mod files;
+mod logs;
 mod net;
 mod services;
 
@@ -19,7 +20,7 @@ const fn optional(name: &'static str, kind: K, default: &'static str, help: &'st
 }
 
 /// The families, in the order `op ls` shows them.
-static FAMILIES: &[&[OperationSpec]] = &[services::OPS, containers::OPS, files::OPS, net::OPS];
+static FAMILIES: &[&[OperationSpec]] = &[services::OPS, containers::OPS, files::OPS, logs::OPS, net::OPS];
 
 /// Every operation.
 pub fn all() -> impl Iterator<Item = &'static OperationSpec> {
