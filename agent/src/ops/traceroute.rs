@@ -26,28 +26,24 @@ pub async fn run(
 ) -> Result<v1::OperationOutput, OpError> {
     let host = op.text("host").unwrap_or_default();
     let max_hops = op.int("max_hops").unwrap_or(30).to_string();
-    let (name, program, args, hops_of): (&str, _, Vec<&str>, fn(&str) -> Vec<Hop>) = match tool::locate(
-        &config.traceroute,
-        "traceroute",
-    )
-    .await
-    {
-        Ok(program) => (
-            "traceroute",
-            program,
-            vec!["-n", "-q", "1", "-w", "2", "-m", &max_hops, "--", host],
-            parse_traceroute,
-        ),
-        Err(_) => {
-            let program = tool::locate(&config.tracepath, "tracepath").await.map_err(|_| {
-                OpError::NotAvailable(
+    let (name, program, args, hops_of): (&str, _, Vec<&str>, fn(&str) -> Vec<Hop>) =
+        match tool::locate(&config.traceroute, "traceroute").await {
+            Ok(program) => (
+                "traceroute",
+                program,
+                vec!["-n", "-q", "1", "-w", "2", "-m", &max_hops, "--", host],
+                parse_traceroute,
+            ),
+            Err(_) => {
+                let program = tool::locate(&config.tracepath, "tracepath").await.map_err(|_| {
+                    OpError::NotAvailable(
                     "neither traceroute nor tracepath is installed (package traceroute or iputils-tracepath)"
                         .into(),
                 )
-            })?;
-            ("tracepath", program, vec!["-n", "-m", &max_hops, "--", host], parse_tracepath)
-        }
-    };
+                })?;
+                ("tracepath", program, vec!["-n", "-m", &max_hops, "--", host], parse_tracepath)
+            }
+        };
     let ran = tool::run(&program, &args, timeout).await?;
     let hops = hops_of(&ran.stdout);
     if hops.is_empty() && !ran.success() {
