@@ -19,6 +19,9 @@ pub struct Hop {
     pub note: Option<String>,
 }
 
+/// Reads hops from a tool's output.
+type Parser = fn(&str) -> Vec<Hop>;
+
 pub async fn run(
     op: &Validated,
     config: &OpsConfig,
@@ -26,7 +29,7 @@ pub async fn run(
 ) -> Result<v1::OperationOutput, OpError> {
     let host = op.text("host").unwrap_or_default();
     let max_hops = op.int("max_hops").unwrap_or(30).to_string();
-    let (name, program, args, hops_of): (&str, _, Vec<&str>, fn(&str) -> Vec<Hop>) =
+    let (name, program, args, hops_of): (&str, _, Vec<&str>, Parser) =
         match tool::locate(&config.traceroute, "traceroute").await {
             Ok(program) => (
                 "traceroute",
