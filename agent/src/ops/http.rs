@@ -250,13 +250,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sends one request over `io`; returns the response head, when its first byte came, and how
-/// many body bytes were read.
+/// Sends one request over `io`; returns the response head, how long after sending the request
+/// it came, and how many body bytes were read.
 async fn exchange<S>(
     io: S,
     method: &Method,
     target: &Target,
-) -> Result<(http::response::Parts, Instant, u64), OpError>
+) -> Result<(http::response::Parts, Duration, u64), OpError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -274,8 +274,9 @@ where
         .header(http::header::ACCEPT, "*/*")
         .body(Empty::<Bytes>::new())
         .map_err(|e| OpError::Failed(format!("{}: {e}", target.url)))?;
+    let sent = Instant::now();
     let response = sender.send_request(request).await.map_err(failed)?;
-    let first_byte = Instant::now();
+    let first_byte = sent.elapsed();
     let (parts, mut body) = response.into_parts();
     let mut read = 0u64;
     let is_redirect = parts.status.is_redirection();
@@ -293,13 +294,13 @@ async fn fetch(target: &Target, method: &Method, after_public: bool) -> Result<(
     let started = Instant::now();
     let (tcp, addr, reach, dns, connect) =
         resolve_and_connect(&target.host, target.port, after_public).await?;
-    let sent = Instant::now();
+    let handshake = Instant::now();
     let (parts, first_byte, read, tls) = if target.https {
         let connector = tokio_rustls::TlsConnector::from(verifying_config(true)?);
         let stream = connector.connect(server_name(&target.host)?, tcp).await.map_err(|e| {
             OpError::Failed(format!("TLS handshake with {} ({addr}) failed: {e}", target.host))
         })?;
-        let tls = sent.elapsed();
+        let tls = handshake.elapsed();
         let (parts, first_byte, read) = exchange(stream, method, target).await?;
         (parts, first_byte, read, Some(tls))
     } else {
@@ -319,7 +320,8 @@ async fn fetch(target: &Target, method: &Method, after_public: bool) -> Result<(
         dns_ms: millis(dns),
         connect_ms: millis(connect),
         tls_ms: tls.map(millis),
-        first_byte_ms: millis(first_byte.duration_since(sent)),
+        // From the request sent to the response's head (after connect and TLS).
+        first_byte_ms: millis(first_byte),
         total_ms: millis(started.elapsed()),
         location: parts.status.is_redirection().then(|| header(http::header::LOCATION)).flatten(),
         server: header(http::header::SERVER),
