@@ -6,7 +6,9 @@
 //! - [`services`]: systemd through `systemctl`.
 //! - [`containers`]: Docker (or a compatible CLI) through `docker`.
 //! - [`files`]: read-only file access under base directories, never the deny list.
-//! - [`net`]: network checks from the host.
+//! - [`logs`]: the systemd journal and allowlisted log files, optionally followed.
+//! - [`net`]: network checks from the host; [`http`]: HTTP(S) requests and TLS certificates
+//!   (with the address policy every hop passes); [`traceroute`]: routes.
 //! - [`packages`]: updates, upgrades and installs through apt or dnf.
 //! - [`security`]: CIS-style checks, secrets scan, vulnerability scanners (Trivy, Grype).
 //! - [`proxmox`]: Proxmox VE guests through `pct` and `qm`.
@@ -16,7 +18,9 @@
 pub mod containers;
 pub mod docker_api;
 pub mod files;
+pub mod http;
 pub mod live;
+pub mod logs;
 pub mod net;
 pub mod output;
 pub mod packages;
@@ -24,6 +28,7 @@ pub mod proxmox;
 pub mod security;
 pub mod services;
 pub mod tool;
+pub mod traceroute;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,6 +51,9 @@ pub struct OpsConfig {
     pub qm: PathBuf,
     pub ping: PathBuf,
     pub dig: PathBuf,
+    pub journalctl: PathBuf,
+    pub traceroute: PathBuf,
+    pub tracepath: PathBuf,
     pub files: FilePolicy,
     /// `apt` (for `apt list`), `apt-get` and `dnf`: a host with `apt-get` uses apt, otherwise dnf.
     pub apt: PathBuf,
@@ -72,6 +80,9 @@ impl Default for OpsConfig {
             qm: "qm".into(),
             ping: "ping".into(),
             dig: "dig".into(),
+            journalctl: "journalctl".into(),
+            traceroute: "traceroute".into(),
+            tracepath: "tracepath".into(),
             files: FilePolicy::default(),
             apt: "apt".into(),
             apt_get: "apt-get".into(),
@@ -108,12 +119,11 @@ pub async fn run(
     timeout: Duration,
     live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
-    // No family streams yet; `logs.*` will.
-    let _ = live;
     match op.spec.family() {
         "service" => services::run(op, config, timeout).await,
         "container" | "compose" => containers::run(op, config, timeout).await,
         "file" => files::run(op, &config.files).await,
+        "log" => logs::run(op, config, timeout, live).await,
         "net" => net::run(op, config, timeout).await,
         "package" => packages::run(op, config, timeout).await,
         "security" => security::run(op, config, timeout).await,
@@ -144,7 +154,7 @@ mod tests {
     #[test]
     fn every_catalog_family_has_a_handler() {
         let implemented =
-            ["service", "container", "compose", "file", "net", "package", "security", "proxmox"];
+            ["service", "container", "compose", "file", "log", "net", "package", "security", "proxmox"];
         for spec in tailops_ops::catalog() {
             assert!(implemented.contains(&spec.family()), "{} has no handler in the agent", spec.name);
         }

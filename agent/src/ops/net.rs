@@ -31,6 +31,9 @@ pub async fn run(
         "net.ping" => {
             ping(config, op.text("host").unwrap_or_default(), op.int("count").unwrap_or(4), timeout).await
         }
+        "net.http" => super::http::http(op, timeout).await,
+        "net.tls" => super::http::tls(op, timeout).await,
+        "net.traceroute" => super::traceroute::run(op, config, timeout).await,
         other => Err(OpError::NotAvailable(format!("{other} is not implemented by this agent"))),
     }
 }

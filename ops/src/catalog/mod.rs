@@ -4,6 +4,7 @@
 
 mod containers;
 mod files;
+mod logs;
 mod net;
 mod packages;
 mod proxmox;
@@ -22,8 +23,16 @@ const fn optional(name: &'static str, kind: K, default: &'static str, help: &'st
 }
 
 /// The families, in the order `op ls` shows them.
-static FAMILIES: &[&[OperationSpec]] =
-    &[services::OPS, containers::OPS, files::OPS, net::OPS, packages::OPS, security::OPS, proxmox::OPS];
+static FAMILIES: &[&[OperationSpec]] = &[
+    services::OPS,
+    containers::OPS,
+    files::OPS,
+    logs::OPS,
+    net::OPS,
+    packages::OPS,
+    security::OPS,
+    proxmox::OPS,
+];
 
 /// Every operation.
 pub fn all() -> impl Iterator<Item = &'static OperationSpec> {

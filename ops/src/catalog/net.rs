@@ -47,4 +47,36 @@ pub(super) static OPS: &[OperationSpec] = &[
         mutating: false,
         params: &[HOST, optional("count", K::Int { min: 1, max: 20 }, "4", "how many echo requests")],
     },
+    OperationSpec {
+        name: "net.http",
+        summary: "An HTTP(S) request from the host: status, timings, redirects (each hop checked against the address policy)",
+        tier: RiskTier::Observe,
+        mutating: false,
+        params: &[
+            param("url", K::Url, "the http:// or https:// URL"),
+            optional("method", K::Choice(&["GET", "HEAD"]), "GET", "request method"),
+            optional("timeout", K::Duration { max_secs: 60 }, "10s", "give up after this long"),
+        ],
+    },
+    OperationSpec {
+        name: "net.tls",
+        summary: "A TLS server's certificate: subject, issuer, names, validity, days left, whether it verifies",
+        tier: RiskTier::Observe,
+        mutating: false,
+        params: &[
+            HOST,
+            optional("port", K::Port, "443", "the TCP port"),
+            optional("timeout", K::Duration { max_secs: 60 }, "10s", "give up after this long"),
+        ],
+    },
+    OperationSpec {
+        name: "net.traceroute",
+        summary: "The route to a host, hop by hop (through the host's traceroute or tracepath)",
+        tier: RiskTier::Observe,
+        mutating: false,
+        params: &[
+            HOST,
+            optional("max_hops", K::Int { min: 1, max: 64 }, "30", "give up after this many hops"),
+        ],
+    },
 ];
