@@ -73,7 +73,8 @@ pub async fn run_with_state(mut state: AgentState, options: LinkOptions, shutdow
     let mut backoff = options.min_backoff;
     let mut last_error: Option<String> = None;
     let mut finished_jobs = RecentJobs::default();
-    let feed = options.monitor.clone().map(|m| monitor::start(m, shutdown.child_token()));
+    let feed =
+        options.monitor.clone().map(|m| monitor::start(m, options.ops.clone(), shutdown.child_token()));
     loop {
         let started = Instant::now();
         let outcome =

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::facts::{self, Facts, FactsConfig};
 use crate::mounts;
+use crate::ops::OpsConfig;
 
 /// How long one disk's `statvfs` may take before the mount is left out of a sample.
 const STATFS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,11 +64,12 @@ pub struct MonitorFeed {
 }
 
 /// Starts sampling and fact collection until `shutdown`.
-pub fn start(options: MonitorOptions, shutdown: CancellationToken) -> MonitorFeed {
+/// `ops` is where operation tools live: the facts say which operation families this host can run.
+pub fn start(options: MonitorOptions, ops: Arc<OpsConfig>, shutdown: CancellationToken) -> MonitorFeed {
     let samples = Arc::new(SampleBuffer::new(options.buffer));
     let (facts_tx, facts) = watch::channel(None);
     tokio::spawn(sample_loop(options.clone(), samples.clone(), shutdown.clone()));
-    tokio::spawn(facts_loop(options, facts_tx, shutdown));
+    tokio::spawn(facts_loop(options, ops, facts_tx, shutdown));
     MonitorFeed { samples, facts }
 }
 
@@ -148,11 +150,15 @@ fn until_next_tick(now_ms: i64, interval_ms: u64, offset_ms: u64) -> Duration {
 
 async fn facts_loop(
     options: MonitorOptions,
+    ops: Arc<OpsConfig>,
     facts: watch::Sender<Option<Arc<Facts>>>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let collected = Arc::new(facts::collect(&options.facts).await);
+        let (mut collected, families) =
+            tokio::join!(facts::collect(&options.facts), crate::ops::families(&ops));
+        collected.insert(crate::ops::FAMILIES_FACT.to_owned(), families.join(","));
+        let collected = Arc::new(collected);
         facts.send_if_modified(|current| {
             if current.as_deref() == Some(&*collected) {
                 return false;

@@ -75,6 +75,11 @@ async fn a_real_agent_reports_what_the_kernel_reports() {
     // "Used" leaves out page cache: it tracks MemTotal - MemAvailable, not MemTotal - MemFree.
     let used = total - meminfo_bytes("MemAvailable:").await;
     assert!(sample.mem_used_bytes.abs_diff(used) < total / 10, "used {} vs {used}", sample.mem_used_bytes);
+    // The facts say which operation families this host can run.
+    let families: Vec<&str> = facts.get("ops.families").map(|f| f.split(',').collect()).unwrap_or_default();
+    assert!(families.contains(&"file") && families.contains(&"net"), "{families:?}");
+    let docker = tokio::process::Command::new("sh").args(["-c", "command -v docker"]).status().await;
+    assert_eq!(families.contains(&"container"), docker.is_ok_and(|s| s.success()), "{families:?}");
     let kernel = tokio::fs::read_to_string("/proc/sys/kernel/osrelease").await.expect("osrelease");
     assert_eq!(facts.get("kernel").map(String::as_str), Some(kernel.trim()));
 

@@ -481,3 +481,40 @@ async fn friendly_commands_are_short_forms_of_operations() {
     );
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn logs_and_check_commands_run_their_operations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (base, _) = file_tree(dir.path()).await;
+    let controller = TestController::start().await;
+    let ops = OpsConfig {
+        files: FilePolicy { base_dirs: vec![base.clone()], deny: vec![] },
+        ..OpsConfig::default()
+    };
+    let _agent = controller.agent_with("box", &[], None, ops).await;
+    let profile = controller.admin_profile_file().await;
+
+    let log = base.join("app/app.log").display().to_string();
+    let out = tailopsctl(&profile, &["logs", "--file", &log, "-n", "2", "--host", "box"]).await;
+    assert!(out.status.success(), "{}", tailops_tests::text(&out.stderr));
+    let stdout = tailops_tests::text(&out.stdout);
+    assert!(
+        stdout.contains("event 499") && stdout.contains("event 500") && !stdout.contains("event 498"),
+        "{stdout}"
+    );
+
+    let check = tailopsctl(&profile, &["check", "--host", "box", "-o", "json"]).await;
+    let finished: Vec<Value> = tailops_tests::text(&check.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "finished")
+        .collect();
+    let checks: Vec<&str> = finished[0]["result"]["output"]["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["check"].as_str())
+        .collect();
+    assert!(checks.contains(&"ssh_root_login") && checks.contains(&"uid0_accounts"), "{checks:?}");
+    controller.stop().await;
+}

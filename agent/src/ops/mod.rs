@@ -97,6 +97,44 @@ impl Default for OpsConfig {
     }
 }
 
+/// The fact listing the operation families this host can run (`service,container,file,...`).
+pub const FAMILIES_FACT: &str = "ops.families";
+
+/// The operation families whose tools this host has. Files, logs (`log.file`), network and
+/// security checks need nothing beyond the agent; the others need their tool (and services a
+/// running systemd). Compose needs Docker's plugin, which only running it can tell, so it is
+/// listed with Docker.
+pub async fn families(config: &OpsConfig) -> Vec<&'static str> {
+    let has = |program: &std::path::Path| {
+        let program = program.to_owned();
+        async move { crate::facts::find_program(&program).await.is_some() }
+    };
+    let systemd = tokio::fs::metadata("/run/systemd/system").await.is_ok();
+    let (systemctl, docker, apt, dnf, pct, qm) = tokio::join!(
+        has(&config.systemctl),
+        has(&config.docker),
+        has(&config.apt_get),
+        has(&config.dnf),
+        has(&config.pct),
+        has(&config.qm),
+    );
+    let mut families = vec!["file", "log", "net", "security"];
+    if systemctl && systemd {
+        families.push("service");
+    }
+    if docker {
+        families.extend(["container", "compose"]);
+    }
+    if apt || dnf {
+        families.push("package");
+    }
+    if pct || qm {
+        families.push("proxmox");
+    }
+    families.sort_unstable();
+    families
+}
+
 /// Why an operation did not produce a result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {

@@ -54,6 +54,89 @@ pub fn resolve(family: Family, args: &FriendlyArgs) -> (String, BTreeMap<String,
     (format!("{}.{verb}", family.family), params)
 }
 
+/// `tailopsctl logs`: the journal, or a file with `--file`; `-f` follows until the deadline.
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Only this systemd unit.
+    #[arg(long, short = 'u')]
+    unit: Option<String>,
+    /// A log file (under the host's allowed directories) instead of the journal.
+    #[arg(long, conflicts_with_all = ["unit", "since", "priority", "grep"])]
+    file: Option<String>,
+    /// Keep streaming new lines until --timeout (or Ctrl-C).
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// How many of the last lines to show first.
+    #[arg(long, short = 'n')]
+    lines: Option<u32>,
+    /// Only entries newer than this, e.g. 1h.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only entries at this priority or more urgent (emerg..debug).
+    #[arg(long, short = 'p')]
+    priority: Option<String>,
+    /// Only entries matching this pattern.
+    #[arg(long, short = 'g')]
+    grep: Option<String>,
+    #[command(flatten)]
+    job: JobFlags,
+}
+
+impl LogsArgs {
+    fn resolve(&self) -> (&'static str, BTreeMap<String, String>) {
+        let mut params = BTreeMap::new();
+        let mut set = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                params.insert(k.to_owned(), v);
+            }
+        };
+        set("lines", self.lines.map(|n| n.to_string()));
+        set("follow", self.follow.then(|| "true".to_owned()));
+        let name = match &self.file {
+            Some(path) => {
+                set("path", Some(path.clone()));
+                "log.file"
+            }
+            None => {
+                set("unit", self.unit.clone());
+                set("since", self.since.clone());
+                set("priority", self.priority.clone());
+                set("grep", self.grep.clone());
+                "log.journal"
+            }
+        };
+        (name, params)
+    }
+}
+
+pub async fn logs(channel: Channel, args: LogsArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let (name, params) = args.resolve();
+    run_operation(channel, name, params, args.job, output).await
+}
+
+/// `tailopsctl check`: the security checks, or `check secrets PATH` / `check vulns PATH`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// `basics` (default: CIS-style checks), `secrets` or `vulns`.
+    #[arg(default_value = "basics")]
+    what: String,
+    /// The path to scan (secrets, vulns).
+    path: Option<String>,
+    #[command(flatten)]
+    job: JobFlags,
+}
+
+pub async fn check(channel: Channel, args: CheckArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let name = match args.what.as_str() {
+        "basics" => "security.checks",
+        "secrets" => "security.secrets",
+        "vulns" => "security.vulnscan",
+        other => anyhow::bail!("unknown check {other:?}: use basics, secrets or vulns"),
+    };
+    let params = args.path.into_iter().map(|p| ("path".to_owned(), p)).collect();
+    run_operation(channel, name, params, args.job, output).await
+}
+
 pub async fn run(
     channel: Channel,
     family: Family,
@@ -78,6 +161,25 @@ mod tests {
 
     fn parse(argv: &[&str]) -> FriendlyArgs {
         Cli::parse_from(std::iter::once("t").chain(argv.iter().copied())).args
+    }
+
+    #[derive(Debug, Parser)]
+    struct LogsCli {
+        #[command(flatten)]
+        args: LogsArgs,
+    }
+
+    #[test]
+    fn logs_map_to_the_journal_or_a_file() {
+        let parse =
+            |argv: &[&str]| LogsCli::parse_from(std::iter::once("t").chain(argv.iter().copied())).args;
+        let (name, params) = parse(&["-u", "nginx", "-f", "--since", "1h", "--all"]).resolve();
+        assert_eq!(name, "log.journal");
+        assert_eq!(params.get("follow").map(String::as_str), Some("true"));
+        assert!(tailops_ops::validate(name, &params, false).is_ok());
+        let (name, params) = parse(&["--file", "/var/log/syslog", "-n", "5", "--host", "a"]).resolve();
+        assert_eq!((name, params.get("lines").map(String::as_str)), ("log.file", Some("5")));
+        assert!(tailops_ops::validate(name, &params, false).is_ok());
     }
 
     #[test]

@@ -66,6 +66,10 @@ enum Command {
     Net(friendly::FriendlyArgs),
     /// Packages: `pkg updates|upgrade|install [PACKAGES] --host H`.
     Pkg(friendly::FriendlyArgs),
+    /// Logs: the journal (`--unit`, `--since`, `--priority`, `--grep`) or `--file PATH`; `-f` follows.
+    Logs(friendly::LogsArgs),
+    /// Security checks: `check [basics|secrets PATH|vulns PATH] --host H`.
+    Check(friendly::CheckArgs),
     /// Jobs: list, inspect, re-attach, cancel.
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -239,6 +243,8 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         Command::Files(args) => return friendly::run(channel, friendly::FILES, args, output).await,
         Command::Net(args) => return friendly::run(channel, friendly::NET, args, output).await,
         Command::Pkg(args) => return friendly::run(channel, friendly::PKG, args, output).await,
+        Command::Logs(args) => return friendly::logs(channel, args, output).await,
+        Command::Check(args) => return friendly::check(channel, args, output).await,
         Command::Jobs(JobsCommand::Ls { limit }) => {
             let jobs = fleet.list_jobs(v1::ListJobsRequest { limit }).await?.into_inner().jobs;
             render::jobs(&jobs, cli.output)?;
