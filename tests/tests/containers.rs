@@ -342,3 +342,51 @@ tar -C '{root}' -c . | docker import - {tag}"#,
     let _ = sh(&format!("docker rmi -f {tag} {v1_id} >/dev/null 2>&1")).await;
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn container_logs_can_be_followed_live() {
+    if !docker_available().await {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_image(dir.path()).await;
+    let name = format!("tailops-ticker-{}", std::process::id());
+    let _ = sh(&format!("docker rm -f {name} >/dev/null 2>&1")).await;
+    let started = sh(&format!(
+        "docker run -d --stop-timeout 1 --name {name} {IMAGE} /bin/sh -c 'i=0; while :; do i=$((i+1)); echo tick $i; /bin/sleep 0.2; done'"
+    ))
+    .await;
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    let _cleanup = Container(name.clone());
+    let controller = TestController::start().await;
+    let _agent = controller.agent_with("dock", &[], None, OpsConfig::default()).await;
+
+    let request = v1::RunJobRequest {
+        selector: Some(v1::HostSelector { hosts: vec!["dock".into()], ..Default::default() }),
+        action: Some(v1::JobAction {
+            kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
+                name: "container.logs".into(),
+                params: [("container", name.as_str()), ("lines", "1"), ("follow", "true")]
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                dry_run: false,
+            })),
+        }),
+        timeout_ms: 3_000,
+        ..Default::default()
+    };
+    let events =
+        collect_events(controller.fleet().await.run_job(request).await.expect("accepted").into_inner()).await;
+    let streamed = output_of(&events, "dock", v1::OutputStream::Stdout);
+    let ticks: Vec<u32> = streamed
+        .lines()
+        .filter_map(|l| l.rsplit_once("tick ").and_then(|(_, n)| n.trim().parse().ok()))
+        .collect();
+    assert!(ticks.len() >= 3, "several lines arrived while following: {streamed}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "in order, none missing: {ticks:?}");
+    let result = finished_by_host(&events).remove("dock").expect("result").result.unwrap_or_default();
+    assert_eq!(result.exit_code, Some(0), "{}", result.error);
+    assert!(summary(&result).contains("until the job's deadline"), "{}", summary(&result));
+    controller.stop().await;
+}

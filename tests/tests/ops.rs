@@ -317,7 +317,11 @@ async fn network_checks_run_from_the_host() {
         names.push(e.file_name().to_string_lossy().into_owned());
     }
     let listed: Vec<String> = output(&result).records.iter().map(|r| text(r, "interface")).collect();
-    assert!(listed.iter().all(|i| names.contains(i)), "{listed:?} vs {names:?}");
+    // Container veths come and go with other tests running in parallel.
+    assert!(
+        listed.iter().filter(|i| !i.starts_with("veth")).all(|i| names.contains(i)),
+        "{listed:?} vs {names:?}"
+    );
     controller.stop().await;
 }
 

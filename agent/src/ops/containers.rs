@@ -10,12 +10,13 @@ use tailops_proto::v1;
 
 use super::output::{Cell, Table};
 use super::tool::{self, Ran};
-use super::{OpError, OpsConfig};
+use super::{LiveOutput, OpError, OpsConfig};
 
 pub async fn run(
     op: &Validated,
     config: &OpsConfig,
     timeout: Duration,
+    live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
     if op.spec.name == "container.update" {
         return update(op, config, timeout).await;
@@ -78,6 +79,12 @@ pub async fn run(
             table.step(&["docker", "inspect", "--type", "container", "--", name]);
             table.summary(format!("{name}: {}", pointer(&c, "/State/Status")));
             Ok(table.finish())
+        }
+        "logs" if op.flag("follow") => {
+            inspect(&run, name).await?;
+            let lines = op.int("lines").unwrap_or(100).to_string();
+            let argv = args(&["logs", "--follow", "--tail", &lines, "--timestamps", "--", name]);
+            follow(&docker, &argv, super::logs::follow_budget(timeout), live).await
         }
         "logs" => {
             inspect(&run, name).await?;
@@ -153,6 +160,57 @@ pub async fn run(
         }
         other => Err(OpError::NotAvailable(format!("container.{other} is not implemented by this agent"))),
     }
+}
+
+/// Streams `docker logs --follow` (the container's stdout and stderr, as the CLI splits them)
+/// until `budget` runs out or nobody listens; the CLI dies with the future (`kill_on_drop`).
+async fn follow(
+    docker: &std::path::Path,
+    argv: &[String],
+    budget: Duration,
+    live: &LiveOutput,
+) -> Result<v1::OperationOutput, OpError> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(docker)
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| OpError::Failed(format!("cannot run {}: {e}", docker.display())))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(OpError::Failed("docker logs: no output pipes".into()));
+    };
+    let mut out = BufReader::new(stdout).lines();
+    let mut err = BufReader::new(stderr).lines();
+    let deadline = tokio::time::Instant::now() + budget;
+    let (mut streamed, mut open) = (0u64, (true, true));
+    let stopped = loop {
+        let line = tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break "until the job's deadline",
+            line = out.next_line(), if open.0 => line.map_err(|e| e.to_string()).map(|l| l.or_else(|| { open.0 = false; None })),
+            line = err.next_line(), if open.1 => line.map_err(|e| e.to_string()).map(|l| l.or_else(|| { open.1 = false; None })),
+            else => break "until the container's log ended",
+        };
+        match line {
+            Ok(Some(line)) => {
+                streamed += 1;
+                if !live.line(&line).await {
+                    break "until nobody listened any more";
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(OpError::Failed(format!("reading docker logs: {e}"))),
+        }
+    };
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let mut table = Table::new(&["streamed_lines", "stopped"]);
+    table.row([Cell::from(streamed), Cell::from(stopped)]);
+    table.step(&prefixed(argv));
+    table.summary(format!("followed the container's log: {streamed} line(s) streamed {stopped}"));
+    Ok(table.finish())
 }
 
 /// Pulls the container's image (unless `pull=false`) and, when the image changed, recreates the

@@ -51,7 +51,7 @@ pub async fn run(
 
 /// How long to follow within a job of `timeout`: stop a little early so the result (how many
 /// lines streamed) is delivered instead of a bare timeout.
-fn follow_budget(timeout: Duration) -> Duration {
+pub(crate) fn follow_budget(timeout: Duration) -> Duration {
     let margin = (timeout / 10).clamp(Duration::from_millis(200), Duration::from_secs(2));
     timeout.saturating_sub(margin)
 }

@@ -159,7 +159,7 @@ pub async fn run(
 ) -> Result<v1::OperationOutput, OpError> {
     match op.spec.family() {
         "service" => services::run(op, config, timeout).await,
-        "container" | "compose" => containers::run(op, config, timeout).await,
+        "container" | "compose" => containers::run(op, config, timeout, live).await,
         "file" => files::run(op, &config.files).await,
         "log" => logs::run(op, config, timeout, live).await,
         "net" => net::run(op, config, timeout).await,

@@ -34,7 +34,11 @@ pub(super) static OPS: &[OperationSpec] = &[
         summary: "The last lines a container wrote (stdout and stderr)",
         tier: RiskTier::Observe,
         mutating: false,
-        params: &[CONTAINER, optional("lines", K::Int { min: 1, max: 10_000 }, "100", "how many lines")],
+        params: &[
+            CONTAINER,
+            optional("lines", K::Int { min: 1, max: 10_000 }, "100", "how many lines"),
+            optional("follow", K::Bool, "false", "keep streaming new lines until the job's deadline"),
+        ],
     },
     OperationSpec {
         name: "container.stats",
