@@ -76,7 +76,7 @@ pub async fn fetch_pinned_ca(url: &str, expected: &Fingerprint) -> Result<String
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Handshake { addr: addr.clone(), source: std::io::Error::other(e) })?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptForPinning { provider }))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyChain::new(provider)))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let server_name = ServerName::try_from(host.clone()).map_err(|_| PkiError::BadUrl(url.into()))?;
@@ -145,14 +145,21 @@ fn der_to_pem(der: &CertificateDer<'_>) -> String {
     pem
 }
 
-/// Accepts the presented chain so it can be compared with the pin afterwards. It still checks
-/// the handshake signatures, so the peer must hold the key of the leaf it presents.
+/// Accepts whatever chain the server presents, so it can be judged afterwards (compared with a
+/// pin, or reported by a TLS check). It still checks the handshake signatures, so the peer must
+/// hold the key of the leaf it presents. Never use it where the chain is not judged afterwards.
 #[derive(Debug)]
-struct AcceptForPinning {
+pub struct AcceptAnyChain {
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl ServerCertVerifier for AcceptForPinning {
+impl AcceptAnyChain {
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        Self { provider }
+    }
+}
+
+impl ServerCertVerifier for AcceptAnyChain {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,

@@ -441,3 +441,99 @@ pub async fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+// ----- typed operations -------------------------------------------------------------------
+
+/// A typed-operation job for one host, with a one-minute deadline.
+pub fn op_request(host: &str, name: &str, params: &[(&str, &str)], dry_run: bool) -> v1::RunJobRequest {
+    op_request_with(host, name, params, dry_run, Duration::from_secs(60))
+}
+
+/// A typed-operation job for one host with its own deadline.
+pub fn op_request_with(
+    host: &str,
+    name: &str,
+    params: &[(&str, &str)],
+    dry_run: bool,
+    timeout: Duration,
+) -> v1::RunJobRequest {
+    v1::RunJobRequest {
+        selector: Some(v1::HostSelector { hosts: vec![host.to_owned()], ..Default::default() }),
+        action: Some(v1::JobAction {
+            kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
+                name: name.to_owned(),
+                params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                dry_run,
+            })),
+        }),
+        timeout_ms: u64::try_from(timeout.as_millis()).expect("ms"),
+        ..Default::default()
+    }
+}
+
+/// Runs an operation on one host as the admin; returns how it ended there.
+pub async fn run_op(
+    controller: &TestController,
+    host: &str,
+    name: &str,
+    params: &[(&str, &str)],
+    dry_run: bool,
+) -> (v1::TargetState, v1::CommandResult) {
+    let (state, result, _) = run_request(controller, host, op_request(host, name, params, dry_run)).await;
+    (state, result)
+}
+
+/// Runs a job request on one host; returns its final state, result and streamed stdout.
+pub async fn run_request(
+    controller: &TestController,
+    host: &str,
+    request: v1::RunJobRequest,
+) -> (v1::TargetState, v1::CommandResult, String) {
+    let stream = controller.fleet().await.run_job(request).await.expect("accepted").into_inner();
+    let events = collect_events(stream).await;
+    let stdout = output_of(&events, host, v1::OutputStream::Stdout);
+    let finished = finished_by_host(&events).remove(host).expect("a result from the host");
+    (finished.state(), finished.result.unwrap_or_default(), stdout)
+}
+
+/// The structured output of an operation's result; panics with the error when there is none.
+pub fn op_output(result: &v1::CommandResult) -> v1::OperationOutput {
+    match result.output.as_ref().and_then(|o| o.kind.clone()) {
+        Some(v1::action_output::Kind::Operation(op)) => op,
+        other => panic!("no operation output: {other:?} (error: {})", result.error),
+    }
+}
+
+/// One field of an operation's record as text ("" when absent).
+pub fn field(record: &v1::Record, name: &str) -> String {
+    match record.fields.get(name).and_then(|s| s.value.clone()) {
+        Some(v1::scalar::Value::Text(t)) => t,
+        Some(v1::scalar::Value::Int(n)) => n.to_string(),
+        Some(v1::scalar::Value::Flag(b)) => b.to_string(),
+        Some(v1::scalar::Value::Real(x)) => x.to_string(),
+        None => String::new(),
+    }
+}
+
+/// Writes an executable script: a stand-in for a tool the agent runs.
+pub async fn stand_in(path: &Path, body: &str) -> PathBuf {
+    tokio::fs::write(path, body).await.expect("write stand-in");
+    let chmod = tokio::process::Command::new("chmod").arg("755").arg(path).status().await.expect("chmod");
+    assert!(chmod.success());
+    path.to_owned()
+}
+
+/// The lines stand-ins appended to `calls.log` in `dir`: what the agent actually ran.
+pub async fn calls(dir: &Path) -> Vec<String> {
+    tokio::fs::read_to_string(dir.join("calls.log"))
+        .await
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs a shell snippet (test setup only).
+pub async fn sh(script: &str) -> std::process::Output {
+    tokio::process::Command::new("sh").args(["-c", script]).output().await.expect("run sh")
+}

@@ -11,10 +11,6 @@ use tailops_tests::*;
 
 const IMAGE: &str = "tailops-test/sleeper:1";
 
-async fn sh(script: &str) -> std::process::Output {
-    tokio::process::Command::new("sh").args(["-c", script]).output().await.expect("run sh")
-}
-
 /// Whether the engine answers; panics under CI when it does not.
 async fn docker_available() -> bool {
     let ok = sh("docker info >/dev/null 2>&1").await.status.success();
@@ -65,31 +61,6 @@ async fn start_container(name: &str) -> Container {
     Container(name.to_owned())
 }
 
-async fn op(
-    controller: &TestController,
-    host: &str,
-    name: &str,
-    params: &[(&str, &str)],
-    dry_run: bool,
-) -> (v1::TargetState, v1::CommandResult) {
-    let request = v1::RunJobRequest {
-        selector: Some(v1::HostSelector { hosts: vec![host.to_owned()], ..Default::default() }),
-        action: Some(v1::JobAction {
-            kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
-                name: name.to_owned(),
-                params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-                dry_run,
-            })),
-        }),
-        timeout_ms: 60_000,
-        ..Default::default()
-    };
-    let events =
-        collect_events(controller.fleet().await.run_job(request).await.expect("accepted").into_inner()).await;
-    let finished = finished_by_host(&events).remove(host).expect("result");
-    (finished.state(), finished.result.unwrap_or_default())
-}
-
 fn records(result: &v1::CommandResult) -> Vec<std::collections::BTreeMap<String, String>> {
     let Some(v1::action_output::Kind::Operation(out)) = result.output.as_ref().and_then(|o| o.kind.clone())
     else {
@@ -131,28 +102,28 @@ async fn containers_are_listed_inspected_logged_and_restarted() {
     let controller = TestController::start().await;
     let _agent = controller.agent_with("dock", &[], None, OpsConfig::default()).await;
 
-    let (state, result) = op(&controller, "dock", "container.list", &[], false).await;
+    let (state, result) = run_op(&controller, "dock", "container.list", &[], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     let mine = records(&result).into_iter().find(|r| r["name"] == name).expect("listed");
     assert_eq!((mine["image"].as_str(), mine["state"].as_str()), (IMAGE, "running"));
 
-    let (_, result) = op(&controller, "dock", "container.images", &[], false).await;
+    let (_, result) = run_op(&controller, "dock", "container.images", &[], false).await;
     assert!(records(&result).iter().any(|r| format!("{}:{}", r["repository"], r["tag"]) == IMAGE));
 
-    let (_, result) = op(&controller, "dock", "container.inspect", &[("container", &name)], false).await;
+    let (_, result) = run_op(&controller, "dock", "container.inspect", &[("container", &name)], false).await;
     let fields: std::collections::BTreeMap<String, String> =
         records(&result).into_iter().map(|r| (r["property"].clone(), r["value"].clone())).collect();
     assert_eq!(fields["state"], "running");
     assert_eq!(fields["image"], IMAGE);
 
     let (_, result) =
-        op(&controller, "dock", "container.logs", &[("container", &name), ("lines", "10")], false).await;
+        run_op(&controller, "dock", "container.logs", &[("container", &name), ("lines", "10")], false).await;
     let lines: Vec<String> = records(&result).into_iter().map(|r| r["line"].clone()).collect();
     assert!(lines.iter().any(|l| l.ends_with(&format!("hello from {name}"))), "{lines:?}");
     assert!(lines.iter().any(|l| l.ends_with("oops")), "stderr too: {lines:?}");
 
     // A dry run changes nothing; the real stop does; start brings it back.
-    let (state, result) = op(&controller, "dock", "container.stop", &[("container", &name)], true).await;
+    let (state, result) = run_op(&controller, "dock", "container.stop", &[("container", &name)], true).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     assert!(
         summary(&result).starts_with(&format!("would run: docker stop -- {name}")),
@@ -162,15 +133,16 @@ async fn containers_are_listed_inspected_logged_and_restarted() {
     let running = sh(&format!("docker inspect -f '{{{{.State.Running}}}}' {name}")).await;
     assert_eq!(text(&running.stdout).trim(), "true");
 
-    let (state, result) = op(&controller, "dock", "container.stop", &[("container", &name)], false).await;
+    let (state, result) = run_op(&controller, "dock", "container.stop", &[("container", &name)], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     assert!(summary(&result).contains("is exited"), "{}", summary(&result));
-    let (_, result) = op(&controller, "dock", "container.start", &[("container", &name)], false).await;
+    let (_, result) = run_op(&controller, "dock", "container.start", &[("container", &name)], false).await;
     assert!(summary(&result).contains("is running"), "{}", summary(&result));
 
     // A name the host does not have is refused before docker is asked to act.
     let (state, result) =
-        op(&controller, "dock", "container.restart", &[("container", "no-such-container-x")], false).await;
+        run_op(&controller, "dock", "container.restart", &[("container", "no-such-container-x")], false)
+            .await;
     assert_eq!(state, v1::TargetState::Failed);
     assert!(result.error.contains("no container named \"no-such-container-x\""), "{}", result.error);
     controller.stop().await;
@@ -181,7 +153,7 @@ async fn a_host_without_docker_says_so() {
     let controller = TestController::start().await;
     let ops = OpsConfig { docker: "/nonexistent/docker".into(), ..OpsConfig::default() };
     let _agent = controller.agent_with("nodock", &[], None, ops).await;
-    let (state, result) = op(&controller, "nodock", "container.list", &[], false).await;
+    let (state, result) = run_op(&controller, "nodock", "container.list", &[], false).await;
     assert_eq!(state, v1::TargetState::Failed);
     assert!(result.not_available, "{}", result.error);
     assert!(result.error.contains("docker"), "{}", result.error);
@@ -196,11 +168,11 @@ async fn pulling_says_what_it_would_run_and_reports_registry_errors() {
     let controller = TestController::start().await;
     let _agent = controller.agent_with("dock", &[], None, OpsConfig::default()).await;
     let image = "registry.invalid/tailops/none:1";
-    let (state, result) = op(&controller, "dock", "container.pull", &[("image", image)], true).await;
+    let (state, result) = run_op(&controller, "dock", "container.pull", &[("image", image)], true).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     assert_eq!(summary(&result), format!("would run: docker pull --quiet -- {image}"));
     // No registry is reachable here: the pull fails, and says why.
-    let (state, result) = op(&controller, "dock", "container.pull", &[("image", image)], false).await;
+    let (state, result) = run_op(&controller, "dock", "container.pull", &[("image", image)], false).await;
     assert_eq!(state, v1::TargetState::Failed);
     assert!(result.error.starts_with("docker pull:"), "{}", result.error);
     controller.stop().await;
@@ -236,13 +208,13 @@ esac
     let _fake = controller.agent_with("fake", &[], None, OpsConfig { docker, ..OpsConfig::default() }).await;
     let calls = || async { tokio::fs::read_to_string(&log).await.unwrap_or_default() };
 
-    let (state, result) = op(&controller, "fake", "compose.status", &[("project", "web")], false).await;
+    let (state, result) = run_op(&controller, "fake", "compose.status", &[("project", "web")], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     let services = records(&result);
     assert_eq!(services.len(), 2);
     assert_eq!(services[0]["ports"], "0.0.0.0:80->8080");
 
-    let (_, result) = op(&controller, "fake", "compose.update", &[("project", "web")], true).await;
+    let (_, result) = run_op(&controller, "fake", "compose.update", &[("project", "web")], true).await;
     assert!(
         summary(&result).starts_with(&format!("would run: docker {base} pull; then docker {base} up -d")),
         "{}",
@@ -250,21 +222,21 @@ esac
     );
     assert!(!calls().await.contains("pull"), "the dry run pulled");
 
-    let (state, result) = op(&controller, "fake", "compose.update", &[("project", "web")], false).await;
+    let (state, result) = run_op(&controller, "fake", "compose.update", &[("project", "web")], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     let log_text = calls().await;
     let pull = log_text.find(&format!("{base} pull")).expect("pulled");
     let up = log_text.find(&format!("{base} up -d")).expect("up");
     assert!(pull < up, "pull comes before up: {log_text}");
 
-    let (state, result) = op(&controller, "fake", "compose.down", &[("project", "shop")], false).await;
+    let (state, result) = run_op(&controller, "fake", "compose.down", &[("project", "shop")], false).await;
     assert_eq!(state, v1::TargetState::Failed);
     assert!(result.error.contains("no Compose project \"shop\""), "{}", result.error);
 
     if docker_available().await {
         let _real = controller.agent_with("real", &[], None, OpsConfig::default()).await;
         let plugin = sh("docker compose version >/dev/null 2>&1").await.status.success();
-        let (state, result) = op(&controller, "real", "compose.list", &[], false).await;
+        let (state, result) = run_op(&controller, "real", "compose.list", &[], false).await;
         if plugin {
             assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
         } else {
@@ -315,20 +287,23 @@ tar -C '{root}' -c . | docker import - {tag}"#,
     let _agent = controller.agent_with("dock", &[], None, OpsConfig::default()).await;
 
     let (_, result) =
-        op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], false).await;
+        run_op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], false)
+            .await;
     assert!(summary(&result).contains("already runs the newest"), "{} {}", summary(&result), result.error);
 
     let v2_id = import("v2").await;
     assert_ne!(v1_id, v2_id);
     let (state, result) =
-        op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], true).await;
+        run_op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], true)
+            .await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     assert!(summary(&result).starts_with(&format!("would recreate {name}")), "{}", summary(&result));
     let still = sh(&format!("docker inspect -f '{{{{.Image}}}}' {name}")).await;
     assert_eq!(text(&still.stdout).trim(), v1_id, "the dry run changed the container");
 
     let (state, result) =
-        op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], false).await;
+        run_op(&controller, "dock", "container.update", &[("container", &name), ("pull", "false")], false)
+            .await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     let after = sh(&format!(
         "docker inspect -f '{{{{.Image}}}} {{{{.State.Running}}}} {{{{.HostConfig.RestartPolicy.Name}}}} {{{{index .Config.Labels \"team\"}}}} {{{{.Config.Env}}}}' {name}"

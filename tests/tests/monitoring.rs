@@ -136,9 +136,7 @@ async fn fake_docker(dir: &Path) -> (PathBuf, PathBuf) {
         "#!/bin/sh\n[ \"$*\" = 'ps --all --no-trunc --format {{{{json .}}}}' ] || {{ echo \"unexpected: $*\" >&2; exit 2; }}\ncat '{}'\n",
         listing.display()
     );
-    tokio::fs::write(&script, body).await.expect("script");
-    let chmod = tokio::process::Command::new("chmod").arg("755").arg(&script).status().await.expect("chmod");
-    assert!(chmod.success());
+    stand_in(&script, &body).await;
     (script, listing)
 }
 

@@ -43,70 +43,8 @@ esac
         log = log.display(),
         status = STATUS_ARGS,
     );
-    tokio::fs::write(&script, body).await.expect("script");
-    let chmod = tokio::process::Command::new("chmod").arg("755").arg(&script).status().await.expect("chmod");
-    assert!(chmod.success());
+    stand_in(&script, &body).await;
     script
-}
-
-async fn calls(dir: &Path) -> Vec<String> {
-    tokio::fs::read_to_string(dir.join("calls.log"))
-        .await
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn op_request(host: &str, name: &str, params: &[(&str, &str)], dry_run: bool) -> v1::RunJobRequest {
-    v1::RunJobRequest {
-        selector: Some(v1::HostSelector { hosts: vec![host.to_owned()], ..Default::default() }),
-        action: Some(v1::JobAction {
-            kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
-                name: name.to_owned(),
-                params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-                dry_run,
-            })),
-        }),
-        timeout_ms: 20_000,
-        ..Default::default()
-    }
-}
-
-/// Runs an operation on one host and returns its result.
-async fn run_op(
-    controller: &TestController,
-    host: &str,
-    name: &str,
-    params: &[(&str, &str)],
-    dry_run: bool,
-) -> (v1::TargetState, v1::CommandResult) {
-    let events = controller
-        .fleet()
-        .await
-        .run_job(op_request(host, name, params, dry_run))
-        .await
-        .expect("accepted")
-        .into_inner();
-    let events = collect_events(events).await;
-    let finished = finished_by_host(&events).remove(host).expect("a result");
-    (finished.state(), finished.result.unwrap_or_default())
-}
-
-fn output(result: &v1::CommandResult) -> v1::OperationOutput {
-    match result.output.as_ref().and_then(|o| o.kind.clone()) {
-        Some(v1::action_output::Kind::Operation(op)) => op,
-        other => panic!("no operation output: {other:?} (error: {})", result.error),
-    }
-}
-
-fn text(record: &v1::Record, field: &str) -> String {
-    match record.fields.get(field).and_then(|s| s.value.clone()) {
-        Some(v1::scalar::Value::Text(t)) => t,
-        Some(v1::scalar::Value::Int(n)) => n.to_string(),
-        Some(v1::scalar::Value::Flag(b)) => b.to_string(),
-        other => format!("{other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -119,16 +57,16 @@ async fn services_are_listed_checked_and_restarted_with_a_dry_run_first() {
 
     let (state, result) = run_op(&controller, "svc", "service.list", &[], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let list = output(&result);
+    let list = op_output(&result);
     assert_eq!(list.records.len(), 2);
-    assert_eq!(text(&list.records[1], "unit"), "nginx.service");
-    assert_eq!(text(&list.records[1], "active"), "failed");
+    assert_eq!(field(&list.records[1], "unit"), "nginx.service");
+    assert_eq!(field(&list.records[1], "active"), "failed");
 
     // A dry run checks the unit and says what it would run, and runs nothing else.
     let (state, result) =
         run_op(&controller, "svc", "service.restart", &[("unit", "nginx.service")], true).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let plan = output(&result);
+    let plan = op_output(&result);
     assert_eq!(plan.plan, vec!["systemctl restart -- nginx.service"]);
     assert!(plan.summary.starts_with("would run: systemctl restart -- nginx.service"), "{}", plan.summary);
     assert!(!calls(dir.path()).await.iter().any(|c| c.starts_with("restart")), "the dry run restarted");
@@ -138,9 +76,9 @@ async fn services_are_listed_checked_and_restarted_with_a_dry_run_first() {
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     assert!(calls(dir.path()).await.contains(&"restart -- nginx.service".to_owned()));
     assert!(
-        output(&result).summary.starts_with("restart: nginx.service is active"),
+        op_output(&result).summary.starts_with("restart: nginx.service is active"),
         "{}",
-        output(&result).summary
+        op_output(&result).summary
     );
 
     // A unit the host does not have is refused before anything runs.
@@ -231,9 +169,9 @@ async fn files_are_read_only_under_base_directories_and_never_from_the_deny_list
         run_op(&controller, "files", "file.tail", &[("path", &path("app/app.log")), ("lines", "2")], false)
             .await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let tail = output(&result);
+    let tail = op_output(&result);
     assert_eq!(
-        tail.records.iter().map(|r| text(r, "line")).collect::<Vec<_>>(),
+        tail.records.iter().map(|r| field(r, "line")).collect::<Vec<_>>(),
         vec!["event 499", "event 500"]
     );
 
@@ -245,19 +183,19 @@ async fn files_are_read_only_under_base_directories_and_never_from_the_deny_list
         false,
     )
     .await;
-    assert_eq!(text(&output(&result).records[0], "content"), "event 2");
+    assert_eq!(field(&op_output(&result).records[0], "content"), "event 2");
 
     let (_, result) =
         run_op(&controller, "files", "file.search", &[("path", &path("")), ("pattern", "*.log*")], false)
             .await;
-    let found: Vec<String> = output(&result).records.iter().map(|r| text(r, "path")).collect();
+    let found: Vec<String> = op_output(&result).records.iter().map(|r| field(r, "path")).collect();
     assert!(found.contains(&path("app/app.log")) && found.contains(&path("app/old/app.log.1")), "{found:?}");
     assert!(!found.iter().any(|p| p.ends_with("server.pem")), "denied files are not even listed: {found:?}");
 
     let (_, result) = run_op(&controller, "files", "file.list", &[("path", &path("app"))], false).await;
-    let listing = output(&result);
-    let pem = listing.records.iter().find(|r| text(r, "name") == "server.pem").expect("listed by name");
-    assert_eq!(text(pem, "denied"), "true");
+    let listing = op_output(&result);
+    let pem = listing.records.iter().find(|r| field(r, "name") == "server.pem").expect("listed by name");
+    assert_eq!(field(pem, "denied"), "true");
 
     // Refusals: the deny list, a symlink out, a sibling whose name only starts like the base,
     // `..` out of the base, and a file outside every base.
@@ -287,13 +225,13 @@ async fn network_checks_run_from_the_host() {
         run_op(&controller, "net", "net.port", &[("host", "127.0.0.1"), ("port", &port)], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
     assert!(
-        output(&result).summary.starts_with(&format!("127.0.0.1:{port} open")),
+        op_output(&result).summary.starts_with(&format!("127.0.0.1:{port} open")),
         "{}",
-        output(&result).summary
+        op_output(&result).summary
     );
 
     let (_, result) = run_op(&controller, "net", "net.sockets", &[], false).await;
-    let locals: Vec<String> = output(&result).records.iter().map(|r| text(r, "local")).collect();
+    let locals: Vec<String> = op_output(&result).records.iter().map(|r| field(r, "local")).collect();
     assert!(locals.contains(&format!("127.0.0.1:{port}")), "{locals:?}");
 
     drop(listener);
@@ -305,10 +243,10 @@ async fn network_checks_run_from_the_host() {
         false,
     )
     .await;
-    assert!(output(&result).summary.contains("closed"), "{}", output(&result).summary);
+    assert!(op_output(&result).summary.contains("closed"), "{}", op_output(&result).summary);
 
     let (_, result) = run_op(&controller, "net", "net.dns", &[("name", "localhost")], false).await;
-    assert!(output(&result).records.iter().any(|r| text(r, "value") == "127.0.0.1"));
+    assert!(op_output(&result).records.iter().any(|r| field(r, "value") == "127.0.0.1"));
 
     let (_, result) = run_op(&controller, "net", "net.interfaces", &[], false).await;
     let mut kernel = tokio::fs::read_dir("/sys/class/net").await.expect("sysfs");
@@ -316,7 +254,7 @@ async fn network_checks_run_from_the_host() {
     while let Some(e) = kernel.next_entry().await.expect("entry") {
         names.push(e.file_name().to_string_lossy().into_owned());
     }
-    let listed: Vec<String> = output(&result).records.iter().map(|r| text(r, "interface")).collect();
+    let listed: Vec<String> = op_output(&result).records.iter().map(|r| field(r, "interface")).collect();
     // Container veths come and go with other tests running in parallel.
     assert!(
         listed.iter().filter(|i| !i.starts_with("veth")).all(|i| names.contains(i)),
@@ -449,8 +387,8 @@ async fn ping_reaches_loopback_and_a_missing_tool_is_not_available() {
     let (state, result) =
         run_op(&controller, "p", "net.ping", &[("host", "127.0.0.1"), ("count", "2")], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let record = &output(&result).records[0];
-    assert_eq!((text(record, "sent"), text(record, "received")), ("2".to_owned(), "2".to_owned()));
+    let record = &op_output(&result).records[0];
+    assert_eq!((field(record, "sent"), field(record, "received")), ("2".to_owned(), "2".to_owned()));
     controller.stop().await;
 }
 

@@ -21,19 +21,8 @@ const CONFOLD: &str = "-o Dpkg::Options::=--force-confold";
 
 async fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
-    tokio::fs::write(&path, format!("#!/bin/sh\n{body}")).await.expect("script");
-    let chmod = tokio::process::Command::new("chmod").arg("755").arg(&path).status().await.expect("chmod");
-    assert!(chmod.success());
+    stand_in(&path, &format!("#!/bin/sh\n{body}")).await;
     path
-}
-
-async fn calls(dir: &Path) -> Vec<String> {
-    tokio::fs::read_to_string(dir.join("calls.log"))
-        .await
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// An `apt-get` that knows `hello` (not installed) and `bash` (upgradable), insists on
@@ -81,61 +70,6 @@ esac
     script(dir, "dnf", &body).await
 }
 
-fn op_request(host: &str, name: &str, params: &[(&str, &str)], dry_run: bool) -> v1::RunJobRequest {
-    v1::RunJobRequest {
-        selector: Some(v1::HostSelector { hosts: vec![host.to_owned()], ..Default::default() }),
-        action: Some(v1::JobAction {
-            kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
-                name: name.to_owned(),
-                params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-                dry_run,
-            })),
-        }),
-        timeout_ms: 120_000,
-        ..Default::default()
-    }
-}
-
-async fn run_op(
-    controller: &TestController,
-    host: &str,
-    name: &str,
-    params: &[(&str, &str)],
-    dry_run: bool,
-) -> (v1::TargetState, v1::CommandResult) {
-    let events = controller
-        .fleet()
-        .await
-        .run_job(op_request(host, name, params, dry_run))
-        .await
-        .expect("accepted")
-        .into_inner();
-    let events = collect_events(events).await;
-    let finished = finished_by_host(&events).remove(host).expect("a result");
-    (finished.state(), finished.result.unwrap_or_default())
-}
-
-fn output(result: &v1::CommandResult) -> v1::OperationOutput {
-    match result.output.as_ref().and_then(|o| o.kind.clone()) {
-        Some(v1::action_output::Kind::Operation(op)) => op,
-        other => panic!("no operation output: {other:?} (error: {})", result.error),
-    }
-}
-
-fn field(record: &v1::Record, name: &str) -> String {
-    match record.fields.get(name).and_then(|s| s.value.clone()) {
-        Some(v1::scalar::Value::Text(t)) => t,
-        Some(v1::scalar::Value::Int(n)) => n.to_string(),
-        Some(v1::scalar::Value::Flag(b)) => b.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
-    }
-}
-
-async fn sh(script: &str) -> std::process::Output {
-    tokio::process::Command::new("sh").args(["-c", script]).output().await.expect("run sh")
-}
-
 /// Whether the host has apt with package lists; panics under CI when it does not.
 async fn apt_with_lists() -> bool {
     let ok = sh("command -v apt >/dev/null && command -v apt-get >/dev/null && apt-cache policy hello | grep -q 'Candidate: [0-9]'")
@@ -161,7 +95,7 @@ async fn real_apt_lists_updates_and_simulates_an_install() {
 
     let (state, result) = run_op(&controller, "deb", "package.updates", &[], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     assert_eq!(out.columns, ["name", "current", "available", "source"]);
     assert_eq!(out.plan, ["apt list --upgradable"]);
     let direct = sh("LC_ALL=C apt list --upgradable 2>/dev/null | grep / | cut -d/ -f1").await;
@@ -179,7 +113,7 @@ async fn real_apt_lists_updates_and_simulates_an_install() {
     }
     let (state, result) = run_op(&controller, "deb", "package.install", &[("packages", "hello")], true).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     assert_eq!(out.plan, [format!("apt-get -y {CONFOLD} install -- hello")]);
     let hello = out.records.iter().find(|r| field(r, "name") == "hello").expect("hello would be installed");
     assert_eq!(field(hello, "action"), "install");
@@ -202,7 +136,7 @@ async fn apt_upgrades_and_installs_run_the_exact_argv_after_a_simulated_dry_run(
 
     let (state, result) = run_op(&controller, "deb", "package.install", &[("packages", "hello")], true).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     assert_eq!(out.plan, [format!("apt-get -y {CONFOLD} install -- hello")]);
     assert_eq!(out.records.len(), 1);
     assert_eq!(field(&out.records[0], "action"), "install");
@@ -216,7 +150,7 @@ async fn apt_upgrades_and_installs_run_the_exact_argv_after_a_simulated_dry_run(
     let (state, result) =
         run_op(&controller, "deb", "package.install", &[("packages", "hello")], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     assert_eq!(out.summary, "install: 1 package(s) changed");
     assert_eq!(field(&out.records[0], "name"), "hello");
     assert_eq!(
@@ -225,7 +159,7 @@ async fn apt_upgrades_and_installs_run_the_exact_argv_after_a_simulated_dry_run(
     );
 
     let (_, result) = run_op(&controller, "deb", "package.upgrade", &[], true).await;
-    let out = output(&result);
+    let out = op_output(&result);
     assert_eq!(out.plan, [format!("apt-get -y {CONFOLD} upgrade")]);
     assert_eq!(
         (
@@ -237,10 +171,10 @@ async fn apt_upgrades_and_installs_run_the_exact_argv_after_a_simulated_dry_run(
     );
     let (state, result) = run_op(&controller, "deb", "package.upgrade", &[("packages", "bash")], true).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    assert_eq!(output(&result).plan, [format!("apt-get -y {CONFOLD} install --only-upgrade -- bash")]);
+    assert_eq!(op_output(&result).plan, [format!("apt-get -y {CONFOLD} install --only-upgrade -- bash")]);
     let (state, result) = run_op(&controller, "deb", "package.upgrade", &[], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    assert_eq!(output(&result).records.len(), 1);
+    assert_eq!(op_output(&result).records.len(), 1);
 
     // apt's own refusal comes back as the failure.
     let (state, result) =
@@ -270,7 +204,7 @@ async fn dnf_is_used_where_apt_is_missing_and_neither_is_not_available() {
 
     let (state, result) = run_op(&controller, "rpm", "package.updates", &[], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     let names: Vec<String> = out.records.iter().map(|r| field(r, "name")).collect();
     assert_eq!(names, ["curl.x86_64", "kernel-core.x86_64"]);
     assert_eq!(field(&out.records[0], "source"), "updates");
@@ -278,11 +212,11 @@ async fn dnf_is_used_where_apt_is_missing_and_neither_is_not_available() {
     // dnf has no simulation here: the dry run runs nothing and says what would run.
     let (state, result) = run_op(&controller, "rpm", "package.upgrade", &[("packages", "curl")], true).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    assert_eq!(output(&result).plan, ["dnf -y upgrade -- curl"]);
+    assert_eq!(op_output(&result).plan, ["dnf -y upgrade -- curl"]);
     assert_eq!(calls(dir.path()).await, ["dnf check-update --quiet"]);
     let (state, result) = run_op(&controller, "rpm", "package.upgrade", &[("packages", "curl")], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    assert_eq!(field(&output(&result).records[0], "name"), "curl-8.6.0-10.fc40.x86_64");
+    assert_eq!(field(&op_output(&result).records[0], "name"), "curl-8.6.0-10.fc40.x86_64");
     assert_eq!(calls(dir.path()).await.last().map(String::as_str), Some("dnf -y upgrade -- curl"));
 
     let (state, result) = run_op(&controller, "bare", "package.updates", &[], false).await;
@@ -407,7 +341,7 @@ async fn security_checks_judge_a_fixture_root_and_run_on_the_real_one() {
 
     let (state, result) = run_op(&controller, "fixture", "security.checks", &[], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     assert_eq!(out.columns, ["check", "status", "detail"]);
     let s = statuses(&out);
     assert_eq!(s["ssh_root_login"].0, "fail", "the included file's first value wins: {s:?}");
@@ -421,7 +355,7 @@ async fn security_checks_judge_a_fixture_root_and_run_on_the_real_one() {
 
     let (state, result) = run_op(&controller, "real", "security.checks", &[], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let s = statuses(&output(&result));
+    let s = statuses(&op_output(&result));
     let names: Vec<&str> = s.keys().map(String::as_str).collect();
     let mut expected = CHECKS.to_vec();
     expected.sort_unstable();
@@ -473,7 +407,7 @@ async fn the_secrets_scan_finds_each_kind_redacts_it_and_stays_inside_the_policy
         run_op(&controller, "scan", "security.secrets", &[("path", &base.display().to_string())], false)
             .await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     assert_eq!(out.columns, ["file", "line", "kind", "excerpt"]);
     let rows: Vec<(String, String, String, String)> = out
         .records
@@ -568,7 +502,7 @@ async fn vulnerability_scans_use_trivy_or_grype_and_neither_is_not_available() {
     let (state, result) =
         run_op(&controller, "t", "security.vulnscan", &[("path", &path), ("limit", "2")], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     let ids: Vec<String> = out.records.iter().map(|r| field(r, "id")).collect();
     assert_eq!(ids, ["CVE-2022-40897", "CVE-2019-10906"], "worst first, limited");
     assert_eq!(field(&out.records[0], "fixed"), "65.5.1");
@@ -580,7 +514,7 @@ async fn vulnerability_scans_use_trivy_or_grype_and_neither_is_not_available() {
     let (state, result) =
         run_op(&controller, "g", "security.vulnscan", &[("image", "nginx:1.27")], false).await;
     assert_eq!(state, v1::TargetState::Succeeded, "{}", result.error);
-    let out = output(&result);
+    let out = op_output(&result);
     assert_eq!(out.plan, ["grype -o json -- nginx:1.27"]);
     assert_eq!(
         (field(&out.records[0], "package"), field(&out.records[0], "severity")),

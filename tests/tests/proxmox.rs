@@ -16,9 +16,7 @@ async fn script(dir: &Path, name: &str, cases: &str) -> PathBuf {
         "#!/bin/sh\necho \"{name} $*\" >> '{log}'\ncase \"$*\" in\n{cases}\n  *) echo \"unexpected argv: $*\" >&2; exit 64 ;;\nesac\n",
         log = log.display()
     );
-    tokio::fs::write(&path, body).await.expect("script");
-    let chmod = tokio::process::Command::new("chmod").arg("755").arg(&path).status().await.expect("chmod");
-    assert!(chmod.success());
+    stand_in(&path, &body).await;
     path
 }
 
@@ -41,43 +39,13 @@ async fn fake_proxmox(dir: &Path) -> OpsConfig {
     OpsConfig { pct, qm, ..OpsConfig::default() }
 }
 
-async fn calls(dir: &Path) -> Vec<String> {
-    tokio::fs::read_to_string(dir.join("calls.log"))
-        .await
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 async fn op(
     controller: &TestController,
     name: &str,
     params: &[(&str, &str)],
     dry_run: bool,
 ) -> v1::CommandResult {
-    let request = v1::RunJobRequest {
-        selector: Some(v1::HostSelector { hosts: vec!["pve".into()], ..Default::default() }),
-        action: Some(v1::JobAction {
-            kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
-                name: name.into(),
-                params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-                dry_run,
-            })),
-        }),
-        timeout_ms: 20_000,
-        ..Default::default()
-    };
-    let events =
-        collect_events(controller.fleet().await.run_job(request).await.expect("accepted").into_inner()).await;
-    finished_by_host(&events).remove("pve").expect("result").result.unwrap_or_default()
-}
-
-fn output(result: &v1::CommandResult) -> v1::OperationOutput {
-    match result.output.as_ref().and_then(|o| o.kind.clone()) {
-        Some(v1::action_output::Kind::Operation(out)) => out,
-        _ => panic!("no output: {}", result.error),
-    }
+    run_op(controller, "pve", name, params, dry_run).await.1
 }
 
 #[tokio::test]
@@ -87,7 +55,7 @@ async fn guests_are_listed_started_and_rolled_back_only_to_snapshots_that_exist(
     let controller = TestController::start().await;
     let _agent = controller.agent_with("pve", &[], None, ops).await;
 
-    let list = output(&op(&controller, "proxmox.list", &[], false).await);
+    let list = op_output(&op(&controller, "proxmox.list", &[], false).await);
     assert_eq!(list.records.len(), 3, "{list:?}");
     assert_eq!(list.summary, "3 guest(s)");
 
@@ -99,7 +67,7 @@ async fn guests_are_listed_started_and_rolled_back_only_to_snapshots_that_exist(
     assert_eq!(shutdown.exit_code, Some(0), "{}", shutdown.error);
     assert!(calls(dir.path()).await.contains(&"qm shutdown 200".to_owned()), "VMs go through qm");
 
-    let dry = output(
+    let dry = op_output(
         &op(&controller, "proxmox.rollback", &[("vmid", "100"), ("snapshot", "before-upgrade")], true).await,
     );
     assert_eq!(dry.plan, vec!["pct rollback 100 before-upgrade"]);

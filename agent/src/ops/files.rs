@@ -210,7 +210,7 @@ async fn stat(path: &Path) -> Result<v1::OperationOutput, OpError> {
     Ok(table.finish())
 }
 
-async fn open_file(path: &Path) -> Result<tokio::fs::File, OpError> {
+pub(crate) async fn open_file(path: &Path) -> Result<tokio::fs::File, OpError> {
     let meta =
         tokio::fs::metadata(path).await.map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
     if !meta.is_file() {
@@ -239,10 +239,26 @@ async fn read(path: &Path, offset: u64, length: u64) -> Result<v1::OperationOutp
     Ok(table.finish())
 }
 
-async fn tail(path: &Path, lines: usize) -> Result<v1::OperationOutput, OpError> {
+/// The last `lines` lines of a regular file, as `file.tail` and `log.file` show them.
+pub(crate) async fn tail(path: &Path, lines: usize) -> Result<v1::OperationOutput, OpError> {
     let mut file = open_file(path).await?;
     let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    // Read backwards in chunks until enough newlines (or the cap) are in hand.
+    let shown = last_lines(&mut file, size, lines).await?;
+    let mut table = Table::new(&["line"]);
+    for line in &shown {
+        table.row([Cell::from(line.as_str())]);
+    }
+    table.summary(format!("last {} line(s) of {}", shown.len(), path.display()));
+    Ok(table.finish())
+}
+
+/// The last `lines` complete lines of `file` (whose size is `size`), reading backwards in
+/// chunks until enough newlines (or the cap) are in hand.
+pub(crate) async fn last_lines(
+    file: &mut tokio::fs::File,
+    size: u64,
+    lines: usize,
+) -> Result<Vec<String>, OpError> {
     let mut start = size;
     let mut data: Vec<u8> = Vec::new();
     while start > 0 && size - start < MAX_TAIL_BYTES && data.iter().filter(|b| **b == b'\n').count() <= lines
@@ -259,13 +275,7 @@ async fn tail(path: &Path, lines: usize) -> Result<v1::OperationOutput, OpError>
     let all: Vec<&str> = text.lines().collect();
     // The first line may be partial when the file was not read from its start.
     let complete = if start > 0 { &all[1.min(all.len())..] } else { &all[..] };
-    let shown = &complete[complete.len().saturating_sub(lines)..];
-    let mut table = Table::new(&["line"]);
-    for line in shown {
-        table.row([Cell::from(*line)]);
-    }
-    table.summary(format!("last {} line(s) of {}", shown.len(), path.display()));
-    Ok(table.finish())
+    Ok(complete[complete.len().saturating_sub(lines)..].iter().map(|l| (*l).to_owned()).collect())
 }
 
 async fn search(

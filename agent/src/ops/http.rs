@@ -20,9 +20,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tailops_ops::{ParamKind, Validated};
 use tailops_proto::v1;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -207,7 +205,7 @@ fn reporting_config() -> Result<Arc<rustls::ClientConfig>, OpError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| OpError::Failed(format!("TLS set-up: {e}")))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptToReport { provider }))
+        .with_custom_certificate_verifier(Arc::new(tailops_pki::pin::AcceptAnyChain::new(provider)))
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
@@ -413,57 +411,6 @@ pub async fn http(op: &Validated, timeout: Duration) -> Result<v1::OperationOutp
         }
     ));
     Ok(table.finish())
-}
-
-/// Accepts any certificate chain but checks the handshake signatures, for reporting only.
-#[derive(Debug)]
-struct AcceptToReport {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptToReport {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// What a handshake established.

@@ -14,6 +14,7 @@ use tailops_proto::v1;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio::time::Instant;
 
+use super::files::{last_lines, open_file, tail};
 use super::output::{Cell, Table};
 use super::{FilePolicy, LiveOutput, OpError, OpsConfig, tool};
 
@@ -21,9 +22,7 @@ use super::{FilePolicy, LiveOutput, OpError, OpsConfig, tool};
 const POLL: Duration = Duration::from_millis(250);
 /// A followed file is read in pieces of at most this much.
 const READ_CHUNK: u64 = 1024 * 1024;
-const TAIL_CHUNK: u64 = 64 * 1024;
 /// The non-following tail reads at most this much from the end of a file.
-const MAX_TAIL_BYTES: u64 = 8 * 1024 * 1024;
 /// A line longer than this is cut (a binary file has no newlines).
 const MAX_LINE: usize = 64 * 1024;
 
@@ -42,7 +41,7 @@ pub async fn run(
                 follow_file(&config.files, path, lines, follow_budget(timeout), live).await
             } else {
                 let canonical = config.files.check(path).await?;
-                tail_file(&canonical, lines).await
+                tail(&canonical, lines).await
             }
         }
         other => Err(OpError::NotAvailable(format!("{other} is not implemented by this agent"))),
@@ -254,48 +253,6 @@ async fn follow_journal(
     Ok(table.finish())
 }
 
-async fn open_regular(path: &Path) -> Result<tokio::fs::File, OpError> {
-    let meta =
-        tokio::fs::metadata(path).await.map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
-    if !meta.is_file() {
-        return Err(OpError::Failed(format!("{} is not a regular file", path.display())));
-    }
-    tokio::fs::File::open(path).await.map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))
-}
-
-/// The last `lines` complete lines of `file` (whose size is `size`), reading backwards.
-async fn last_lines(file: &mut tokio::fs::File, size: u64, lines: usize) -> Result<Vec<String>, OpError> {
-    let mut start = size;
-    let mut data: Vec<u8> = Vec::new();
-    while start > 0 && size - start < MAX_TAIL_BYTES && data.iter().filter(|b| **b == b'\n').count() <= lines
-    {
-        let chunk = TAIL_CHUNK.min(start);
-        start -= chunk;
-        file.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| OpError::Failed(e.to_string()))?;
-        let mut buf = vec![0; usize::try_from(chunk).unwrap_or(0)];
-        file.read_exact(&mut buf).await.map_err(|e| OpError::Failed(e.to_string()))?;
-        buf.extend_from_slice(&data);
-        data = buf;
-    }
-    let text = String::from_utf8_lossy(&data);
-    let all: Vec<&str> = text.lines().collect();
-    // The first line may be partial when the file was not read from its start.
-    let complete = if start > 0 { &all[1.min(all.len())..] } else { &all[..] };
-    Ok(complete[complete.len().saturating_sub(lines)..].iter().map(|l| (*l).to_owned()).collect())
-}
-
-async fn tail_file(path: &Path, lines: usize) -> Result<v1::OperationOutput, OpError> {
-    let mut file = open_regular(path).await?;
-    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let shown = last_lines(&mut file, size, lines).await?;
-    let mut table = Table::new(&["line"]);
-    for line in &shown {
-        table.row([Cell::from(line.as_str())]);
-    }
-    table.summary(format!("last {} line(s) of {}", shown.len(), path.display()));
-    Ok(table.finish())
-}
-
 /// Streams the last `lines` lines of the file at `requested`, then every line appended to it,
 /// looking every [`POLL`]. A file that shrinks (truncated) is read again from its start; one
 /// replaced by another (rotated: a new inode at the path) is finished and the new one read from
@@ -309,7 +266,7 @@ async fn follow_file(
 ) -> Result<v1::OperationOutput, OpError> {
     let deadline = Instant::now() + budget;
     let path = policy.check(requested).await?;
-    let mut file = open_regular(&path).await?;
+    let mut file = open_file(&path).await?;
     let meta = file.metadata().await.map_err(|e| OpError::Failed(e.to_string()))?;
     let (mut inode, mut offset) = (meta.ino(), meta.len());
     let mut streamed = 0u64;
@@ -335,7 +292,7 @@ async fn follow_file(
                 break;
             }
             policy.check(requested).await?;
-            file = open_regular(&path).await?;
+            file = open_file(&path).await?;
             (inode, offset) = (now.ino(), 0);
             partial.clear();
             reopened += 1;
@@ -476,7 +433,7 @@ mod tests {
         let path = dir.path().join("app.log");
         let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
         tokio::fs::write(&path, &text).await.expect("write");
-        let mut file = open_regular(&path).await.expect("open");
+        let mut file = open_file(&path).await.expect("open");
         let lines = last_lines(&mut file, text.len() as u64, 3).await.expect("tail");
         assert_eq!(lines, vec!["line 19997", "line 19998", "line 19999"]);
     }
