@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tailops_agent::monitor::MonitorOptions;
 use tailops_agent::mounts::MountFilter;
+use tailops_agent::ops::OpsConfig;
 use tailops_agent::{EnrollOptions, LinkOptions};
 use tailops_pki::Fingerprint;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,8 @@ enum Command {
         state_dir: PathBuf,
         #[command(flatten)]
         monitoring: MonitoringArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
     },
 }
 
@@ -94,6 +97,54 @@ impl MonitoringArgs {
             exclude_mount_prefixes: self.exclude_mounts,
         };
         Some(options)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct OpsArgs {
+    /// Directory file operations may read under (repeatable; replaces the defaults /var/log,
+    /// /etc, /srv, /opt, /home, /var/lib/docker/volumes).
+    #[arg(long = "files-base", value_name = "DIR")]
+    files_base: Vec<PathBuf>,
+    /// Path file operations may never read, on top of the built-in deny list (repeatable).
+    #[arg(long = "files-deny", value_name = "PATH")]
+    files_deny: Vec<PathBuf>,
+    /// Where a tool lives, NAME=PATH (repeatable), e.g. docker=/usr/local/bin/podman.
+    #[arg(long = "tool", value_name = "NAME=PATH", value_parser = parse_tool)]
+    tools: Vec<(String, PathBuf)>,
+}
+
+impl OpsArgs {
+    async fn config(self) -> anyhow::Result<OpsConfig> {
+        let mut config = OpsConfig::default();
+        if !self.files_base.is_empty() {
+            // The policy compares canonical paths, so the bases are canonical too.
+            let mut bases = Vec::with_capacity(self.files_base.len());
+            for dir in &self.files_base {
+                let canonical = tokio::fs::canonicalize(dir)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--files-base {}: {e}", dir.display()))?;
+                bases.push(canonical);
+            }
+            config.files.base_dirs = bases;
+        }
+        config.files.deny = self.files_deny;
+        for (name, path) in self.tools {
+            config.set_tool(&name, path).map_err(anyhow::Error::msg)?;
+        }
+        Ok(config)
+    }
+}
+
+fn parse_tool(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            if !OpsConfig::TOOLS.contains(&name) {
+                return Err(format!("unknown tool {name:?}; known: {}", OpsConfig::TOOLS.join(", ")));
+            }
+            Ok((name.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!("expected NAME=PATH, got {s:?}")),
     }
 }
 
@@ -142,7 +193,8 @@ async fn main() -> anyhow::Result<()> {
             println!("Start the agent with: tailops-agent run --state-dir {}", state.dir.display());
             Ok(())
         }
-        Command::Run { state_dir, monitoring } => {
+        Command::Run { state_dir, monitoring, ops } => {
+            let ops = ops.config().await?;
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -155,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
             });
             let mut options = LinkOptions::new(state_dir);
             options.monitor = monitoring.options();
+            options.ops = std::sync::Arc::new(ops);
             tailops_agent::run(options, shutdown).await?;
             Ok(())
         }

@@ -97,6 +97,57 @@ impl Default for OpsConfig {
     }
 }
 
+impl OpsConfig {
+    /// Points the tool called `name` (`systemctl`, `docker`, `apt-get`...) at `path`.
+    pub fn set_tool(&mut self, name: &str, path: PathBuf) -> Result<(), String> {
+        let slot = match name {
+            "systemctl" => &mut self.systemctl,
+            "docker" => &mut self.docker,
+            "docker-socket" => &mut self.docker_socket,
+            "pct" => &mut self.pct,
+            "qm" => &mut self.qm,
+            "ping" => &mut self.ping,
+            "dig" => &mut self.dig,
+            "journalctl" => &mut self.journalctl,
+            "traceroute" => &mut self.traceroute,
+            "tracepath" => &mut self.tracepath,
+            "apt" => &mut self.apt,
+            "apt-get" => &mut self.apt_get,
+            "dnf" => &mut self.dnf,
+            "ufw" => &mut self.ufw,
+            "nft" => &mut self.nft,
+            "iptables" => &mut self.iptables,
+            "trivy" => &mut self.trivy,
+            "grype" => &mut self.grype,
+            other => return Err(format!("unknown tool {other:?}; known: {}", Self::TOOLS.join(", "))),
+        };
+        *slot = path;
+        Ok(())
+    }
+
+    /// The names `set_tool` accepts.
+    pub const TOOLS: &[&str] = &[
+        "systemctl",
+        "docker",
+        "docker-socket",
+        "pct",
+        "qm",
+        "ping",
+        "dig",
+        "journalctl",
+        "traceroute",
+        "tracepath",
+        "apt",
+        "apt-get",
+        "dnf",
+        "ufw",
+        "nft",
+        "iptables",
+        "trivy",
+        "grype",
+    ];
+}
+
 /// The fact listing the operation families this host can run (`service,container,file,...`).
 pub const FAMILIES_FACT: &str = "ops.families";
 
@@ -189,6 +240,19 @@ pub fn command_result(outcome: Result<v1::OperationOutput, OpError>) -> v1::Comm
 
 #[cfg(test)]
 mod tests {
+    use super::OpsConfig;
+
+    #[test]
+    fn every_named_tool_can_be_pointed_elsewhere() {
+        let mut config = OpsConfig::default();
+        for name in OpsConfig::TOOLS {
+            config.set_tool(name, format!("/opt/bin/{name}").into()).expect("known tool");
+        }
+        assert_eq!(config.apt_get, std::path::PathBuf::from("/opt/bin/apt-get"));
+        assert_eq!(config.docker_socket, std::path::PathBuf::from("/opt/bin/docker-socket"));
+        assert!(config.set_tool("kubectl", "/x".into()).unwrap_err().contains("known: systemctl"));
+    }
+
     #[test]
     fn every_catalog_family_has_a_handler() {
         let implemented =
