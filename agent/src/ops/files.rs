@@ -34,7 +34,17 @@ impl Default for FilePolicy {
 }
 
 /// Never readable, whatever the base directories say.
-const DENIED_PATHS: &[&str] = &["/etc/shadow", "/etc/gshadow", "/root", "/etc/ssh", "/etc/tailops"];
+const DENIED_PATHS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/root",
+    "/etc/ssh",
+    "/etc/tailops",
+    // WireGuard configurations hold private keys; TLS private keys live here too.
+    "/etc/wireguard",
+    "/etc/ssl/private",
+    "/var/lib/tailops-agent",
+];
 /// File names (or name prefixes, ending in `*`) denied anywhere.
 const DENIED_NAMES: &[&str] = &[
     "shadow",
@@ -391,6 +401,7 @@ mod tests {
         assert!(denied(Path::new("/srv/tls/server.KEY"), &[]).is_some());
         assert!(denied(Path::new("/home/al/.aws/credentials"), &[]).is_some());
         assert!(denied(Path::new("/var/log/syslog"), &[]).is_none());
+        assert!(denied(Path::new("/etc/wireguard/wg0.conf"), &[]).is_some());
     }
 
     #[tokio::test]
