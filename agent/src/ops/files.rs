@@ -151,6 +151,11 @@ pub async fn run(op: &Validated, policy: &FilePolicy) -> Result<v1::OperationOut
     }
 }
 
+/// A file time (seconds since the epoch) as RFC 3339, for people and programs alike.
+fn when(secs: i64) -> String {
+    tailops_proto::time::format_ms(secs.saturating_mul(1000))
+}
+
 fn kind(meta: &std::fs::Metadata) -> &'static str {
     let t = meta.file_type();
     if t.is_dir() {
@@ -191,7 +196,7 @@ async fn list(policy: &FilePolicy, dir: &Path, hidden: bool) -> Result<v1::Opera
             Cell::from(*kind),
             Cell::from(*size),
             Cell::from(format!("{mode:04o}")),
-            Cell::from(*mtime),
+            Cell::from(when(*mtime)),
             Cell::from(*denied),
         ]);
     }
@@ -212,9 +217,9 @@ async fn stat(path: &Path) -> Result<v1::OperationOutput, OpError> {
         Cell::from(format!("{:04o}", meta.permissions().mode() & 0o7777)),
         Cell::from(meta.uid()),
         Cell::from(meta.gid()),
-        Cell::from(meta.mtime()),
-        Cell::from(meta.atime()),
-        Cell::from(meta.ctime()),
+        Cell::from(when(meta.mtime())),
+        Cell::from(when(meta.atime())),
+        Cell::from(when(meta.ctime())),
     ]);
     table.summary(format!("{} {}, {} bytes", kind(&meta), path.display(), meta.len()));
     Ok(table.finish())
@@ -325,7 +330,7 @@ async fn search(
     found.sort();
     let mut table = Table::new(&["path", "type", "size", "modified"]);
     for (path, kind, size, mtime) in &found {
-        table.row([Cell::from(path.clone()), Cell::from(*kind), Cell::from(*size), Cell::from(*mtime)]);
+        table.row([Cell::from(path.clone()), Cell::from(*kind), Cell::from(*size), Cell::from(when(*mtime))]);
     }
     let more = if truncated { format!(" (stopped at {limit})") } else { String::new() };
     table.summary(format!("{} match(es) for {pattern} under {}{more}", found.len(), root.display()));
