@@ -322,6 +322,20 @@ mod tests {
         assert_eq!(same.expect("apply").changed, 0);
         let next = store.apply_facts("h1", &full(&[("kernel", "6.8"), ("net.eth1.mtu", "1500")]), 3).await;
         assert_eq!(next.expect("apply").recorded, 3);
+        // A volatile fact is kept current without filling the history.
+        let peers = v1::FactsUpdate {
+            full: false,
+            set: [("tailscale.online_peers".to_owned(), "7".to_owned())].into(),
+            removed: vec![],
+        };
+        let applied = store.apply_facts("h1", &peers, 3).await.expect("apply");
+        assert_eq!((applied.changed, applied.recorded), (1, 0));
+        let peers = v1::FactsUpdate {
+            full: false,
+            set: Default::default(),
+            removed: vec!["tailscale.online_peers".into()],
+        };
+        store.apply_facts("h1", &peers, 3).await.expect("apply");
         let diff =
             v1::FactsUpdate { full: false, set: Default::default(), removed: vec!["net.eth1.mtu".into()] };
         assert_eq!(store.apply_facts("h1", &diff, 4).await.expect("apply").recorded, 1);

@@ -36,6 +36,10 @@ macro_rules! rollup_sql {
     };
 }
 
+/// Facts that change in the normal course of things (a count of peers that are online right
+/// now): kept current, but not recorded as inventory changes, which would drown the real ones.
+pub const VOLATILE_FACTS: &[&str] = &["tailscale.online_peers"];
+
 /// A metrics table: raw samples or one of the rollups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricTable {
@@ -350,7 +354,7 @@ impl Store {
         }
         let mut recorded = 0;
         if !baseline {
-            for (key, old, new) in &changes {
+            for (key, old, new) in changes.iter().filter(|(key, ..)| !VOLATILE_FACTS.contains(key)) {
                 sqlx::query(
                     "INSERT INTO fact_changes (at, host_id, key, old_value, new_value) VALUES (?, ?, ?, ?, ?)",
                 )
