@@ -9,6 +9,44 @@ pub mod v1 {
     tonic::include_proto!("tailops.v1");
 }
 
+/// `part` as a percentage of `whole` (0 when `whole` is 0).
+#[allow(clippy::cast_precision_loss)]
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
+}
+
+impl v1::DiskUsage {
+    pub fn used_percent(&self) -> f64 {
+        percent(self.used_bytes, self.total_bytes)
+    }
+}
+
+/// Figures derived from a sample, computed the same way by the controller (health, rollups,
+/// Prometheus) and the CLI.
+impl v1::MetricSample {
+    pub fn memory_percent(&self) -> f64 {
+        percent(self.mem_used_bytes, self.mem_total_bytes)
+    }
+
+    pub fn swap_percent(&self) -> f64 {
+        percent(self.swap_used_bytes, self.swap_total_bytes)
+    }
+
+    /// The fullest mount and its used percentage.
+    pub fn fullest_disk(&self) -> Option<(&str, f64)> {
+        self.disks
+            .iter()
+            .filter(|d| d.total_bytes > 0)
+            .map(|d| (d.mount.as_str(), d.used_percent()))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// The fullest mount's used percentage (0 without disks).
+    pub fn fullest_disk_percent(&self) -> f64 {
+        self.fullest_disk().map_or(0.0, |(_, p)| p)
+    }
+}
+
 impl v1::Resolution {
     /// How people write it: `auto`, `raw`, `1m`, `1h`.
     pub fn short_name(self) -> &'static str {

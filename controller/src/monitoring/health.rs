@@ -4,7 +4,6 @@
 use tailops_proto::time::format_ms;
 use tailops_proto::v1;
 
-use super::{fullest_disk_percent, percent};
 use crate::config::HealthThresholds;
 
 /// Everything the score is computed from.
@@ -63,16 +62,11 @@ pub fn assess(input: &HealthInput<'_>, limits: &HealthThresholds) -> v1::Health 
         }
     };
     check(sample.cpu_percent, limits.cpu_warn, limits.cpu_crit, "CPU");
-    check(
-        percent(sample.mem_used_bytes, sample.mem_total_bytes),
-        limits.memory_warn,
-        limits.memory_crit,
-        "memory",
-    );
-    if let Some(disk) = fullest_disk(sample) {
+    check(sample.memory_percent(), limits.memory_warn, limits.memory_crit, "memory");
+    if let Some(disk) = sample.fullest_disk() {
         check(disk.1, limits.disk_warn, limits.disk_crit, &format!("disk {}", disk.0));
     }
-    let swap = percent(sample.swap_used_bytes, sample.swap_total_bytes);
+    let swap = sample.swap_percent();
     if swap >= limits.swap_warn {
         penalty += 10;
         reasons.push(format!("swap at {swap:.0}% (warning from {:.0}%)", limits.swap_warn));
@@ -114,16 +108,6 @@ fn unknown(reasons: Vec<String>, stale: bool) -> v1::Health {
 
 fn is_stale(sample: &v1::MetricSample, input: &HealthInput<'_>) -> bool {
     input.now_ms - sample.at_ms > input.stale_after_ms
-}
-
-/// The fullest mount and its used percentage.
-fn fullest_disk(sample: &v1::MetricSample) -> Option<(&str, f64)> {
-    let fullest = fullest_disk_percent(sample);
-    sample
-        .disks
-        .iter()
-        .find(|d| d.total_bytes > 0 && percent(d.used_bytes, d.total_bytes) >= fullest)
-        .map(|d| (d.mount.as_str(), fullest))
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 use tailops_proto::v1;
 
 use super::{Store, StoreError, decode};
-use crate::monitoring::fullest_disk_percent;
 
 /// Rows per multi-row INSERT: 16 columns × 512 rows stays far below SQLite's 32,766 bound
 /// parameters, and one statement text per chunk size keeps the prepared-statement cache warm.
@@ -126,7 +125,7 @@ impl Store {
                     .push_bind(sql_int(s.mem_available_bytes))
                     .push_bind(sql_int(s.swap_total_bytes))
                     .push_bind(sql_int(s.swap_used_bytes))
-                    .push_bind(fullest_disk_percent(s))
+                    .push_bind(s.fullest_disk_percent())
                     .push_bind(s.net_rx_bytes_per_sec)
                     .push_bind(s.net_tx_bytes_per_sec)
                     .push_bind(sql_int(s.uptime_secs))

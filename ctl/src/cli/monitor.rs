@@ -133,19 +133,6 @@ fn ago_ms(d: Duration) -> i64 {
 
 // ----- formatting ---------------------------------------------------------------------------
 
-#[allow(clippy::cast_precision_loss)]
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
-}
-
-fn fullest_disk(s: &v1::MetricSample) -> Option<(&str, f64)> {
-    s.disks
-        .iter()
-        .filter(|d| d.total_bytes > 0)
-        .map(|d| (d.mount.as_str(), percent(d.used_bytes, d.total_bytes)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-}
-
 /// 1536 → "1.5 KiB".
 #[allow(clippy::cast_precision_loss)]
 pub fn bytes(n: f64) -> String {
@@ -234,8 +221,8 @@ fn vitals_cells(s: Option<&v1::MetricSample>) -> [String; 4] {
     match s {
         Some(s) => [
             format!("{:.0}%", s.cpu_percent),
-            format!("{:.0}%", percent(s.mem_used_bytes, s.mem_total_bytes)),
-            fullest_disk(s).map_or_else(|| "-".into(), |(_, p)| format!("{p:.0}%")),
+            format!("{:.0}%", s.memory_percent()),
+            s.fullest_disk().map_or_else(|| "-".into(), |(_, p)| format!("{p:.0}%")),
             format!("{:.2}", s.load1),
         ],
         None => ["-".into(), "-".into(), "-".into(), "-".into()],
@@ -339,7 +326,7 @@ pub async fn hosts_show(channel: Channel, host: String, output: Output) -> anyho
             "  memory:  {} of {} used ({:.0}%), {} available; swap {} of {}",
             b(s.mem_used_bytes),
             b(s.mem_total_bytes),
-            percent(s.mem_used_bytes, s.mem_total_bytes),
+            s.memory_percent(),
             b(s.mem_available_bytes),
             b(s.swap_used_bytes),
             b(s.swap_total_bytes)
@@ -358,7 +345,7 @@ pub async fn hosts_show(channel: Channel, host: String, output: Output) -> anyho
                     d.filesystem.clone(),
                     b(d.used_bytes),
                     b(d.total_bytes),
-                    format!("{:.0}%", percent(d.used_bytes, d.total_bytes)),
+                    format!("{:.0}%", d.used_percent()),
                 ]);
             }
             println!("{t}");
@@ -596,8 +583,8 @@ fn sort_hosts(hosts: &mut [v1::Host], sort: TopSort) {
         let Some(s) = h.latest.as_ref().filter(|_| h.online) else { return -1.0 };
         match sort {
             TopSort::Cpu => s.cpu_percent,
-            TopSort::Mem => percent(s.mem_used_bytes, s.mem_total_bytes),
-            TopSort::Disk => fullest_disk(s).map_or(0.0, |d| d.1),
+            TopSort::Mem => s.memory_percent(),
+            TopSort::Disk => s.fullest_disk().map_or(0.0, |d| d.1),
             TopSort::Load => s.load1,
             // Worst first.
             TopSort::Health => 100.0 - f64::from(h.health.as_ref().map_or(0, |x| x.score)),
