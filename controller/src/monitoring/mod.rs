@@ -155,15 +155,6 @@ impl Monitoring {
         (view.latest, health)
     }
 
-    /// Fills `latest` and `health` of listed hosts.
-    pub fn annotate(&self, hosts: &mut [v1::Host], now_ms: i64) {
-        for host in hosts {
-            let (latest, health) = self.vitals(host, now_ms);
-            host.latest = latest;
-            host.health = Some(health);
-        }
-    }
-
     /// Drops what is kept in memory about a forgotten host.
     pub fn forget(&self, host_id: &str) {
         self.hosts.write().unwrap_or_else(|p| p.into_inner()).remove(host_id);
@@ -176,22 +167,6 @@ impl Monitoring {
     fn update(&self, host_id: &str, f: impl FnOnce(&mut HostView)) {
         f(self.hosts.write().unwrap_or_else(|p| p.into_inner()).entry(host_id.to_owned()).or_default());
     }
-}
-
-/// `part` as a percentage of `whole` (0 when `whole` is 0).
-#[allow(clippy::cast_precision_loss)]
-pub fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 }
-}
-
-/// The fullest mount's used percentage.
-pub fn fullest_disk_percent(sample: &v1::MetricSample) -> f64 {
-    sample
-        .disks
-        .iter()
-        .filter(|d| d.total_bytes > 0)
-        .map(|d| percent(d.used_bytes, d.total_bytes))
-        .fold(0.0, f64::max)
 }
 
 /// Units whose active state is `failed`, from `unit.<name>` = `load/active/sub` facts.

@@ -26,26 +26,51 @@ pub fn internal(e: impl std::fmt::Display) -> Status {
 
 /// The hosts `principal` may see, with live online state, newest sample and health.
 pub async fn visible_hosts(state: &AppState, principal: &Principal) -> Result<Vec<v1::Host>, Status> {
-    let mut hosts = live_hosts(state).await.map_err(internal)?;
+    let mut hosts = state.store.list_hosts().await.map_err(internal)?;
     hosts.retain(|h| principal.covers(h));
+    let now = now_ms();
+    for host in &mut hosts {
+        make_live(state, host, now);
+    }
     Ok(hosts)
 }
 
-/// Every host, with live online state, newest sample and health.
+/// One host by name or id, if `principal` may see it, made live like [`visible_hosts`].
+pub async fn visible_host(
+    state: &AppState,
+    principal: &Principal,
+    name_or_id: &str,
+) -> Result<Option<v1::Host>, Status> {
+    let host = state.store.find_host(name_or_id).await.map_err(internal)?;
+    Ok(host.filter(|h| principal.covers(h)).map(|mut h| {
+        make_live(state, &mut h, now_ms());
+        h
+    }))
+}
+
+/// Every host, made live like [`visible_hosts`].
 pub async fn live_hosts(state: &AppState) -> Result<Vec<v1::Host>, StoreError> {
     let mut hosts = state.store.list_hosts().await?;
-    // The live registry is the truth for online state; the database may lag a sweep behind.
+    let now = now_ms();
     for host in &mut hosts {
-        match state.agents.get(&host.id) {
-            Some(conn) => {
-                host.online = true;
-                host.last_seen_ms = host.last_seen_ms.max(conn.last_seen_ms());
-            }
-            None => host.online = false,
-        }
+        make_live(state, host, now);
     }
-    state.monitoring.annotate(&mut hosts, now_ms());
     Ok(hosts)
+}
+
+/// A stored host as it is now: the live registry is the truth for online state (the database
+/// may lag a sweep behind), and the monitoring view adds the newest sample and health.
+fn make_live(state: &AppState, host: &mut v1::Host, now: i64) {
+    match state.agents.get(&host.id) {
+        Some(conn) => {
+            host.online = true;
+            host.last_seen_ms = host.last_seen_ms.max(conn.last_seen_ms());
+        }
+        None => host.online = false,
+    }
+    let (latest, health) = state.monitoring.vitals(host, now);
+    host.latest = latest;
+    host.health = Some(health);
 }
 
 /// Host names and label keys: what fits in a DNS label, plus `_` and `.`.

@@ -7,8 +7,7 @@ use tailops_proto::v1::{self, monitoring_server::Monitoring as MonitoringApi};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Principal;
-use crate::monitoring::{fullest_disk_percent, percent};
-use crate::services::{internal, visible_hosts};
+use crate::services::{internal, visible_host, visible_hosts};
 use crate::store::{ChangeFilter, MetricTable};
 use crate::{AppState, now_ms};
 
@@ -39,8 +38,7 @@ impl MonitoringService {
         if name_or_id.is_empty() {
             return Err(Status::invalid_argument("name a host (its name or id)"));
         }
-        let hosts = visible_hosts(&self.state, principal).await?;
-        hosts.into_iter().find(|h| h.name == name_or_id || h.id == name_or_id).ok_or_else(|| {
+        visible_host(&self.state, principal, name_or_id).await?.ok_or_else(|| {
             Status::not_found(format!("no host named {name_or_id:?}; `tailopsctl hosts ls` lists them"))
         })
     }
@@ -150,8 +148,8 @@ impl MonitoringApi for MonitoringService {
                 _ => {}
             }
             if let Some(sample) = host.latest.as_ref().filter(|_| host.online && !health.stale) {
-                let mem = percent(sample.mem_used_bytes, sample.mem_total_bytes);
-                usage.push((host, sample.cpu_percent, mem, fullest_disk_percent(sample)));
+                let mem = sample.memory_percent();
+                usage.push((host, sample.cpu_percent, mem, sample.fullest_disk_percent()));
             }
             summary.vitals.push(v1::HostVitals {
                 host_id: host.id.clone(),
