@@ -18,22 +18,12 @@ pub async fn run(
     timeout: Duration,
     live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
+    let docker = &Docker::locate(config, timeout).await?;
     if op.spec.name == "container.update" {
-        return update(op, config, timeout).await;
+        return update(op, docker, config).await;
     }
-    let docker = tool::locate(&config.docker, "docker").await?;
-    let run = |args: Vec<String>| {
-        let docker = docker.clone();
-        async move {
-            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            let ran = tool::run(&docker, &argv, timeout).await?;
-            no_daemon(&ran)?;
-            Ok::<_, OpError>(ran)
-        }
-    };
-    let args = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     if op.spec.family() == "compose" {
-        return compose(op, &run).await;
+        return compose(op, docker).await;
     }
     let verb = op.spec.name.trim_start_matches("container.");
     let name = op.text("container").unwrap_or_default();
@@ -47,14 +37,14 @@ pub async fn run(
                 table.summary(format!("would run: {}", argv.join(" ")));
                 return Ok(table.finish());
             }
-            let ran = checked(run(args(&argv[1..])).await?, "docker pull")?;
+            let ran = checked(docker.run(&argv[1..]).await?, "docker pull")?;
             table.row([Cell::from(image), Cell::from(ran.stdout.trim())]);
             table.summary(format!("pulled {image}"));
             Ok(table.finish())
         }
         "list" => {
-            let argv = args(&["ps", "--all", "--no-trunc", "--format", "{{json .}}"]);
-            let rows = json_lines(&checked(run(argv.clone()).await?, "docker ps")?.stdout)?;
+            let argv = ["ps", "--all", "--no-trunc", "--format", "{{json .}}"];
+            let rows = json_lines(&checked(docker.run(&argv).await?, "docker ps")?.stdout)?;
             let mut table = Table::new(&["name", "image", "state", "status", "ports", "id"]);
             for c in &rows {
                 table.row([
@@ -71,7 +61,7 @@ pub async fn run(
             Ok(table.finish())
         }
         "inspect" => {
-            let c = inspect(&run, name).await?;
+            let c = inspect(docker, name).await?;
             let mut table = Table::new(&["property", "value"]);
             for (key, value) in summary_fields(&c) {
                 table.row([Cell::from(key), Cell::from(value)]);
@@ -81,16 +71,16 @@ pub async fn run(
             Ok(table.finish())
         }
         "logs" if op.flag("follow") => {
-            inspect(&run, name).await?;
+            inspect(docker, name).await?;
             let lines = op.int("lines").unwrap_or(100).to_string();
-            let argv = args(&["logs", "--follow", "--tail", &lines, "--timestamps", "--", name]);
-            follow(&docker, &argv, super::logs::follow_budget(timeout), live).await
+            let argv = ["logs", "--follow", "--tail", lines.as_str(), "--timestamps", "--", name];
+            follow(&docker.path, &argv, super::logs::follow_budget(timeout), live).await
         }
         "logs" => {
-            inspect(&run, name).await?;
+            inspect(docker, name).await?;
             let lines = op.int("lines").unwrap_or(100).to_string();
-            let argv = args(&["logs", "--tail", &lines, "--timestamps", "--", name]);
-            let ran = checked(run(argv.clone()).await?, "docker logs")?;
+            let argv = ["logs", "--tail", lines.as_str(), "--timestamps", "--", name];
+            let ran = checked(docker.run(&argv).await?, "docker logs")?;
             // A container's stdout and stderr arrive on the CLI's two streams; show both.
             let mut table = Table::new(&["line"]);
             for line in ran.stdout.lines().chain(ran.stderr.lines()) {
@@ -102,8 +92,8 @@ pub async fn run(
             Ok(table.finish())
         }
         "stats" => {
-            let argv = args(&["stats", "--no-stream", "--no-trunc", "--format", "{{json .}}"]);
-            let rows = json_lines(&checked(run(argv.clone()).await?, "docker stats")?.stdout)?;
+            let argv = ["stats", "--no-stream", "--no-trunc", "--format", "{{json .}}"];
+            let rows = json_lines(&checked(docker.run(&argv).await?, "docker stats")?.stdout)?;
             let mut table =
                 Table::new(&["name", "cpu", "memory", "memory_percent", "net_io", "block_io", "pids"]);
             for c in &rows {
@@ -122,8 +112,8 @@ pub async fn run(
             Ok(table.finish())
         }
         "images" => {
-            let argv = args(&["image", "ls", "--no-trunc", "--format", "{{json .}}"]);
-            let rows = json_lines(&checked(run(argv.clone()).await?, "docker image ls")?.stdout)?;
+            let argv = ["image", "ls", "--no-trunc", "--format", "{{json .}}"];
+            let rows = json_lines(&checked(docker.run(&argv).await?, "docker image ls")?.stdout)?;
             let mut table = Table::new(&["repository", "tag", "id", "size", "created"]);
             for i in &rows {
                 table.row([
@@ -141,7 +131,7 @@ pub async fn run(
             Ok(table.finish())
         }
         "start" | "stop" | "restart" => {
-            let before = inspect(&run, name).await?;
+            let before = inspect(docker, name).await?;
             let argv = ["docker", verb, "--", name];
             let mut table = Table::new(&["property", "value"]);
             table.step(&argv);
@@ -150,8 +140,8 @@ pub async fn run(
                 table.summary(format!("would run: {} ({name} is {state})", argv.join(" ")));
                 return Ok(table.finish());
             }
-            checked(run(args(&argv[1..])).await?, &format!("docker {verb}"))?;
-            let after = inspect(&run, name).await?;
+            checked(docker.run(&argv[1..]).await?, &format!("docker {verb}"))?;
+            let after = inspect(docker, name).await?;
             for key in ["/State/Status", "/State/StartedAt", "/RestartCount"] {
                 table.row([Cell::from(key.trim_start_matches('/')), Cell::from(pointer(&after, key))]);
             }
@@ -166,7 +156,7 @@ pub async fn run(
 /// until `budget` runs out or nobody listens; the CLI dies with the future (`kill_on_drop`).
 async fn follow(
     docker: &std::path::Path,
-    argv: &[String],
+    argv: &[&str],
     budget: Duration,
     live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
@@ -216,24 +206,10 @@ async fn follow(
 /// Pulls the container's image (unless `pull=false`) and, when the image changed, recreates the
 /// container with its full configuration on the new image. The old container is renamed, not
 /// removed, until the new one runs; any failure puts the old one back.
-async fn update(
-    op: &Validated,
-    config: &OpsConfig,
-    timeout: Duration,
-) -> Result<v1::OperationOutput, OpError> {
-    let docker = tool::locate(&config.docker, "docker").await?;
+async fn update(op: &Validated, docker: &Docker, config: &OpsConfig) -> Result<v1::OperationOutput, OpError> {
     let name = op.text("container").unwrap_or_default();
-    let run = |argv: Vec<String>| {
-        let docker = docker.clone();
-        async move {
-            let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-            let ran = tool::run(&docker, &args, timeout).await?;
-            no_daemon(&ran)?;
-            Ok::<_, OpError>(ran)
-        }
-    };
     let cli = |args: &[&str]| args.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
-    let before = inspect(&run, name).await?;
+    let before = inspect(docker, name).await?;
     let image = pointer(&before, "/Config/Image");
     let old_image_id = pointer(&before, "/Image");
     let was_running = before.pointer("/State/Running").and_then(Value::as_bool).unwrap_or(false);
@@ -242,13 +218,13 @@ async fn update(
 
     if op.flag("pull") {
         let argv = ["pull", "--quiet", "--", image.as_str()];
-        table.step(&prefixed(&cli(&argv)));
+        table.step(&prefixed(&argv));
         if !op.dry_run {
-            checked(run(cli(&argv)).await?, "docker pull")?;
+            checked(docker.run(&argv).await?, "docker pull")?;
         }
     }
     let id_args = ["image", "inspect", "--format", "{{.Id}}", "--", image.as_str()];
-    let new_image_id = checked(run(cli(&id_args)).await?, "docker image inspect")?.stdout.trim().to_owned();
+    let new_image_id = checked(docker.run(&id_args).await?, "docker image inspect")?.stdout.trim().to_owned();
     if new_image_id == old_image_id {
         table.summary(format!("{name} already runs the newest {image}; nothing to do"));
         return Ok(table.finish());
@@ -282,15 +258,15 @@ async fn update(
     }
 
     if was_running {
-        checked(run(cli(&["stop", "--", name])).await?, "docker stop")?;
+        checked(docker.run(&["stop", "--", name]).await?, "docker stop")?;
     }
-    checked(run(cli(&["rename", name, &parked])).await?, "docker rename")?;
+    checked(docker.run(&["rename", name, &parked]).await?, "docker rename")?;
     let parked_ref = parked.as_str();
     let restore = |reason: OpError| async move {
-        let _ = run(cli(&["rm", "--force", "--", name])).await;
-        let _ = run(cli(&["rename", parked_ref, name])).await;
+        let _ = docker.run(&["rm", "--force", "--", name]).await;
+        let _ = docker.run(&["rename", parked_ref, name]).await;
         if was_running {
-            let _ = run(cli(&["start", "--", name])).await;
+            let _ = docker.run(&["start", "--", name]).await;
         }
         OpError::Failed(format!("{reason}; the old container was put back"))
     };
@@ -301,7 +277,7 @@ async fn update(
     };
     table.row([Cell::from("created"), Cell::from(short(&created))]);
     if was_running {
-        let started = match run(cli(&["start", "--", name])).await {
+        let started = match docker.run(&["start", "--", name]).await {
             Ok(ran) => checked(ran, "docker start"),
             Err(e) => Err(e),
         };
@@ -310,7 +286,7 @@ async fn update(
         }
         table.row([Cell::from("started"), Cell::from(name)]);
     }
-    checked(run(cli(&["rm", "--", &parked])).await?, "docker rm")?;
+    checked(docker.run(&["rm", "--", &parked]).await?, "docker rm")?;
     table.row([Cell::from("removed"), Cell::from(parked)]);
     table.summary(format!(
         "recreated {name} on {image} ({} -> {})",
@@ -334,12 +310,8 @@ struct Project {
 
 /// `compose.*`: projects are looked up with `docker compose ls` first; their own config files
 /// are passed back with `-f`, so the agent acts on exactly the project the host knows.
-async fn compose<F, Fut>(op: &Validated, run: &F) -> Result<v1::OperationOutput, OpError>
-where
-    F: Fn(Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Ran, OpError>>,
-{
-    let ls = run(["compose", "ls", "--all", "--format", "json"].map(String::from).to_vec()).await?;
+async fn compose(op: &Validated, docker: &Docker) -> Result<v1::OperationOutput, OpError> {
+    let ls = docker.run(&["compose", "ls", "--all", "--format", "json"]).await?;
     if !ls.success() {
         let text = format!("{}{}", ls.stderr, ls.stdout);
         // Without the plugin the CLI parses `compose ...` as its own arguments and exits 125.
@@ -377,7 +349,7 @@ where
     };
     if op.spec.name == "compose.status" {
         let argv = with(&["ps", "--all", "--format", "json"]);
-        let services = compose_ps(&checked(run(argv.clone()).await?, "docker compose ps")?.stdout)?;
+        let services = compose_ps(&checked(docker.run(&argv).await?, "docker compose ps")?.stdout)?;
         let mut table = Table::new(&["service", "container", "image", "state", "status", "ports"]);
         for s in &services {
             table.row([
@@ -419,7 +391,7 @@ where
         return Ok(table.finish());
     }
     for step in steps {
-        let ran = checked(run(step.clone()).await?, &format!("docker {}", step.join(" ")))?;
+        let ran = checked(docker.run(&step).await?, &format!("docker {}", step.join(" ")))?;
         let last =
             ran.stderr.lines().chain(ran.stdout.lines()).rev().find(|l| !l.trim().is_empty()).unwrap_or("ok");
         table.row([Cell::from(prefixed(&step).join(" ")), Cell::from(last.trim())]);
@@ -459,14 +431,29 @@ fn compose_ps(text: &str) -> Result<Vec<Value>, OpError> {
     json_lines(trimmed)
 }
 
+/// The docker CLI, located once; every run gets the job's deadline, and an engine that does not
+/// answer makes the operation "not available".
+struct Docker {
+    path: std::path::PathBuf,
+    timeout: Duration,
+}
+
+impl Docker {
+    async fn locate(config: &OpsConfig, timeout: Duration) -> Result<Self, OpError> {
+        Ok(Self { path: tool::locate(&config.docker, "docker").await?, timeout })
+    }
+
+    async fn run<S: AsRef<str>>(&self, args: &[S]) -> Result<Ran, OpError> {
+        let argv: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let ran = tool::run(&self.path, &argv, self.timeout).await?;
+        no_daemon(&ran)?;
+        Ok(ran)
+    }
+}
+
 /// `docker inspect` of one container; a name the host does not have is refused.
-async fn inspect<F, Fut>(run: &F, name: &str) -> Result<Value, OpError>
-where
-    F: Fn(Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Ran, OpError>>,
-{
-    let argv = ["inspect", "--type", "container", "--", name].map(String::from).to_vec();
-    let ran = run(argv).await?;
+async fn inspect(docker: &Docker, name: &str) -> Result<Value, OpError> {
+    let ran = docker.run(&["inspect", "--type", "container", "--", name]).await?;
     if !ran.success() {
         if ran.stderr.contains("No such") || ran.stdout.trim() == "[]" {
             return Err(OpError::Refused(format!(
@@ -596,8 +583,8 @@ fn no_daemon(ran: &Ran) -> Result<(), OpError> {
     Ok(())
 }
 
-fn prefixed(args: &[String]) -> Vec<String> {
-    std::iter::once("docker".to_owned()).chain(args.iter().cloned()).collect()
+fn prefixed<S: AsRef<str>>(args: &[S]) -> Vec<String> {
+    std::iter::once("docker").chain(args.iter().map(AsRef::as_ref)).map(str::to_owned).collect()
 }
 
 #[cfg(test)]

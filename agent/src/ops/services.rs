@@ -32,17 +32,8 @@ pub async fn run(
     config: &OpsConfig,
     timeout: Duration,
 ) -> Result<v1::OperationOutput, OpError> {
-    let systemctl = tool::locate(&config.systemctl, "systemctl").await?;
+    let systemctl = &Systemctl { path: tool::locate(&config.systemctl, "systemctl").await?, timeout };
     let verb = op.spec.name.trim_start_matches("service.");
-    let systemctl_run = |args: Vec<String>| {
-        let systemctl = systemctl.clone();
-        async move {
-            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            let ran = tool::run(&systemctl, &argv, timeout).await?;
-            no_systemd(&ran)?;
-            Ok::<_, OpError>(ran)
-        }
-    };
     match verb {
         "list" => {
             let mut args: Vec<String> =
@@ -53,7 +44,7 @@ pub async fn run(
             if state != "all" {
                 args.push(format!("--state={state}"));
             }
-            let ran = systemctl_run(args.clone()).await?;
+            let ran = systemctl.run(&args).await?;
             if !ran.success() {
                 return Err(OpError::Failed(format!("systemctl list-units: {}", ran.complaint())));
             }
@@ -74,7 +65,7 @@ pub async fn run(
         }
         "status" => {
             let unit = op.text("unit").unwrap_or_default();
-            let properties = show(&systemctl_run, unit).await?;
+            let properties = show(systemctl, unit).await?;
             let mut table = Table::new(&["property", "value"]);
             for key in STATUS_PROPERTIES {
                 if let Some(value) = properties.get(*key) {
@@ -88,7 +79,7 @@ pub async fn run(
         "start" | "stop" | "restart" | "reload" | "enable" | "disable" => {
             let unit = op.text("unit").unwrap_or_default();
             // Checked against systemd first: an unknown unit is refused before anything runs.
-            let before = show(&systemctl_run, unit).await?;
+            let before = show(systemctl, unit).await?;
             let argv = ["systemctl", verb, "--", unit];
             let mut table = Table::new(&["property", "value"]);
             table.step(&argv);
@@ -96,11 +87,11 @@ pub async fn run(
                 table.summary(format!("would run: {} ({})", argv.join(" "), state_line(unit, &before)));
                 return Ok(table.finish());
             }
-            let ran = systemctl_run(argv[1..].iter().map(|s| (*s).to_owned()).collect()).await?;
+            let ran = systemctl.run(&argv[1..]).await?;
             if !ran.success() {
                 return Err(OpError::Failed(format!("systemctl {verb} {unit}: {}", ran.complaint())));
             }
-            let after = show(&systemctl_run, unit).await?;
+            let after = show(systemctl, unit).await?;
             for key in ["ActiveState", "SubState", "UnitFileState", "MainPID"] {
                 if let Some(value) = after.get(key) {
                     table.row([Cell::from(key), Cell::from(value.clone())]);
@@ -114,19 +105,25 @@ pub async fn run(
 }
 
 /// `systemctl show` of `unit` as a map; an unknown unit is an error.
-async fn show<F, Fut>(systemctl_run: &F, unit: &str) -> Result<BTreeMap<String, String>, OpError>
-where
-    F: Fn(Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Ran, OpError>>,
-{
-    let args = vec![
-        "show".to_owned(),
-        "--no-pager".to_owned(),
-        format!("--property={}", STATUS_PROPERTIES.join(",")),
-        "--".to_owned(),
-        unit.to_owned(),
-    ];
-    let ran = systemctl_run(args).await?;
+/// systemctl, located once; every run gets the job's deadline, and a host without a running
+/// systemd makes the operation "not available".
+struct Systemctl {
+    path: std::path::PathBuf,
+    timeout: Duration,
+}
+
+impl Systemctl {
+    async fn run<S: AsRef<str>>(&self, args: &[S]) -> Result<Ran, OpError> {
+        let argv: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let ran = tool::run(&self.path, &argv, self.timeout).await?;
+        no_systemd(&ran)?;
+        Ok(ran)
+    }
+}
+
+async fn show(systemctl: &Systemctl, unit: &str) -> Result<BTreeMap<String, String>, OpError> {
+    let properties = format!("--property={}", STATUS_PROPERTIES.join(","));
+    let ran = systemctl.run(&["show", "--no-pager", &properties, "--", unit]).await?;
     if !ran.success() {
         return Err(OpError::Failed(format!("systemctl show {unit}: {}", ran.complaint())));
     }
