@@ -9,6 +9,11 @@ pub mod v1 {
     tonic::include_proto!("tailops.v1");
 }
 
+/// gRPC metadata key naming the program a request comes through on behalf of its principal
+/// (`NAME/VERSION`, for example the MCP client behind the bridge). The controller records it in
+/// the audit rows the request causes; it never grants anything.
+pub const CLIENT_HEADER: &str = "x-tailops-client";
+
 /// `part` as a percentage of `whole` (0 when `whole` is 0).
 #[allow(clippy::cast_precision_loss)]
 fn percent(part: u64, whole: u64) -> f64 {
