@@ -57,6 +57,36 @@ impl OperationSpec {
     pub fn param(&self, name: &str) -> Option<&'static ParamSpec> {
         self.params.iter().find(|p| p.name == name)
     }
+
+    /// The verb after the family (`restart` of `service.restart`).
+    pub fn verb(&self) -> &'static str {
+        self.name.split_once('.').map_or(self.name, |(_, verb)| verb)
+    }
+
+    /// Whether running it can take something away (stop, restart, roll back, upgrade) rather
+    /// than only add or start something. Read-only operations destroy nothing.
+    pub fn destructive(&self) -> bool {
+        self.mutating && !matches!(self.verb(), "start" | "enable" | "pull" | "snapshot" | "install")
+    }
+
+    /// Whether running it twice leaves the host as running it once does.
+    pub fn idempotent(&self) -> bool {
+        !self.mutating
+            || matches!(
+                self.verb(),
+                "start" | "stop" | "enable" | "disable" | "install" | "pull" | "down" | "shutdown"
+            )
+    }
+
+    /// Whether it reaches beyond the fleet: other hosts on the network, registries, package
+    /// mirrors, vulnerability databases.
+    pub fn reaches_outside(&self) -> bool {
+        matches!(self.family(), "net" | "package") && !matches!(self.name, "net.interfaces" | "net.sockets")
+            || matches!(
+                self.name,
+                "container.pull" | "container.update" | "compose.update" | "security.vulnscan"
+            )
+    }
 }
 
 /// One parameter of an operation.

@@ -1,0 +1,129 @@
+//! `tailops-mcp`: serve the MCP bridge over stdio (default) or Streamable HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use rmcp::ServiceExt as _;
+use tailops_mcp::Bridge;
+use tailops_mcp::controller::Controller;
+use tailops_mcp::http::HttpPolicy;
+use tailops_mcp::tools::Limits;
+use tokio_util::sync::CancellationToken;
+
+/// MCP bridge: lets AI assistants use the fleet under the bridge's own identity. Observe tools
+/// run at once; anything that changes hosts waits for a human's approval unless the bridge's
+/// role allows it.
+///
+/// Create the bridge's profile once:
+///   tailopsctl bridges invite assistant --role mcp        (as an admin; prints a token)
+///   TAILOPS_INVITE_TOKEN=... tailopsctl --profile ~/.config/tailops/mcp.toml login --controller URL --ca-fingerprint sha256:...
+#[derive(Debug, Parser)]
+#[command(name = "tailops-mcp", version, verbatim_doc_comment)]
+struct Cli {
+    /// The bridge principal's profile (default: $TAILOPS_PROFILE, else ~/.config/tailops/profile.toml).
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Serve Streamable HTTP on ADDR:PORT instead of stdio (keep it on loopback; expose it on the
+    /// tailnet with `tailscale serve`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Host header values accepted over HTTP, besides localhost, 127.0.0.1 and ::1 (e.g. the
+    /// tailnet name `tailscale serve` forwards for). Repeatable.
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    allowed_hosts: Vec<String>,
+    /// Browser origins accepted over HTTP (scheme://host[:port]); requests from any other
+    /// origin are refused. Requests without an Origin header (non-browser clients) pass. Repeatable.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Require `Authorization: Bearer TOKEN` on HTTP requests. Required when --listen is not a
+    /// loopback address.
+    #[arg(long, env = "TAILOPS_MCP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Longest tool result, in characters; longer results are cut with a note on how to narrow them.
+    #[arg(long, default_value_t = 16_000, value_parser = clap::value_parser!(u32).range(1000..=1_000_000))]
+    max_result_chars: u32,
+    /// Most rows (hosts, records, processes, points) in one result.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(10..=10_000))]
+    max_rows: u32,
+    /// Longest a tool call waits for a job before returning its state (the job goes on).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    max_wait: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // stdout belongs to the MCP protocol when serving stdio: logs go to stderr, always.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rmcp=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    if let Some(addr) = cli.listen
+        && !addr.ip().is_loopback()
+        && cli.token.is_none()
+    {
+        anyhow::bail!(
+            "--listen {addr} is not a loopback address: set a bearer token (--token or TAILOPS_MCP_TOKEN), \
+             or listen on 127.0.0.1 and expose it with `tailscale serve`"
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let profile = tailopsctl::Profile::resolve_path(cli.profile.as_deref())?;
+    let (controller, identity) = Controller::connect(profile.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("bridge profile {}", profile.display()))?;
+    tracing::info!(principal = %identity.id, role = %identity.role, "connected to the controller");
+    let limits = Limits {
+        max_result_chars: cli.max_result_chars as usize,
+        max_rows: cli.max_rows as usize,
+        max_wait: cli.max_wait,
+    };
+    let bridge = Bridge::new(controller, identity, limits);
+    match cli.listen {
+        None => {
+            let service = bridge.serve(rmcp::transport::stdio()).await.context("MCP handshake over stdio")?;
+            tokio::select! {
+                result = service.waiting() => { result.context("MCP session over stdio")?; }
+                () = terminated() => {}
+            }
+        }
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+            let local = listener.local_addr()?;
+            let mut allowed_hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            allowed_hosts.extend(cli.allowed_hosts);
+            let policy = HttpPolicy { allowed_hosts, allowed_origins: cli.allowed_origins, token: cli.token };
+            // Tests and wrappers read the bound address (port 0 picks one) from this line.
+            eprintln!("tailops-mcp listening on http://{local}/mcp");
+            let server = tokio::spawn(tailops_mcp::http::serve(listener, bridge, policy, shutdown.clone()));
+            terminated().await;
+            shutdown.cancel();
+            let _ = server.await;
+        }
+    }
+    shutdown.cancel();
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
