@@ -2,6 +2,8 @@
 //! and PKI, real agents (in-process tasks or `tailops-agent` processes), real mutual TLS, real
 //! SQLite. Nothing is mocked.
 
+pub mod mcp_client;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
