@@ -47,6 +47,8 @@ pub struct AuditRecord {
     pub arguments: Value,
     pub decision: Decision,
     pub outcome: String,
+    /// The program the principal's request came through (`NAME/VERSION`), if it named one.
+    pub client: Option<String>,
 }
 
 impl AuditRecord {
@@ -64,6 +66,7 @@ impl AuditRecord {
             arguments,
             decision: Decision::Allow,
             outcome: outcome.to_owned(),
+            client: None,
         }
     }
 
@@ -75,7 +78,15 @@ impl AuditRecord {
             arguments,
             decision: Decision::Deny,
             outcome: reason.to_owned(),
+            client: None,
         }
+    }
+
+    /// Attributes the row to the client the request came through (see [`crate::auth::Principal`]).
+    #[must_use]
+    pub fn via(mut self, client: Option<String>) -> Self {
+        self.client = client;
+        self
     }
 }
 
@@ -177,24 +188,30 @@ struct Content<'a> {
     arguments: &'a str,
     decision: &'a str,
     outcome: &'a str,
+    /// '' when the request named no client.
+    client: &'a str,
 }
 
 impl Content<'_> {
     /// The bytes a row's hash covers, besides the previous hash: a JSON array of the column
-    /// values, which is unambiguous (strings are escaped) and stable.
+    /// values, which is unambiguous (strings are escaped) and stable. The client is appended
+    /// only when there is one, so rows written before it was recorded keep their hashes (and
+    /// an eight-element array can never equal a nine-element one).
     fn canonical(&self) -> Vec<u8> {
-        json!([
-            self.seq,
-            self.at,
-            self.principal,
-            self.action,
-            self.targets,
-            self.arguments,
-            self.decision,
-            self.outcome
-        ])
-        .to_string()
-        .into_bytes()
+        let mut values = vec![
+            json!(self.seq),
+            json!(self.at),
+            json!(self.principal),
+            json!(self.action),
+            json!(self.targets),
+            json!(self.arguments),
+            json!(self.decision),
+            json!(self.outcome),
+        ];
+        if !self.client.is_empty() {
+            values.push(json!(self.client));
+        }
+        Value::Array(values).to_string().into_bytes()
     }
 }
 
@@ -246,6 +263,7 @@ async fn append(store: &Store, mut head: Head, records: &[AuditRecord]) -> Resul
         let at = now_ms();
         let targets = serde_json::to_string(&r.targets).unwrap_or_else(|_| "[]".into());
         let arguments = r.arguments.to_string();
+        let client = r.client.as_deref().unwrap_or_default();
         let content = Content {
             seq,
             at,
@@ -255,12 +273,13 @@ async fn append(store: &Store, mut head: Head, records: &[AuditRecord]) -> Resul
             arguments: &arguments,
             decision: r.decision.as_str(),
             outcome: &r.outcome,
+            client,
         }
         .canonical();
         let hash = chain_hash(&head.hash, &content);
         sqlx::query(
-            "INSERT INTO audit (seq, at, principal, action, targets, arguments, decision, outcome, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit (seq, at, principal, action, targets, arguments, decision, outcome, client, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(i64::try_from(seq).unwrap_or(i64::MAX))
         .bind(at)
@@ -270,6 +289,7 @@ async fn append(store: &Store, mut head: Head, records: &[AuditRecord]) -> Resul
         .bind(&arguments)
         .bind(r.decision.as_str())
         .bind(&r.outcome)
+        .bind(client)
         .bind(head.hash.as_slice())
         .bind(hash.as_slice())
         .execute(&mut *tx)
@@ -307,6 +327,7 @@ pub async fn list(store: &Store, req: &v1::ListAuditRequest) -> Result<Vec<v1::A
                 arguments_json: row.try_get("arguments")?,
                 decision: row.try_get("decision")?,
                 outcome: row.try_get("outcome")?,
+                client: row.try_get("client")?,
             })
         })
         .collect()
@@ -343,7 +364,8 @@ async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse, St
                 ),
             ));
         }
-        let (principal, action, targets, arguments, decision, outcome): (
+        let (principal, action, targets, arguments, decision, outcome, client): (
+            String,
             String,
             String,
             String,
@@ -357,6 +379,7 @@ async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse, St
             row.try_get("arguments")?,
             row.try_get("decision")?,
             row.try_get("outcome")?,
+            row.try_get("client")?,
         );
         let content = Content {
             seq,
@@ -367,6 +390,7 @@ async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse, St
             arguments: &arguments,
             decision: &decision,
             outcome: &outcome,
+            client: &client,
         }
         .canonical();
         let hash = chain_hash(&prev_hash, &content);
@@ -411,4 +435,85 @@ async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse, St
         first_bad_seq: 0,
         problem: String::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("audit.db")).await.expect("open store");
+        (dir, store)
+    }
+
+    /// Writes row `seq` exactly as the controller did before clients were recorded: no client
+    /// column in the insert, and the eight-value canonical form.
+    async fn insert_old_style_row(store: &Store, prev: Head) -> Head {
+        let seq = prev.seq + 1;
+        let at = 1_700_000_000_000_i64 + i64::try_from(seq).expect("seq");
+        let content =
+            json!([seq, at, "spiffe://t/user/old", "fleet.create_join_token", "[]", "{}", "allow", "ok"])
+                .to_string()
+                .into_bytes();
+        let hash = chain_hash(&prev.hash, &content);
+        sqlx::query(
+            "INSERT INTO audit (seq, at, principal, action, targets, arguments, decision, outcome, prev_hash, hash)
+             VALUES (?, ?, 'spiffe://t/user/old', 'fleet.create_join_token', '[]', '{}', 'allow', 'ok', ?, ?)",
+        )
+        .bind(i64::try_from(seq).expect("seq"))
+        .bind(at)
+        .bind(prev.hash.as_slice())
+        .bind(hash.as_slice())
+        .execute(store.pool())
+        .await
+        .expect("insert old row");
+        Head { seq, hash }
+    }
+
+    fn record(client: Option<&str>) -> AuditRecord {
+        AuditRecord::allow("spiffe://t/bridge/b", "job.create", vec!["a".into()], json!({"job_id": 1}), "ok")
+            .via(client.map(str::to_owned))
+    }
+
+    #[tokio::test]
+    async fn rows_written_before_clients_were_recorded_still_verify() {
+        let (_dir, store) = store().await;
+        let head = insert_old_style_row(&store, Head::default()).await;
+        let head = insert_old_style_row(&store, head).await;
+        // New rows, with and without a client, chain on to the old ones.
+        let head =
+            append(&store, head, &[record(Some("claude-code/1.0.3")), record(None)]).await.expect("append");
+        let report = verify(&store, head).await.expect("verify");
+        assert!(report.intact, "{}", report.problem);
+        assert_eq!(report.rows_checked, 4);
+        let entries = list(&store, &v1::ListAuditRequest::default()).await.expect("list");
+        let clients: Vec<&str> = entries.iter().map(|e| e.client.as_str()).collect();
+        assert_eq!(clients, ["", "claude-code/1.0.3", "", ""]);
+    }
+
+    #[tokio::test]
+    async fn altering_a_rows_client_is_detected() {
+        let (_dir, store) = store().await;
+        let head = insert_old_style_row(&store, Head::default()).await;
+        let head =
+            append(&store, head, &[record(Some("claude-code/1.0.3")), record(None)]).await.expect("append");
+        assert!(verify(&store, head).await.expect("verify").intact);
+
+        for (seq, forged) in [(1, "claude-code/1.0.3"), (2, "other/2.0"), (2, ""), (3, "cursor/0.9")] {
+            let original: String = sqlx::query_scalar("SELECT client FROM audit WHERE seq = ?")
+                .bind(seq)
+                .fetch_one(store.pool())
+                .await
+                .expect("read");
+            let edit = "UPDATE audit SET client = ? WHERE seq = ?";
+            sqlx::query(edit).bind(forged).bind(seq).execute(store.pool()).await.expect("forge");
+            let report = verify(&store, head).await.expect("verify");
+            assert!(!report.intact, "client of row {seq} changed to {forged:?} went unnoticed");
+            assert_eq!(report.first_bad_seq, u64::try_from(seq).expect("seq"));
+            assert!(report.problem.contains("altered"), "{}", report.problem);
+            sqlx::query(edit).bind(original).bind(seq).execute(store.pool()).await.expect("restore");
+            assert!(verify(&store, head).await.expect("verify").intact);
+        }
+    }
 }

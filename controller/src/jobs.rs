@@ -216,6 +216,7 @@ impl JobManager {
             let job = Arc::new(LiveJob::new(
                 p.job.id,
                 p.job.requested_by.clone(),
+                Some(p.job.requested_via.clone()).filter(|via| !via.is_empty()),
                 action.clone(),
                 p.output_cap,
                 Duration::from_millis(p.timeout_ms),
@@ -245,6 +246,7 @@ impl JobManager {
     /// runs it at once or holds it for approval, as the requester's role says.
     pub async fn start(self: &Arc<Self>, req: JobRequest) -> Result<Arc<LiveJob>, JobError> {
         let requested_by = req.requester.uri();
+        let requested_via = req.requester.client.clone();
         let risk = risk_of(&req.action);
         let grant = req.requester.grant(risk);
         if grant == Grant::No {
@@ -284,6 +286,7 @@ impl JobManager {
             .store
             .create_job(&NewJob {
                 requested_by: requested_by.clone(),
+                requested_via: requested_via.clone().unwrap_or_default(),
                 selector: req.selector.clone(),
                 action: req.action.clone(),
                 concurrency: req.concurrency,
@@ -301,6 +304,7 @@ impl JobManager {
         let job = Arc::new(LiveJob::new(
             id,
             requested_by,
+            requested_via,
             req.action.clone(),
             req.output_cap,
             req.timeout,
@@ -325,19 +329,22 @@ impl JobManager {
         }
         // Recorded once the job is live, so a watcher never finds it persisted but not running.
         self.audit
-            .record(AuditRecord::allow(
-                job.requested_by.clone(),
-                "job.create",
-                targets.iter().map(|t| t.host_name.clone()).collect(),
-                json!({
-                    "job_id": id,
-                    "action": action_json(&req.action),
-                    "timeout_ms": timeout_ms,
-                    "reason": req.reason,
-                    "out_of_scope": out_of_scope,
-                }),
-                if needs_approval { "pending approval" } else { "dispatched" },
-            ))
+            .record(
+                AuditRecord::allow(
+                    job.requested_by.clone(),
+                    "job.create",
+                    targets.iter().map(|t| t.host_name.clone()).collect(),
+                    json!({
+                        "job_id": id,
+                        "action": action_json(&req.action),
+                        "timeout_ms": timeout_ms,
+                        "reason": req.reason,
+                        "out_of_scope": out_of_scope,
+                    }),
+                    if needs_approval { "pending approval" } else { "dispatched" },
+                )
+                .via(job.requested_via.clone()),
+            )
             .await;
         Ok(job)
     }
@@ -467,13 +474,17 @@ impl JobManager {
             return Err(JobError::FailedPrecondition(format!("job {id} is not waiting for approval")));
         }
         self.audit
-            .record(AuditRecord::allow(
-                approver.uri(),
-                action,
-                job.targets().iter().map(|t| t.host_name.clone()).collect(),
-                json!({"job_id": id, "reason": reason, "requested_by": job.requested_by}),
-                if approve { "approved" } else { "rejected" },
-            ))
+            .record(
+                AuditRecord::allow(
+                    approver.uri(),
+                    action,
+                    job.targets().iter().map(|t| t.host_name.clone()).collect(),
+                    json!({"job_id": id, "reason": reason, "requested_by": job.requested_by,
+                           "requested_via": job.requested_via}),
+                    if approve { "approved" } else { "rejected" },
+                )
+                .via(approver.client.clone()),
+            )
             .await;
         job.push(job_event::Kind::ApprovalDecided(v1::ApprovalDecided {
             approved: approve,
@@ -636,15 +647,19 @@ impl JobManager {
         self.close(job, state, summary).await;
         tracing::info!(job = job.id, state = ?state, "job completed");
         self.audit
-            .record(AuditRecord::allow(
-                job.requested_by.clone(),
-                "job.complete",
-                job.targets().iter().map(|t| t.host_name.clone()).collect(),
-                json!({"job_id": job.id, "succeeded": summary.succeeded, "failed": summary.failed,
-                       "timed_out": summary.timed_out, "unreachable": summary.unreachable,
-                       "cancelled": summary.cancelled}),
-                state.as_str_name(),
-            ))
+            .record(
+                AuditRecord::allow(
+                    job.requested_by.clone(),
+                    "job.complete",
+                    job.targets().iter().map(|t| t.host_name.clone()).collect(),
+                    json!({"job_id": job.id, "succeeded": summary.succeeded, "failed": summary.failed,
+                           "timed_out": summary.timed_out, "unreachable": summary.unreachable,
+                           "cancelled": summary.cancelled}),
+                    state.as_str_name(),
+                )
+                // The requester's job, so the requester's client: its outcome belongs with it.
+                .via(job.requested_via.clone()),
+            )
             .await;
     }
 
@@ -720,6 +735,8 @@ impl Finish {
 pub struct LiveJob {
     pub id: u64,
     pub requested_by: String,
+    /// The requester's client, if it named one.
+    pub requested_via: Option<String>,
     action: v1::JobAction,
     output_cap: u64,
     timeout: Duration,
@@ -769,6 +786,7 @@ impl LiveJob {
     fn new(
         id: u64,
         requested_by: String,
+        requested_via: Option<String>,
         action: v1::JobAction,
         output_cap: u64,
         timeout: Duration,
@@ -793,6 +811,7 @@ impl LiveJob {
         Self {
             id,
             requested_by,
+            requested_via,
             action,
             output_cap,
             timeout,

@@ -92,7 +92,11 @@ impl TestController {
     }
 
     pub async fn audit(&self) -> AuditClient<Channel> {
-        AuditClient::new(tailopsctl::connect(&self.admin).await.expect("admin connects"))
+        self.audit_as(&self.admin).await
+    }
+
+    pub async fn audit_as(&self, profile: &Profile) -> AuditClient<Channel> {
+        AuditClient::new(tailopsctl::connect(profile).await.expect("connects"))
     }
 
     /// Invites a user or bridge as the admin and logs it in; returns its profile.
@@ -360,6 +364,15 @@ pub async fn tailopsctl(profile: &Path, args: &[&str]) -> std::process::Output {
 /// Lossy UTF-8 of a process's output.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `message` as a request that names the program it comes through (as the MCP bridge does), in
+/// raw bytes so that tests can send what a hostile client might.
+pub fn via<T>(message: T, client: &[u8]) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = tonic::metadata::AsciiMetadataValue::try_from(client).expect("a valid header value");
+    request.metadata_mut().insert(tailops_proto::CLIENT_HEADER, value);
+    request
 }
 
 /// Convenience: an exec request.

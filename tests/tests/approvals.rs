@@ -137,3 +137,60 @@ async fn an_unanswered_approval_expires() {
     assert_eq!(completed(&events).state(), v1::JobState::Expired);
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn approvers_see_which_client_a_bridges_job_came_through() {
+    const CLIENT: &str = "claude-code/1.0.3";
+    let controller = TestController::start().await;
+    let _a = controller.agent("a", &[]).await;
+    let bridge = controller.principal("bridge", "assistant", "mcp", None).await;
+    let request = exec_request(all_hosts(), &["echo", "via a client"], Duration::from_secs(10));
+    let mut stream = controller
+        .fleet_as(&bridge)
+        .await
+        .run_job(via(request, CLIENT.as_bytes()))
+        .await
+        .expect("accepted")
+        .into_inner();
+    let job_id = until_approval_required(&mut stream).await;
+
+    let pending =
+        controller.fleet().await.list_approvals(v1::ListApprovalsRequest {}).await.expect("ls").into_inner();
+    let job = pending.approvals[0].job.clone().expect("job");
+    assert_eq!((job.id, job.requested_via.as_str()), (job_id, CLIENT));
+
+    let admin = controller.admin_profile_file().await;
+    let requested = format!("{} via {CLIENT}", bridge.principal);
+    let ls = tailopsctl(&admin, &["approvals", "ls"]).await;
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    assert!(text(&ls.stdout).contains(&requested), "{}", text(&ls.stdout));
+    let ls = tailopsctl(&admin, &["approvals", "ls", "-o", "json"]).await;
+    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("json");
+    assert_eq!(ls[0]["requested_via"], CLIENT);
+
+    controller.fleet().await.decide_approval(decide(job_id, true, "")).await.expect("approve");
+    assert_eq!(completed(&collect_events(stream).await).state(), v1::JobState::Succeeded);
+    let show = tailopsctl(&admin, &["jobs", "show", &job_id.to_string()]).await;
+    assert!(show.status.success(), "{}", text(&show.stderr));
+    assert!(text(&show.stdout).contains(&requested), "{}", text(&show.stdout));
+    let job = controller.fleet().await.get_job(v1::GetJobRequest { job_id }).await.expect("job").into_inner();
+    assert_eq!(job.job.expect("job").requested_via, CLIENT);
+
+    // The job's rows carry the bridge's client; the approval is the admin's, who named none,
+    // but records which client it approved.
+    let rows = controller
+        .audit()
+        .await
+        .list_audit(v1::ListAuditRequest { limit: 1000, ..Default::default() })
+        .await
+        .expect("audit")
+        .into_inner()
+        .entries;
+    let row = |action: &str| rows.iter().find(|e| e.action == action).cloned().expect(action);
+    assert_eq!(row("job.create").client, CLIENT);
+    assert_eq!(row("job.complete").client, CLIENT);
+    let approval = row("approval.approve");
+    assert_eq!(approval.client, "");
+    assert!(approval.arguments_json.contains(CLIENT), "{}", approval.arguments_json);
+    controller.stop().await;
+}

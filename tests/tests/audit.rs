@@ -59,6 +59,157 @@ async fn jobs_identity_changes_and_denials_are_recorded() {
     controller.stop().await;
 }
 
+/// What an MCP bridge sends on each request: the name and version of its MCP client.
+const CLIENT: &str = "claude-code/1.0.3";
+
+/// A process listing: the mcp role runs it without approval.
+fn process_list(selector: v1::HostSelector) -> v1::RunJobRequest {
+    let list = v1::ProcessListAction { sort: v1::ProcessSort::Memory as i32, limit: 3 };
+    v1::RunJobRequest {
+        selector: Some(selector),
+        action: Some(v1::JobAction { kind: Some(v1::job_action::Kind::ProcessList(list)) }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_bridges_client_is_recorded_in_every_row_it_causes_and_is_covered_by_the_chain() {
+    let controller = TestController::start().await;
+    let _a = controller.agent("a", &[("env", "prod")]).await;
+    let _b = controller.agent("b", &[("env", "lab")]).await;
+    let bridge =
+        controller.principal("bridge", "assistant", "mcp", Some(label_selector("env", "prod"))).await;
+    let mut fleet = controller.fleet_as(&bridge).await;
+    let job = fleet.run_job(via(process_list(host_named("a")), CLIENT.as_bytes())).await.expect("job");
+    assert_eq!(completed(&collect_events(job.into_inner()).await).state(), v1::JobState::Succeeded);
+    // Refused inside the fleet service: host b is outside the bridge's scope.
+    let err = fleet.run_job(via(process_list(host_named("b")), CLIENT.as_bytes())).await.expect_err("scope");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // Refused by the policy layer: join tokens need the admin tier.
+    let err = fleet
+        .create_join_token(via(v1::CreateJoinTokenRequest::default(), CLIENT.as_bytes()))
+        .await
+        .expect_err("admin tier");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    let by_bridge = |rows: Vec<v1::AuditEntry>| -> Vec<v1::AuditEntry> {
+        rows.into_iter().filter(|e| e.principal == bridge.principal).collect()
+    };
+    let created = by_bridge(entries(&controller, "job.create").await);
+    assert_eq!(created.iter().map(|e| e.decision.as_str()).collect::<Vec<_>>(), ["deny", "allow"]);
+    let completed_rows = by_bridge(entries(&controller, "job.complete").await);
+    assert_eq!(completed_rows.len(), 1);
+    let denied = by_bridge(entries(&controller, "call").await);
+    assert!(denied.iter().any(|e| e.arguments_json.contains("CreateJoinToken")), "{denied:?}");
+    for row in created.iter().chain(&completed_rows).chain(&denied) {
+        assert_eq!(row.client, CLIENT, "{row:?}");
+    }
+    // The admin's own requests named no client.
+    let invites = entries(&controller, "identity.invite").await;
+    assert!(invites.iter().all(|e| e.client.is_empty()), "{invites:?}");
+    let json = tailopsctl(
+        &controller.admin_profile_file().await,
+        &["audit", "ls", "--action", "job.complete", "-o", "json"],
+    )
+    .await;
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(json[0]["client"], CLIENT);
+    assert!(verify(&controller).await.intact);
+
+    // The client is part of each row's hash: changing, adding or removing it is tampering.
+    let mut conn = db(&controller).await;
+    let with_client = i64::try_from(created[1].seq).expect("seq");
+    let without_client = i64::try_from(invites[0].seq).expect("seq");
+    for (seq, forged, original) in
+        [(with_client, "a-human/1.0", CLIENT), (with_client, "", CLIENT), (without_client, CLIENT, "")]
+    {
+        let edit = "UPDATE audit SET client = ? WHERE seq = ?";
+        sqlx::query(edit).bind(forged).bind(seq).execute(&mut conn).await.expect("forge");
+        let report = verify(&controller).await;
+        assert!(!report.intact, "row {seq} with client {forged:?} passed verification");
+        assert_eq!(report.first_bad_seq, u64::try_from(seq).expect("seq"));
+        assert!(report.problem.contains("altered"), "{}", report.problem);
+        sqlx::query(edit).bind(original).bind(seq).execute(&mut conn).await.expect("restore");
+        assert!(verify(&controller).await.intact);
+    }
+    controller.stop().await;
+}
+
+fn host_named(name: &str) -> v1::HostSelector {
+    v1::HostSelector { hosts: vec![name.to_owned()], ..Default::default() }
+}
+
+#[tokio::test]
+async fn an_over_long_or_control_character_client_is_sanitized() {
+    let controller = TestController::start().await;
+    let bridge = controller.principal("bridge", "assistant", "mcp", None).await;
+    let mut fleet = controller.fleet_as(&bridge).await;
+    // A tab and the 8-bit CSI (U+009B, a terminal escape): both control characters, both
+    // accepted in an HTTP/2 header value.
+    let mut hostile = b"evil\tclient\xc2\x9b31m".to_vec();
+    hostile.extend_from_slice("é".repeat(100).as_bytes());
+    for (header, expected) in [
+        // 15 bytes, then two-byte characters: the limit falls inside the 57th.
+        (hostile.as_slice(), format!("evil?client?31m{}", "é".repeat(56))),
+        (b" \t ".as_slice(), String::new()),
+    ] {
+        let request = via(v1::CreateJoinTokenRequest::default(), header);
+        fleet.create_join_token(request).await.expect_err("admin tier");
+        let denied = entries(&controller, "call").await;
+        let newest = denied.iter().find(|e| e.principal == bridge.principal).expect("the denial is recorded");
+        assert_eq!(newest.client, expected);
+        assert!(newest.client.len() <= 128);
+    }
+    assert!(verify(&controller).await.intact);
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn non_admins_list_only_their_own_audit_rows() {
+    let controller = TestController::start().await;
+    let bridge = controller.principal("bridge", "assistant", "mcp", None).await;
+    let viewer = controller.principal("user", "val", "viewer", None).await;
+    for profile in [&bridge, &viewer] {
+        let request = via(v1::CreateJoinTokenRequest::default(), CLIENT.as_bytes());
+        controller.fleet_as(profile).await.create_join_token(request).await.expect_err("admin tier");
+    }
+
+    for profile in [&bridge, &viewer] {
+        let mut audit = controller.audit_as(profile).await;
+        let mine = audit.list_audit(v1::ListAuditRequest::default()).await.expect("own rows").into_inner();
+        let actions: Vec<&str> = mine.entries.iter().map(|e| e.action.as_str()).collect();
+        assert!(actions.contains(&"call") && actions.contains(&"enrollment.login"), "{actions:?}");
+        assert!(mine.entries.iter().all(|e| e.principal == profile.principal), "{:?}", mine.entries);
+
+        // Naming yourself is the same; naming anyone else is refused, and recorded.
+        let named = v1::ListAuditRequest { principal: profile.principal.clone(), ..Default::default() };
+        assert_eq!(
+            audit.list_audit(named).await.expect("own rows").into_inner().entries.len(),
+            mine.entries.len()
+        );
+        let other =
+            v1::ListAuditRequest { principal: controller.admin.principal.clone(), ..Default::default() };
+        let err = audit.list_audit(via(other, CLIENT.as_bytes())).await.expect_err("someone else's rows");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("only admins"), "{}", err.message());
+
+        // Verifying the chain stays an admin's job.
+        let err = audit.verify_audit(v1::VerifyAuditRequest {}).await.expect_err("verify");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+    let refused = entries(&controller, "audit.list").await;
+    assert_eq!(refused.len(), 2);
+    assert!(refused.iter().all(|e| e.decision == "deny" && e.client == CLIENT), "{refused:?}");
+
+    // The admin still sees everyone's rows.
+    let everyone = entries(&controller, "").await;
+    for principal in [&bridge.principal, &viewer.principal, &controller.admin.principal] {
+        assert!(everyone.iter().any(|e| e.principal == *principal), "no rows of {principal}");
+    }
+    controller.stop().await;
+}
+
 #[tokio::test]
 async fn editing_the_database_is_detected() {
     let controller = TestController::start().await;

@@ -74,11 +74,15 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/tailops.v1.Monitoring/QueryMetrics", Access::Principal(Tier::Observe)),
     ("/tailops.v1.Monitoring/FleetSummary", Access::Principal(Tier::Observe)),
     ("/tailops.v1.Monitoring/ListChanges", Access::Principal(Tier::Observe)),
-    ("/tailops.v1.Audit/ListAudit", Access::Principal(Tier::Admin)),
+    // Non-admins are limited to their own rows inside.
+    ("/tailops.v1.Audit/ListAudit", Access::Principal(Tier::Observe)),
     ("/tailops.v1.Audit/VerifyAudit", Access::Principal(Tier::Admin)),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Access::Principal(Tier::Admin)),
     ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Access::Principal(Tier::Admin)),
 ];
+
+/// The longest client name recorded, in bytes: room for `NAME/VERSION`, not for a payload.
+pub const MAX_CLIENT_BYTES: usize = 128;
 
 pub fn access_for(path: &str) -> Option<Access> {
     POLICY.iter().find(|(method, _)| *method == path).map(|(_, access)| *access)
@@ -93,6 +97,10 @@ pub struct Principal {
     pub role: Option<&'static Role>,
     /// Users and bridges: the hosts their role is limited to (`None`: every host).
     pub scope: Option<v1::HostSelector>,
+    /// The program the request came through, as the caller named it in
+    /// [`tailops_proto::CLIENT_HEADER`] (sanitized). The caller asserts it, so it is attribution
+    /// for the audit log and for approvers only: nothing may ever be granted on it.
+    pub client: Option<String>,
 }
 
 impl Principal {
@@ -157,7 +165,13 @@ impl Authorizer {
     /// A certificate that a renewal already replaced was presented: two holders of one identity.
     /// Always flagged; with `security.lock_on_clone`, every certificate of the identity is
     /// revoked too, so neither copy works until an admin re-enrolls it.
-    async fn on_clone_suspected(&self, uri: &str, serial: &str, remote: Option<SocketAddr>) {
+    async fn on_clone_suspected(
+        &self,
+        uri: &str,
+        serial: &str,
+        remote: Option<SocketAddr>,
+        client: Option<&str>,
+    ) {
         tracing::warn!(principal = %uri, serial, ?remote, "superseded certificate presented: identity may be copied");
         let mut outcome = "flagged".to_owned();
         if self.lock_on_clone {
@@ -175,24 +189,29 @@ impl Authorizer {
         }
         let arguments = serde_json::json!({"serial": serial, "from": anonymous(remote)});
         self.audit
-            .record(AuditRecord::allow(
-                uri,
-                "identity.clone_suspected",
-                vec![uri.to_owned()],
-                arguments,
-                &outcome,
-            ))
+            .record(
+                AuditRecord::allow(
+                    uri,
+                    "identity.clone_suspected",
+                    vec![uri.to_owned()],
+                    arguments,
+                    &outcome,
+                )
+                .via(client.map(str::to_owned)),
+            )
             .await;
     }
 
-    /// Authorizes one call; denials are audited.
+    /// Authorizes one call; denials are audited. `client` is the sanitized
+    /// [`tailops_proto::CLIENT_HEADER`]: recorded, never consulted.
     pub async fn authorize(
         &self,
         path: &str,
         peer_certs: Option<&[CertificateDer<'static>]>,
         remote: Option<SocketAddr>,
+        client: Option<String>,
     ) -> Result<Option<Principal>, Status> {
-        let result = self.decide(path, peer_certs, remote).await;
+        let result = self.decide(path, peer_certs, remote, client.clone()).await;
         if let Err((who, status)) = &result {
             // Callers without a certificate could otherwise grow the log without bound: their
             // denials are audited within the per-address enrollment budget, the rest only logged.
@@ -205,7 +224,7 @@ impl Authorizer {
             }
             let who = who.clone().unwrap_or_else(|| anonymous(remote));
             let arguments = serde_json::json!({ "method": path, "code": format!("{:?}", status.code()) });
-            self.audit.record(AuditRecord::deny(who, "call", arguments, status.message())).await;
+            self.audit.record(AuditRecord::deny(who, "call", arguments, status.message()).via(client)).await;
         }
         result.map_err(|(_, status)| status)
     }
@@ -215,6 +234,7 @@ impl Authorizer {
         path: &str,
         peer_certs: Option<&[CertificateDer<'static>]>,
         remote: Option<SocketAddr>,
+        client: Option<String>,
     ) -> Result<Option<Principal>, (Option<String>, Status)> {
         let anon = |status| Err((None, status));
         let Some(access) = access_for(path) else {
@@ -252,7 +272,7 @@ impl Authorizer {
         match self.store.certificate_standing(&info.serial, &uri).await {
             Ok(CertStanding::Usable) => {}
             Ok(CertStanding::Superseded) => {
-                self.on_clone_suspected(&uri, &info.serial, remote).await;
+                self.on_clone_suspected(&uri, &info.serial, remote, client.as_deref()).await;
                 return deny(Status::unauthenticated(
                     "certificate was superseded by a renewal; it is no longer valid",
                 ));
@@ -262,7 +282,7 @@ impl Authorizer {
             }
             Err(e) => return deny(db(e)),
         }
-        let mut principal = Principal { id, serial: info.serial, role: None, scope: None };
+        let mut principal = Principal { id, serial: info.serial, role: None, scope: None, client };
         match (access, principal.id.kind) {
             (Access::Agent, PrincipalKind::Agent) => match self.store.host(&principal.id.name).await {
                 Ok(Some(_)) => {}
@@ -325,6 +345,27 @@ impl Authorizer {
     }
 }
 
+/// The client a request names in [`tailops_proto::CLIENT_HEADER`], made safe to store and to
+/// print on an approver's terminal: at most [`MAX_CLIENT_BYTES`] bytes (cut at a character
+/// boundary), control characters replaced by '?'. Absent or blank: `None`.
+pub fn client_of(headers: &http::HeaderMap) -> Option<String> {
+    sanitize_client(headers.get(tailops_proto::CLIENT_HEADER)?.as_bytes())
+}
+
+fn sanitize_client(raw: &[u8]) -> Option<String> {
+    // Header values may carry any byte from 0x80 up: not necessarily UTF-8.
+    let raw = String::from_utf8_lossy(raw);
+    let mut client: String = raw.trim().chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if client.len() > MAX_CLIENT_BYTES {
+        let mut end = MAX_CLIENT_BYTES;
+        while !client.is_char_boundary(end) {
+            end -= 1;
+        }
+        client.truncate(end);
+    }
+    (!client.is_empty()).then_some(client)
+}
+
 /// How a caller without a certificate is named in the audit log.
 pub fn anonymous(remote: Option<SocketAddr>) -> String {
     match remote {
@@ -385,7 +426,9 @@ where
             let certs = info.and_then(TlsConnectInfo::peer_certs);
             let remote = info.and_then(|i| i.get_ref().remote_addr());
             let path = request.uri().path().to_owned();
-            match authorizer.authorize(&path, certs.as_deref().map(Vec::as_slice), remote).await {
+            // Read before authorizing, so that denials are attributed to the client too.
+            let client = client_of(request.headers());
+            match authorizer.authorize(&path, certs.as_deref().map(Vec::as_slice), remote, client).await {
                 Ok(principal) => {
                     if let Some(principal) = principal {
                         request.extensions_mut().insert(principal);
@@ -398,5 +441,25 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_names_are_sanitized() {
+        assert_eq!(sanitize_client(b"claude-code/1.0.3").as_deref(), Some("claude-code/1.0.3"));
+        assert_eq!(sanitize_client(b""), None);
+        assert_eq!(sanitize_client(b"  \t "), None);
+        // Tab and the 8-bit CSI (a terminal escape) are control characters.
+        assert_eq!(sanitize_client("a\tb\u{9b}31mc".as_bytes()).as_deref(), Some("a?b?31mc"));
+        assert_eq!(sanitize_client(b"bad\xffutf8").as_deref(), Some("bad\u{fffd}utf8"));
+        let long = "x".repeat(MAX_CLIENT_BYTES + 10);
+        assert_eq!(sanitize_client(long.as_bytes()).map(|c| c.len()), Some(MAX_CLIENT_BYTES));
+        // A two-byte character straddling the limit is dropped whole.
+        let straddling = format!("{}é", "x".repeat(MAX_CLIENT_BYTES - 1));
+        assert_eq!(sanitize_client(straddling.as_bytes()), Some("x".repeat(MAX_CLIENT_BYTES - 1)));
     }
 }

@@ -1,9 +1,12 @@
 //! `Audit`: read and verify the hash-chained audit log.
 
+use serde_json::json;
 use tailops_proto::v1::{self, audit_server::Audit};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
+use crate::audit::AuditRecord;
+use crate::auth::{Grant, Principal, Tier};
 use crate::services::internal;
 
 #[derive(Debug, Clone)]
@@ -23,8 +26,26 @@ impl Audit for AuditService {
         &self,
         request: Request<v1::ListAuditRequest>,
     ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let mut req = request.into_inner();
+        // Anyone may see what they did themselves (an assistant's bridge asking what it did
+        // recently); everyone's activity is for admins.
+        let admin = principal.role.is_some_and(|r| r.tier(Tier::Admin) == Grant::Yes);
+        if !admin {
+            let me = principal.uri();
+            if !req.principal.is_empty() && req.principal != me {
+                let why = format!(
+                    "only admins may list other principals' audit rows; you may list your own ({me})"
+                );
+                let arguments = json!({"principal": req.principal});
+                let record = AuditRecord::deny(me, "audit.list", arguments, &why).via(principal.client);
+                self.state.audit.record(record).await;
+                return Err(Status::permission_denied(why));
+            }
+            req.principal = me;
+        }
         self.state.audit.flush().await;
-        let entries = crate::audit::list(&self.state.store, &request.into_inner()).await.map_err(internal)?;
+        let entries = crate::audit::list(&self.state.store, &req).await.map_err(internal)?;
         Ok(Response::new(v1::ListAuditResponse { entries }))
     }
 

@@ -64,7 +64,8 @@ impl FleetService {
         arguments: serde_json::Value,
         why: &str,
     ) {
-        self.state.audit.record(AuditRecord::deny(principal.uri(), action, arguments, why)).await;
+        let record = AuditRecord::deny(principal.uri(), action, arguments, why).via(principal.client.clone());
+        self.state.audit.record(record).await;
     }
 
     /// Ends the stream when the caller's credentials are revoked.
@@ -131,13 +132,16 @@ impl Fleet for FleetService {
         tracing::info!(token_id = %id, by = %principal.id, uses, ttl_secs, "join token created");
         self.state
             .audit
-            .record(AuditRecord::allow(
-                principal.uri(),
-                "fleet.create_join_token",
-                Vec::new(),
-                json!({"token_id": id, "labels": req.labels, "uses": uses, "ttl_secs": ttl_secs}),
-                "ok",
-            ))
+            .record(
+                AuditRecord::allow(
+                    principal.uri(),
+                    "fleet.create_join_token",
+                    Vec::new(),
+                    json!({"token_id": id, "labels": req.labels, "uses": uses, "ttl_secs": ttl_secs}),
+                    "ok",
+                )
+                .via(principal.client.clone()),
+            )
             .await;
         Ok(Response::new(v1::CreateJoinTokenResponse {
             token: secret,
@@ -251,13 +255,16 @@ impl Fleet for FleetService {
         tracing::info!(job = id, by = %principal.id, "job cancel");
         self.state
             .audit
-            .record(AuditRecord::allow(
-                principal.uri(),
-                "job.cancel",
-                Vec::new(),
-                json!({"job_id": id, "cancelled_targets": response.cancelled_targets}),
-                if response.already_finished { "already finished" } else { "ok" },
-            ))
+            .record(
+                AuditRecord::allow(
+                    principal.uri(),
+                    "job.cancel",
+                    Vec::new(),
+                    json!({"job_id": id, "cancelled_targets": response.cancelled_targets}),
+                    if response.already_finished { "already finished" } else { "ok" },
+                )
+                .via(principal.client.clone()),
+            )
             .await;
         Ok(Response::new(response))
     }

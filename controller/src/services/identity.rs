@@ -30,7 +30,8 @@ impl IdentityService {
     }
 
     async fn audit(&self, who: &Principal, action: &str, targets: Vec<String>, arguments: serde_json::Value) {
-        self.state.audit.record(AuditRecord::allow(who.uri(), action, targets, arguments, "ok")).await;
+        let record = AuditRecord::allow(who.uri(), action, targets, arguments, "ok").via(who.client.clone());
+        self.state.audit.record(record).await;
     }
 
     fn principal_id(&self, kind: &str, name: &str) -> Result<PrincipalId, Status> {

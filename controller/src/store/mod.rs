@@ -128,6 +128,8 @@ pub enum CertStanding {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub requested_by: String,
+    /// The requester's client ('' if none).
+    pub requested_via: String,
     pub selector: v1::HostSelector,
     pub action: v1::JobAction,
     pub concurrency: u32,
@@ -658,11 +660,12 @@ impl Store {
     pub async fn create_job(&self, job: &NewJob) -> Result<u64, StoreError> {
         let mut tx = self.write_transaction().await?;
         let id: i64 = sqlx::query(
-            "INSERT INTO jobs (requested_by, selector, action, concurrency, output_cap, created_at, deadline,
-                               timeout_ms, reason, approval_expires_at, state)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO jobs (requested_by, requested_via, selector, action, concurrency, output_cap, created_at,
+                               deadline, timeout_ms, reason, approval_expires_at, state)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&job.requested_by)
+        .bind(&job.requested_via)
         .bind(job.selector.encode_to_vec())
         .bind(job.action.encode_to_vec())
         .bind(i64::from(job.concurrency))
@@ -969,6 +972,7 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::Job, StoreError> {
         concurrency: u32::try_from(row.try_get::<i64, _>("concurrency")?).unwrap_or(0),
         reason: row.try_get("reason")?,
         decided_by: row.try_get("decided_by")?,
+        requested_via: row.try_get("requested_via")?,
     })
 }
 

@@ -341,7 +341,8 @@ pub async fn approvals(channel: Channel, command: ApprovalsCommand, output: Outp
                     .iter()
                     .map(|a| {
                         let job = a.job.clone().unwrap_or_default();
-                        json!({"job_id": job.id, "requested_by": job.requested_by, "action": render::action_json(job.action.as_ref()),
+                        json!({"job_id": job.id, "requested_by": job.requested_by, "requested_via": job.requested_via,
+                               "action": render::action_json(job.action.as_ref()),
                                "reason": a.reason, "hosts": a.targets.iter().map(|t| t.host_name.clone()).collect::<Vec<_>>(),
                                "expires_at": rfc3339(a.expires_at_ms)})
                     })
@@ -357,7 +358,7 @@ pub async fn approvals(channel: Channel, command: ApprovalsCommand, output: Outp
                 let job = a.job.clone().unwrap_or_default();
                 t.add_row(vec![
                     job.id.to_string(),
-                    job.requested_by.clone(),
+                    render::by_via(&job.requested_by, &job.requested_via),
                     render::action_text(job.action.as_ref()),
                     a.targets.iter().map(|t| t.host_name.clone()).collect::<Vec<_>>().join(","),
                     a.reason.clone(),
@@ -403,7 +404,8 @@ pub async fn audit(channel: Channel, command: AuditCommand, output: Output) -> a
                 let rows: Vec<Value> = entries
                     .iter()
                     .map(|e| {
-                        json!({"seq": e.seq, "at": rfc3339(e.at_ms), "principal": e.principal, "action": e.action,
+                        json!({"seq": e.seq, "at": rfc3339(e.at_ms), "principal": e.principal, "client": e.client,
+                               "action": e.action,
                                "targets": e.targets, "arguments": serde_json::from_str::<Value>(&e.arguments_json).unwrap_or(Value::Null),
                                "decision": e.decision, "outcome": e.outcome})
                     })
@@ -416,7 +418,7 @@ pub async fn audit(channel: Channel, command: AuditCommand, output: Output) -> a
                 t.add_row(vec![
                     e.seq.to_string(),
                     ago(e.at_ms),
-                    e.principal.clone(),
+                    render::by_via(&e.principal, &e.client),
                     e.action.clone(),
                     e.targets.join(","),
                     e.decision.clone(),

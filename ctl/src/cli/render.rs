@@ -43,6 +43,11 @@ pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> Strin
     labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
+/// A principal and the client it came through: `BY via CLIENT`, or just `BY`.
+pub fn by_via(by: &str, via: &str) -> String {
+    if via.is_empty() { by.to_owned() } else { format!("{by} via {via}") }
+}
+
 /// What a job does, for a person: the command line, or the typed action and its parameters.
 pub fn action_text(action: Option<&v1::JobAction>) -> String {
     match action.and_then(|a| a.kind.as_ref()) {
@@ -140,6 +145,7 @@ fn summary_json(s: Option<&v1::JobSummary>) -> Value {
 fn job_json(j: &v1::Job) -> Value {
     json!({
         "id": j.id, "state": job_state_name(j.state()), "requested_by": j.requested_by,
+        "requested_via": j.requested_via,
         "action": action_json(j.action.as_ref()), "created_at": rfc3339(j.created_at_ms),
         "deadline": rfc3339(j.deadline_ms), "finished_at": rfc3339(j.finished_at_ms),
         "concurrency": j.concurrency, "summary": summary_json(j.summary.as_ref()),
@@ -157,7 +163,7 @@ pub fn jobs(jobs: &[v1::Job], output: Output) -> anyhow::Result<()> {
     let mut t = table(&["ID", "STATE", "CREATED", "BY", "HOSTS OK", "COMMAND"]);
     for j in jobs {
         let s = j.summary.unwrap_or_default();
-        let by = j.requested_by.rsplit('/').next().unwrap_or_default().to_owned();
+        let by = by_via(j.requested_by.rsplit('/').next().unwrap_or_default(), &j.requested_via);
         t.add_row(vec![
             j.id.to_string(),
             job_state_name(j.state()).to_owned(),
@@ -325,7 +331,7 @@ pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result
     }
     println!("Job {}  {}", job.id, job_state_name(job.state()));
     println!("  command:   {}", action_text(job.action.as_ref()));
-    println!("  by:        {}", job.requested_by);
+    println!("  by:        {}", by_via(&job.requested_by, &job.requested_via));
     println!("  created:   {}", rfc3339(job.created_at_ms).as_str().unwrap_or("-"));
     println!();
     let mut t = table(&["HOST", "STATE", "RESULT"]);
