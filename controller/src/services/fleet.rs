@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use tailops_proto::v1::{self, fleet_server::Fleet};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Principal;
+use crate::auth::{Grant, Principal, Tier};
 use serde_json::json;
 
 use crate::audit::AuditRecord;
@@ -250,6 +250,17 @@ impl Fleet for FleetService {
         let id = request.into_inner().job_id;
         if !self.covers_job(&principal, id).await? {
             return Err(out_of_scope(id));
+        }
+        // Withdrawing one's own request only ever reduces what happens, so it needs no more than
+        // the right to have asked; anyone else's job needs the control tier outright.
+        if principal.role.map(|r| r.tier(Tier::Control)) != Some(Grant::Yes) {
+            let job = self.state.store.job(id).await.map_err(internal)?;
+            // An unknown job falls through to the manager's NotFound.
+            if job.is_some_and(|(job, _)| job.requested_by != principal.uri()) {
+                let why = "only the job's requester or a role with the control tier may cancel it";
+                self.audit_denied(&principal, "job.cancel", json!({"job_id": id}), why).await;
+                return Err(Status::permission_denied(why));
+            }
         }
         let response = self.state.jobs.cancel(id).await?;
         tracing::info!(job = id, by = %principal.id, "job cancel");

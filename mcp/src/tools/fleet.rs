@@ -189,8 +189,13 @@ pub async fn call(tool: FleetTool, args: &Args, call: &Call) -> ToolResult {
                 call.controller.audit().list_audit(call.request(request)).await?.into_inner().entries;
             Ok(json!({"entries": entries.iter().map(|e| {
                 let arguments: Value = serde_json::from_str(&e.arguments_json).unwrap_or(Value::Null);
-                json!({"seq": e.seq, "at": time(e.at_ms), "principal": e.principal, "action": e.action,
-                       "targets": e.targets, "arguments": arguments, "decision": e.decision, "outcome": e.outcome})
+                let mut entry = json!({"seq": e.seq, "at": time(e.at_ms), "principal": e.principal,
+                       "action": e.action, "targets": e.targets, "arguments": arguments,
+                       "decision": e.decision, "outcome": e.outcome});
+                if !e.client.is_empty() {
+                    entry["client"] = json!(e.client);
+                }
+                entry
             }).collect::<Vec<_>>()}))
         }
     }

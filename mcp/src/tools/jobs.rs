@@ -119,7 +119,8 @@ pub fn tools() -> Vec<(Tool, JobTool)> {
         (
             Tool::new(
                 "cancel_job",
-                "Cancel a running or pending job: running commands are stopped on every host.",
+                "Cancel a running job or withdraw a pending one: running commands are stopped on every \
+                 host. The bridge may always cancel jobs it asked for.",
                 object(json!({"job_id": job_id}), &["job_id"]),
             )
             .with_annotations(not_read_only("Cancel a job", true, true)),
@@ -607,6 +608,9 @@ fn job_json(job: &v1::Job) -> Value {
         "created_at": time(job.created_at_ms),
         "summary": summary_json(job.summary.as_ref()),
     });
+    if !job.requested_via.is_empty() {
+        value["requested_via"] = json!(job.requested_via);
+    }
     if job.finished_at_ms > 0 {
         value["finished_at"] = time(job.finished_at_ms);
     }
