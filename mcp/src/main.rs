@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
     /// Require `Authorization: Bearer TOKEN` on HTTP requests. Required when --listen is not a
-    /// loopback address.
+    /// loopback address. Prefer the environment variable: argv is visible to other users.
     #[arg(long, env = "TAILOPS_MCP_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Longest tool result, in characters; longer results are cut with a note on how to narrow them.
