@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tailops_controller::Controller;
 use tailops_controller::data_dir::{DataDir, InitOptions, initialize};
-use tailops_proto::v1::{self, fleet_client::FleetClient};
+use tailops_proto::v1::{self, fleet_client::FleetClient, identity_client::IdentityClient};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -122,6 +122,38 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// Controller in this process, agent as a child process from the binary next to this one.
+/// The dev controller's MCP bridge (`assistant`, role `mcp`): its profile, created on the first
+/// run next to the admin's.
+async fn dev_bridge_profile(
+    dir: &DataDir,
+    admin: tonic::transport::Channel,
+    endpoint: &str,
+) -> anyhow::Result<PathBuf> {
+    let path = absolute(&dir.file("mcp.profile.toml"));
+    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return Ok(path);
+    }
+    let invite = IdentityClient::new(admin)
+        .create_invite(v1::CreateInviteRequest {
+            kind: v1::PrincipalKindProto::Bridge as i32,
+            name: "assistant".to_owned(),
+            role: "mcp".to_owned(),
+            scope: None,
+            ttl_secs: 300,
+        })
+        .await
+        .context("inviting the dev bridge")?
+        .into_inner();
+    let profile = tailopsctl::login::login(tailopsctl::login::LoginOptions {
+        controller_url: endpoint.to_owned(),
+        token: invite.token,
+        ca_fingerprint: invite.ca_fingerprint.parse()?,
+    })
+    .await?;
+    profile.save_new(&path).await?;
+    Ok(path)
+}
+
 async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
     if !dir.is_initialized().await {
         let options = InitOptions { trust_domain: "tailops.local".into(), listen, advertise: Vec::new() };
@@ -139,7 +171,7 @@ async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
     let mut profile = tailopsctl::Profile::load(&profile_path).await?;
     profile.endpoint = format!("https://localhost:{}", listen.port());
     let channel = tailopsctl::connect(&profile).await?;
-    let mut fleet = FleetClient::new(channel);
+    let mut fleet = FleetClient::new(channel.clone());
 
     let agent_bin = std::env::current_exe()?.with_file_name("tailops-agent");
     if !tokio::fs::try_exists(&agent_bin).await.unwrap_or(false) {
@@ -183,6 +215,7 @@ async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let bridge_profile = dev_bridge_profile(&dir, channel, &profile.endpoint).await;
     let ctl = std::env::current_exe()?.with_file_name("tailopsctl");
     println!();
     println!("TailOps dev controller at {} (data in {})", profile.endpoint, dir.path().display());
@@ -196,6 +229,16 @@ async fn dev(dir: DataDir, listen: SocketAddr) -> anyhow::Result<()> {
     println!("  export TAILOPS_PROFILE={}", profile_path.display());
     println!("  {} hosts ls", ctl.display());
     println!("  {} exec --all -- uname -a", ctl.display());
+    match bridge_profile {
+        Ok(path) => {
+            println!();
+            println!("Connect an AI assistant (MCP over stdio; it observes freely, and its actions wait for");
+            println!("`tailopsctl approvals approve ID`):");
+            let mcp = std::env::current_exe()?.with_file_name("tailops-mcp");
+            println!("  {} --profile {}", mcp.display(), path.display());
+        }
+        Err(e) => tracing::warn!(error = %e, "no MCP bridge profile for the dev controller"),
+    }
     println!();
     println!("Stop with Ctrl-C.");
 

@@ -447,3 +447,52 @@ async fn http_off_loopback_needs_a_token_and_bad_profiles_are_explained() {
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("refused the bridge's profile"), "{}", text(&refused.stderr));
 }
+
+/// The README's first command: `tailops-controller dev` prints how to connect an assistant, and
+/// that line works.
+#[tokio::test]
+async fn the_dev_controller_offers_an_assistant_bridge() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let mut dev = tokio::process::Command::new(binary("tailops-controller").await)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the dev controller");
+    let mut lines = BufReader::new(dev.stdout.take().expect("stdout")).lines();
+    let mut bridge_line = None;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if line.trim_start().contains("tailops-mcp --profile ") {
+                bridge_line = Some(line.trim().to_owned());
+            }
+            if line.starts_with("Stop with Ctrl-C") {
+                return;
+            }
+        }
+        panic!("the dev controller exited early");
+    })
+    .await
+    .expect("the dev controller did not come up");
+    let line = bridge_line.expect("an MCP line in the dev banner");
+    let mut words = line.split_whitespace();
+    let program = PathBuf::from(words.next().expect("program"));
+    let args: Vec<String> = words.map(str::to_owned).collect();
+    let mut mcp = McpClient::stdio(&program, &args, &[], CLIENT, CLIENT_VERSION).await;
+    let hosts = mcp.call_tool("list_hosts", json!({})).await;
+    let hosts = structured(&hosts);
+    assert_eq!(hosts["count"], json!(1), "{hosts}");
+    assert_eq!(hosts["hosts"][0]["online"], json!(true), "{hosts}");
+    drop(mcp);
+
+    // Ctrl-C stops the controller and its local agent.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(dev.id().expect("pid")).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("interrupt");
+    let status =
+        tokio::time::timeout(Duration::from_secs(30), dev.wait()).await.expect("dev stops").expect("wait");
+    assert!(status.success(), "{status}");
+}
