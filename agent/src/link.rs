@@ -34,6 +34,8 @@ const OUTBOX_CAPACITY: usize = 1024;
 const RENEW_AT_FRACTION: f64 = 0.7;
 /// Job ids remembered after they finish, so a redelivered job does not run twice.
 const REMEMBERED_JOBS: usize = 4096;
+/// Jobs still running after this long send a separate "started" message (see [`announced`]).
+const START_NOTICE_AFTER: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
@@ -347,64 +349,66 @@ fn start_job(
     running.insert(job_id, cancel.clone());
     tokio::spawn(async move {
         let timeout = Duration::from_millis(job.timeout_ms);
-        let result = match job.action.and_then(|a| a.kind) {
-            // Re-validated here: the agent does not trust that the controller checked.
-            _ if job.timeout_ms == 0 => refused("zero timeout"),
-            Some(v1::job_action::Kind::Exec(exec)) if !exec.argv.is_empty() => {
-                tracing::debug!(job = job_id, program = %exec.argv[0], "running job");
-                send_started(&outbox, job_id).await;
-                let spec = ExecSpec { argv: exec.argv, timeout, output_cap: job.output_cap_bytes };
-                let (chunks_tx, chunks) = mpsc::channel(64);
-                let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
-                let result = executor.execute(spec, cancel, chunks_tx).await;
-                let _ = forward.await;
-                result
-            }
-            Some(v1::job_action::Kind::ProcessList(action)) => {
-                send_started(&outbox, job_id).await;
-                typed_action(timeout, cancel, async move {
-                    match monitor::process_list(&action).await {
-                        Ok(list) => v1::CommandResult {
-                            exit_code: Some(0),
-                            output: Some(v1::ActionOutput {
-                                kind: Some(v1::action_output::Kind::ProcessList(list)),
-                            }),
-                            ..Default::default()
-                        },
-                        Err(error) => v1::CommandResult { error, ..Default::default() },
-                    }
-                })
-                .await
-            }
-            Some(v1::job_action::Kind::Operation(action)) => {
-                // Validated again here: the agent does not trust that the controller checked.
-                match tailops_ops::validate(&action.name, &action.params, action.dry_run) {
-                    Err(e) => refused(&e.to_string()),
-                    Ok(op) => {
-                        tracing::debug!(
-                            job = job_id,
-                            op = op.spec.name,
-                            dry_run = op.dry_run,
-                            "running operation"
-                        );
-                        send_started(&outbox, job_id).await;
-                        let (chunks_tx, chunks) = mpsc::channel(64);
-                        let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
-                        let live = ops::LiveOutput::new(chunks_tx, job.output_cap_bytes);
-                        let streamed = live.clone();
-                        let mut result = typed_action(timeout, cancel, async move {
-                            ops::command_result(ops::run(&op, &ops_config, timeout, &live).await)
-                        })
-                        .await;
-                        (result.stdout_bytes, result.stdout_truncated) = streamed.totals();
-                        drop(streamed);
-                        let _ = forward.await;
-                        result
+        let work_outbox = outbox.clone();
+        let work = async move {
+            match job.action.and_then(|a| a.kind) {
+                // Re-validated here: the agent does not trust that the controller checked.
+                _ if job.timeout_ms == 0 => refused("zero timeout"),
+                Some(v1::job_action::Kind::Exec(exec)) if !exec.argv.is_empty() => {
+                    tracing::debug!(job = job_id, program = %exec.argv[0], "running job");
+                    let spec = ExecSpec { argv: exec.argv, timeout, output_cap: job.output_cap_bytes };
+                    let (chunks_tx, chunks) = mpsc::channel(64);
+                    let forward = tokio::spawn(forward_output(job_id, chunks, work_outbox.clone()));
+                    let result = executor.execute(spec, cancel, chunks_tx).await;
+                    let _ = forward.await;
+                    result
+                }
+                Some(v1::job_action::Kind::ProcessList(action)) => {
+                    typed_action(timeout, cancel, async move {
+                        match monitor::process_list(&action).await {
+                            Ok(list) => v1::CommandResult {
+                                exit_code: Some(0),
+                                output: Some(v1::ActionOutput {
+                                    kind: Some(v1::action_output::Kind::ProcessList(list)),
+                                }),
+                                ..Default::default()
+                            },
+                            Err(error) => v1::CommandResult { error, ..Default::default() },
+                        }
+                    })
+                    .await
+                }
+                Some(v1::job_action::Kind::Operation(action)) => {
+                    // Validated again here: the agent does not trust that the controller checked.
+                    match tailops_ops::validate(&action.name, &action.params, action.dry_run) {
+                        Err(e) => refused(&e.to_string()),
+                        Ok(op) => {
+                            tracing::debug!(
+                                job = job_id,
+                                op = op.spec.name,
+                                dry_run = op.dry_run,
+                                "running operation"
+                            );
+                            let (chunks_tx, chunks) = mpsc::channel(64);
+                            let forward = tokio::spawn(forward_output(job_id, chunks, work_outbox.clone()));
+                            let live = ops::LiveOutput::new(chunks_tx, job.output_cap_bytes);
+                            let streamed = live.clone();
+                            let mut result = typed_action(timeout, cancel, async move {
+                                ops::command_result(ops::run(&op, &ops_config, timeout, &live).await)
+                            })
+                            .await;
+                            (result.stdout_bytes, result.stdout_truncated) = streamed.totals();
+                            drop(streamed);
+                            let _ = forward.await;
+                            result
+                        }
                     }
                 }
+                Some(v1::job_action::Kind::Exec(_)) | None => refused("empty command"),
             }
-            Some(v1::job_action::Kind::Exec(_)) | None => refused("empty command"),
         };
+        // Boxed: the work of every action kind is one large future.
+        let result = announced(&outbox, job_id, Box::pin(work)).await;
         let finished = agent_message::Kind::JobFinished(v1::JobFinished { job_id, result: Some(result) });
         let _ = outbox.send(v1::AgentMessage { kind: Some(finished) }).await;
         let _ = done.send(job_id);
@@ -415,9 +419,24 @@ fn refused(why: &str) -> v1::CommandResult {
     v1::CommandResult { error: format!("refused: {why}"), ..Default::default() }
 }
 
-async fn send_started(outbox: &mpsc::Sender<v1::AgentMessage>, job_id: u64) {
-    let started = agent_message::Kind::JobStarted(v1::JobStarted { job_id });
-    let _ = outbox.send(v1::AgentMessage { kind: Some(started) }).await;
+/// Runs a job's work, telling the controller it started only if it is still running after
+/// [`START_NOTICE_AFTER`]: a quick command is reported by its result alone (the controller then
+/// records the start itself), which halves the messages of a fan-out of quick commands.
+async fn announced<T>(
+    outbox: &mpsc::Sender<v1::AgentMessage>,
+    job_id: u64,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        biased;
+        result = &mut work => result,
+        () = tokio::time::sleep(START_NOTICE_AFTER) => {
+            let started = agent_message::Kind::JobStarted(v1::JobStarted { job_id });
+            let _ = outbox.send(v1::AgentMessage { kind: Some(started) }).await;
+            work.await
+        }
+    }
 }
 
 /// Runs a typed action under the job's deadline and cancellation (its result reports success as

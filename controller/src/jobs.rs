@@ -908,13 +908,23 @@ impl LiveJob {
 
     fn report_finished(&self, host_id: &str, result: v1::CommandResult) -> bool {
         let mut state = self.lock();
-        match state.targets.get_mut(host_id).filter(|t| t.dispatched).and_then(|t| t.report.take()) {
-            Some(report) => {
-                let _ = report.send(result);
-                true
-            }
-            None => false,
+        let Some(t) = state.targets.get_mut(host_id).filter(|t| t.dispatched) else {
+            return false;
+        };
+        let Some(report) = t.report.take() else {
+            return false;
+        };
+        // Agents announce only jobs that run for a while; a quick one's start is its result's
+        // time minus its duration, and watchers still see it start before it finishes.
+        if t.state == v1::TargetState::Pending {
+            t.state = v1::TargetState::Running;
+            let ran_ms = i64::try_from(result.duration_ms).unwrap_or(i64::MAX);
+            t.started_at_ms = now_ms().saturating_sub(ran_ms);
+            let target = t.target.clone();
+            self.record(&mut state, job_event::Kind::Started(v1::TargetStarted { target: Some(target) }));
         }
+        let _ = report.send(result);
+        true
     }
 
     /// Records the host's final state and emits its `finished` event.
