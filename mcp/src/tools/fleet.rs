@@ -81,7 +81,11 @@ pub fn tools() -> Vec<(Tool, FleetTool)> {
                 "fleet_overview",
                 "The whole fleet at a glance: host counts (online, offline, stale, degraded, unhealthy) \
                  and the top CPU, memory and disk users.",
-                object(json!({"top": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}), &[]),
+                object(
+                    json!({"top": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5,
+                                   "description": "How many hosts in each top list."}}),
+                    &[],
+                ),
             )
             .with_annotations(observe("Fleet overview")),
             FleetTool::FleetOverview,
@@ -94,7 +98,8 @@ pub fn tools() -> Vec<(Tool, FleetTool)> {
                 object(
                     json!({"host": host, "since": since("1h"),
                            "until": {"type": "string", "description": "End of the range as a duration ago (default now)."},
-                           "resolution": {"type": "string", "enum": ["auto", "raw", "minute", "hour"], "default": "auto"}}),
+                           "resolution": {"type": "string", "enum": ["auto", "raw", "minute", "hour"], "default": "auto",
+                                          "description": "Point spacing; auto picks by the range's length."}}),
                     &["host"],
                 ),
             )
@@ -110,7 +115,8 @@ pub fn tools() -> Vec<(Tool, FleetTool)> {
                     json!({"host": {"type": "string", "description": "Only this host (default: all)."},
                            "since": since("24h"),
                            "prefix": {"type": "string", "description": "Only fact keys starting with this, e.g. docker."},
-                           "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}),
+                           "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100,
+                                     "description": "Most changes returned."}}),
                     &[],
                 ),
             )
@@ -125,7 +131,8 @@ pub fn tools() -> Vec<(Tool, FleetTool)> {
                 object(
                     json!({"since": since("24h"),
                            "action": {"type": "string", "description": "Only this action, e.g. job.create."},
-                           "limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}),
+                           "limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50,
+                                     "description": "Most entries returned."}}),
                     &[],
                 ),
             )

@@ -49,8 +49,14 @@ pub fn tools() -> Vec<(Tool, JobTool)> {
         json!({"type": "string", "maxLength": 500, "description": "Why this is needed; shown to a human approver."}),
     );
     let mut top = selector_properties();
-    top.insert("sort".into(), json!({"type": "string", "enum": ["cpu", "memory"], "default": "cpu"}));
-    top.insert("limit".into(), json!({"type": "integer", "minimum": 1, "maximum": 100, "default": 15}));
+    top.insert(
+        "sort".into(),
+        json!({"type": "string", "enum": ["cpu", "memory"], "default": "cpu", "description": "Rank by CPU or memory."}),
+    );
+    top.insert(
+        "limit".into(),
+        json!({"type": "integer", "minimum": 1, "maximum": 100, "default": 15, "description": "Processes per host."}),
+    );
     let job_id = json!({"type": "integer", "minimum": 1, "description": "The job's id."});
     let not_read_only = |title: &str, destructive: bool, idempotent: bool| {
         rmcp::model::ToolAnnotations::with_title(title)
@@ -85,7 +91,7 @@ pub fn tools() -> Vec<(Tool, JobTool)> {
                 "list_jobs",
                 "Recent jobs, newest first: id, state, who asked, what they do.",
                 object(
-                    json!({"limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}}),
+                    json!({"limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20, "description": "How many jobs."}}),
                     &[],
                 ),
             )

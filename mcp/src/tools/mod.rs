@@ -208,3 +208,38 @@ fn time(ms: i64) -> Value {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.unsigned_abs());
     Value::String(humantime::format_rfc3339_seconds(time).to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_and_argument_is_described_and_closed() {
+        let set = ToolSet::new();
+        assert_eq!(set.list().len(), 12 + tailops_ops::catalog().count());
+        for tool in set.list() {
+            assert!(
+                tool.description.as_ref().is_some_and(|d| d.len() > 20),
+                "{} has no description",
+                tool.name
+            );
+            assert!(tool.annotations.as_ref().is_some_and(|a| a.read_only_hint.is_some()), "{}", tool.name);
+            let schema = &tool.input_schema;
+            assert_eq!(schema.get("additionalProperties"), Some(&Value::Bool(false)), "{}", tool.name);
+            for (name, property) in schema.get("properties").and_then(Value::as_object).expect("properties") {
+                assert!(property.get("description").is_some(), "{}.{name} has no description", tool.name);
+            }
+        }
+    }
+
+    #[test]
+    fn results_over_the_limit_are_cut_with_a_note() {
+        let limits = Limits { max_result_chars: 1000, ..Limits::default() };
+        let small = shaped(serde_json::json!({"a": 1}), limits);
+        assert_eq!(small.structured_content, Some(serde_json::json!({"a": 1})));
+        let big = shaped(serde_json::json!({"text": "x".repeat(5000)}), limits);
+        assert!(big.structured_content.is_none());
+        let text = serde_json::to_string(&big.content).expect("json");
+        assert!(text.contains("truncated") && text.len() < 1500, "{text}");
+    }
+}
