@@ -453,8 +453,9 @@ async fn http_off_loopback_needs_a_token_and_bad_profiles_are_explained() {
 #[tokio::test]
 async fn the_dev_controller_offers_an_assistant_bridge() {
     let dir = tempfile::tempdir().expect("dir");
-    let port =
-        std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("free port");
+    let port = free.local_addr().expect("addr").port();
+    drop(free);
     let mut dev = tokio::process::Command::new(binary("tailops-controller").await)
         .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir.path())
