@@ -3,12 +3,13 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use sha2::{Digest, Sha256};
@@ -16,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::Bridge;
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who may reach the HTTP endpoint.
 #[derive(Debug, Clone)]
@@ -27,6 +30,9 @@ pub struct HttpPolicy {
     pub allowed_origins: Vec<String>,
     /// When set, every request needs `Authorization: Bearer TOKEN`.
     pub token: Option<String>,
+    /// How long an idle session lives. Longer than any call may wait, or a session would expire
+    /// under a call that is still following its job (and cancel it).
+    pub session_idle: Duration,
 }
 
 /// Serves MCP sessions on `listener` until `shutdown`.
@@ -36,11 +42,9 @@ pub async fn serve(listener: TcpListener, bridge: Bridge, policy: HttpPolicy, sh
         .with_allowed_origins(policy.allowed_origins.clone())
         .enforce_origin_validation()
         .with_cancellation_token(shutdown.child_token());
-    let service = StreamableHttpService::new(
-        move || Ok(bridge.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(policy.session_idle);
+    let service = StreamableHttpService::new(move || Ok(bridge.clone()), Arc::new(sessions), config);
     let token_hash = policy.token.as_deref().map(|t| Sha256::digest(t.as_bytes()));
     loop {
         let (stream, peer) = tokio::select! {
@@ -48,7 +52,9 @@ pub async fn serve(listener: TcpListener, bridge: Bridge, policy: HttpPolicy, sh
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    // Out of file descriptors, say: back off rather than spin.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -69,7 +75,12 @@ pub async fn serve(listener: TcpListener, bridge: Bridge, policy: HttpPolicy, sh
                     tower::Service::call(&mut service, request).await
                 }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), handler);
+            // The timer enables hyper's header-read timeout: a client that never finishes its
+            // request headers does not hold a connection forever.
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), handler);
             tokio::select! {
                 result = connection => {
                     if let Err(e) = result {
@@ -87,7 +98,9 @@ fn bearer_matches<B>(request: &hyper::Request<B>, expected: &[u8]) -> bool {
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         // Comparing digests keeps the comparison's timing independent of the secret.
         .is_some_and(|given| Sha256::digest(given.trim().as_bytes())[..] == *expected)
 }

@@ -48,9 +48,17 @@ struct Cli {
     /// Most rows (hosts, records, processes, points) in one result.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(10..=10_000))]
     max_rows: u32,
-    /// Longest a tool call waits for a job before returning its state (the job goes on).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    /// Longest a tool call waits for a job before returning its state (the job goes on); at most 1h.
+    #[arg(long, default_value = "5m", value_parser = parse_max_wait)]
     max_wait: Duration,
+}
+
+fn parse_max_wait(text: &str) -> Result<Duration, String> {
+    let wait = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if wait.is_zero() || wait > Duration::from_secs(3600) {
+        return Err("must be between 1s and 1h".to_owned());
+    }
+    Ok(wait)
 }
 
 #[tokio::main]
@@ -64,14 +72,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    if let Some(addr) = cli.listen
-        && !addr.ip().is_loopback()
-        && cli.token.is_none()
-    {
-        anyhow::bail!(
-            "--listen {addr} is not a loopback address: set a bearer token (--token or TAILOPS_MCP_TOKEN), \
-             or listen on 127.0.0.1 and expose it with `tailscale serve`"
-        );
+    if let Some(addr) = cli.listen {
+        check_http_exposure(addr, &cli.allowed_hosts, cli.token.as_deref())?;
     }
     let shutdown = CancellationToken::new();
     let profile = tailopsctl::Profile::resolve_path(cli.profile.as_deref())?;
@@ -99,7 +101,12 @@ async fn main() -> anyhow::Result<()> {
             let local = listener.local_addr()?;
             let mut allowed_hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
             allowed_hosts.extend(cli.allowed_hosts);
-            let policy = HttpPolicy { allowed_hosts, allowed_origins: cli.allowed_origins, token: cli.token };
+            let policy = HttpPolicy {
+                allowed_hosts,
+                allowed_origins: cli.allowed_origins,
+                token: cli.token,
+                session_idle: cli.max_wait + Duration::from_secs(300),
+            };
             // Tests and wrappers read the bound address (port 0 picks one) from this line.
             eprintln!("tailops-mcp listening on http://{local}/mcp");
             let server = tokio::spawn(tailops_mcp::http::serve(listener, bridge, policy, shutdown.clone()));
@@ -109,6 +116,39 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     shutdown.cancel();
+    Ok(())
+}
+
+/// Shortest bearer token accepted: a guessable token is no guard.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// HTTP reachable from anywhere but this machine's own programs needs a bearer token: a
+/// non-loopback address, or a loopback one behind a proxy such as `tailscale serve` (which the
+/// extra `--allow-host` names give away). A token, when given, must not be guessable.
+fn check_http_exposure(
+    addr: SocketAddr,
+    allowed_hosts: &[String],
+    token: Option<&str>,
+) -> anyhow::Result<()> {
+    if let Some(token) = token
+        && token.trim().len() < MIN_TOKEN_LEN
+    {
+        anyhow::bail!(
+            "the bearer token is shorter than {MIN_TOKEN_LEN} characters; use a random one, e.g. `openssl rand -hex 32`"
+        );
+    }
+    if token.is_none() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {addr} is not a loopback address: set a bearer token (TAILOPS_MCP_TOKEN), or \
+             listen on 127.0.0.1"
+        );
+    }
+    if token.is_none() && !allowed_hosts.is_empty() {
+        anyhow::bail!(
+            "--allow-host means requests arrive through a proxy (such as `tailscale serve`) from \
+             other machines: set a bearer token (TAILOPS_MCP_TOKEN)"
+        );
+    }
     Ok(())
 }
 

@@ -66,7 +66,8 @@ impl OperationSpec {
     /// Whether running it can take something away (stop, restart, roll back, upgrade) rather
     /// than only add or start something. Read-only operations destroy nothing.
     pub fn destructive(&self) -> bool {
-        self.mutating && !matches!(self.verb(), "start" | "enable" | "pull" | "snapshot" | "install")
+        // Installing can remove conflicting packages and upgrade dependencies: destructive.
+        self.mutating && !matches!(self.verb(), "start" | "enable" | "pull" | "snapshot")
     }
 
     /// Whether running it twice leaves the host as running it once does.

@@ -116,6 +116,21 @@ async fn observe_tools_prompts_and_resources_over_stdio() {
     let progress = top["progress"].as_array().expect("progress notifications");
     assert!(progress.iter().any(|p| p["progress"] == p["total"] && p["total"] == json!(1.0)), "{progress:?}");
 
+    // A network check's own target and timeout do not collide with the job's host and deadline.
+    let port_schema = &tool(&tools, "net_port")["inputSchema"]["properties"];
+    assert!(port_schema["target"].is_object() && port_schema["check_timeout"].is_object(), "{port_schema}");
+    let port = controller.url.rsplit(':').next().expect("port").trim_end_matches('/').to_owned();
+    let check = mcp
+        .call_tool(
+            "net_port",
+            json!({"host": "web1", "target": "127.0.0.1", "port": port.parse::<u16>().expect("port"),
+                   "check_timeout": "2s", "timeout": "20s"}),
+        )
+        .await;
+    let check = structured(&check);
+    assert_eq!(check["state"], json!("succeeded"), "{check}");
+    assert_eq!(check["hosts"].as_array().map(Vec::len), Some(1), "{check}");
+
     // Bad input is a clear tool error, and nothing runs.
     let error = tool_error(&mcp.call_tool("service_list", json!({"host": "web1", "bogus": 1})).await);
     assert!(error.contains("unknown argument \"bogus\""), "{error}");
@@ -390,12 +405,17 @@ async fn streamable_http_with_token_host_and_origin_guards() {
     let _web = controller.agent("web1", &[]).await;
     let dir = tempfile::tempdir().expect("dir");
     let profile = bridge_profile(&controller, dir.path(), "remote", "mcp", None).await;
-    let (_bridge, url) = http_bridge(&profile, &["--token", "s3cret-token"]).await;
+    let (_bridge, url) = http_bridge(&profile, &["--token", "s3cret-token-of-32-characters-xx"]).await;
 
     // The official client, with the token, works end to end.
-    let mut mcp = McpClient::http(&url, &[("Authorization", "Bearer s3cret-token")], CLIENT, CLIENT_VERSION)
-        .await
-        .expect("connect over HTTP");
+    let mut mcp = McpClient::http(
+        &url,
+        &[("Authorization", "Bearer s3cret-token-of-32-characters-xx")],
+        CLIENT,
+        CLIENT_VERSION,
+    )
+    .await
+    .expect("connect over HTTP");
     let hosts = mcp.call_tool("list_hosts", json!({})).await;
     assert_eq!(structured(&hosts)["hosts"][0]["name"], json!("web1"));
     assert!(mcp.list_tools().await.len() > 12);
@@ -405,7 +425,7 @@ async fn streamable_http_with_token_host_and_origin_guards() {
     assert!(refused.is_err(), "a client without the token got in");
     assert_eq!(raw_status(&url, &[]).await, 401);
     assert_eq!(raw_status(&url, &[("authorization", "Bearer wrong")]).await, 401);
-    let auth = ("authorization", "Bearer s3cret-token");
+    let auth = ("authorization", "Bearer s3cret-token-of-32-characters-xx");
     assert_eq!(raw_status(&url, &[auth]).await, 200);
     // DNS rebinding: a foreign Host, or a browser page from another origin, is refused.
     assert_eq!(raw_status(&url, &[auth, ("host", "evil.example:80")]).await, 403);
@@ -429,11 +449,21 @@ async fn http_off_loopback_needs_a_token_and_bad_profiles_are_explained() {
         .expect("tailops-mcp exits")
         .expect("run tailops-mcp")
     };
-    let open =
-        run(vec!["--profile".into(), profile.display().to_string(), "--listen".into(), "0.0.0.0:0".into()])
-            .await;
+    let listen = |extra: &[&str]| {
+        let mut args = vec!["--profile".to_owned(), profile.display().to_string()];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    let open = run(listen(&["--listen", "0.0.0.0:0"])).await;
     assert!(!open.status.success());
     assert!(text(&open.stderr).contains("not a loopback address"), "{}", text(&open.stderr));
+    // Behind `tailscale serve` the connection is loopback, but the callers are not.
+    let proxied = run(listen(&["--listen", "127.0.0.1:0", "--allow-host", "box.tailnet.ts.net"])).await;
+    assert!(!proxied.status.success());
+    assert!(text(&proxied.stderr).contains("set a bearer token"), "{}", text(&proxied.stderr));
+    let weak = run(listen(&["--listen", "127.0.0.1:0", "--token", "short"])).await;
+    assert!(!weak.status.success());
+    assert!(text(&weak.stderr).contains("shorter than 16"), "{}", text(&weak.stderr));
 
     let missing = run(vec!["--profile".into(), dir.path().join("none.toml").display().to_string()]).await;
     assert!(!missing.status.success());

@@ -251,13 +251,17 @@ impl Fleet for FleetService {
         if !self.covers_job(&principal, id).await? {
             return Err(out_of_scope(id));
         }
-        // Withdrawing one's own request only ever reduces what happens, so it needs no more than
-        // the right to have asked; anyone else's job needs the control tier outright.
+        // Withdrawing one's own request before it runs changes nothing on any host, so it needs
+        // no more than the right to have asked. Stopping a running job (an approved upgrade
+        // half done) is a control action: it needs the control tier outright.
         if principal.role.map(|r| r.tier(Tier::Control)) != Some(Grant::Yes) {
             let job = self.state.store.job(id).await.map_err(internal)?;
             // An unknown job falls through to the manager's NotFound.
-            if job.is_some_and(|(job, _)| job.requested_by != principal.uri()) {
-                let why = "only the job's requester or a role with the control tier may cancel it";
+            if job.is_some_and(|(job, _)| {
+                job.requested_by != principal.uri() || job.state() != v1::JobState::PendingApproval
+            }) {
+                let why = "without the control tier, only the job's requester may cancel it, and only \
+                           while it waits for approval";
                 self.audit_denied(&principal, "job.cancel", json!({"job_id": id}), why).await;
                 return Err(Status::permission_denied(why));
             }

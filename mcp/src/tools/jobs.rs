@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 use tailops_ops::OperationSpec;
 use tailops_proto::v1::{self, job_event::Kind};
 
-use super::schema::{SELECTOR_ARGS, object, selector_properties};
+use super::schema::{JOB_ARGS, SELECTOR_ARGS, exposed, object, selector_properties};
 use super::{Args, Call, ToolError, ToolResult, capped, time};
 
 /// Output kept per host and stream while a job runs; what reaches the model is cut further.
-const KEEP_OUTPUT_BYTES: usize = 256 * 1024;
+const KEEP_OUTPUT_BYTES: usize = 64 * 1024;
 /// Default per-host timeout of jobs started by the bridge.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest per-host timeout an assistant may ask for.
@@ -232,31 +232,38 @@ pub async fn call(tool: JobTool, args: &Args, call: &Call) -> ToolResult {
 /// sent, then run as a job like any other.
 pub async fn operation(spec: &'static OperationSpec, args: &Args, call: &Call) -> ToolResult {
     let mut known = SELECTOR_ARGS.to_vec();
-    known.extend(["reason", "timeout"]);
-    if spec.mutating {
-        known.push("dry_run");
-    }
-    known.extend(spec.params.iter().map(|p| p.name));
+    known.extend(JOB_ARGS.iter().filter(|a| **a != "dry_run" || spec.mutating));
+    known.extend(spec.params.iter().map(|p| exposed(p.name)));
     args.only(&known)?;
     let mut params = BTreeMap::new();
     for p in spec.params {
-        let text = match args.raw(p.name) {
+        let name = exposed(p.name);
+        let text = match args.raw(name) {
+            None if p.required => {
+                return Err(ToolError::InvalidArgument(format!("{name} is required: {}", p.help)));
+            }
             None => continue,
             Some(Value::String(s)) => s.clone(),
             Some(Value::Bool(b)) => b.to_string(),
             Some(Value::Number(n)) => n.to_string(),
             Some(other) => {
                 return Err(ToolError::InvalidArgument(format!(
-                    "{} must be a string, number or boolean, not {other}",
-                    p.name
+                    "{name} must be a string, number or boolean, not {other}"
                 )));
             }
         };
         params.insert(p.name.to_owned(), text);
     }
     let dry_run = args.flag("dry_run")?;
-    tailops_ops::validate(spec.name, &params, dry_run)
-        .map_err(|e| ToolError::InvalidArgument(e.to_string()))?;
+    tailops_ops::validate(spec.name, &params, dry_run).map_err(|e| {
+        ToolError::InvalidArgument(match e {
+            // Said with the names this tool uses.
+            tailops_ops::OpsError::InvalidParam { param, reason, .. } => {
+                format!("{}: {reason}", exposed(&param))
+            }
+            other => other.to_string(),
+        })
+    })?;
     let action = v1::job_action::Kind::Operation(v1::OperationAction {
         name: spec.name.to_owned(),
         params: params.into_iter().collect(),
@@ -321,22 +328,22 @@ async fn follow(
     let mut approval: Option<v1::ApprovalRequired> = None;
     let mut hosts: BTreeMap<String, HostResult> = BTreeMap::new();
     let mut completed: Option<v1::JobCompleted> = None;
+    let mut stream_ended = false;
     while completed.is_none() {
         let event = tokio::select! {
             () = call.cancel.cancelled() => {
-                if mode == Mode::Run && job_id != 0 {
-                    let cancel = call.request(v1::CancelJobRequest { job_id });
-                    if let Err(e) = call.controller.fleet().cancel_job(cancel).await {
-                        tracing::warn!(job_id, error = %e, "could not cancel the job of a cancelled call");
-                    }
-                    return Err(ToolError::Cancelled(format!("; job {job_id} was cancelled on every host")));
+                if mode == Mode::Wait {
+                    return Err(ToolError::Cancelled("; the job goes on".to_owned()));
                 }
-                return Err(ToolError::Cancelled(String::new()));
+                return Err(cancel_started_job(call, job_id, &mut events).await);
             }
             () = tokio::time::sleep_until(deadline) => break,
             event = events.message() => event?,
         };
-        let Some(event) = event else { break };
+        let Some(event) = event else {
+            stream_ended = true;
+            break;
+        };
         job_id = event.job_id;
         match event.kind {
             Some(Kind::Accepted(accepted)) => {
@@ -358,14 +365,9 @@ async fn follow(
                 if mode == Mode::Run {
                     return Ok(pending(job_id, &required, &hosts, &out_of_scope));
                 }
-                call.progress(0, Some(total), format!("job {job_id} is waiting for approval")).await;
                 approval = Some(required);
             }
-            Some(Kind::ApprovalDecided(decided)) => {
-                approval = None;
-                let verdict = if decided.approved { "approved" } else { "rejected" };
-                call.progress(0, Some(total), format!("job {job_id} {verdict} by {}", decided.by)).await;
-            }
+            Some(Kind::ApprovalDecided(_)) => approval = None,
             Some(Kind::Started(started)) => {
                 if let Some(host) = started.target.and_then(|t| hosts.get_mut(&t.host_id)) {
                     host.state = v1::TargetState::Running;
@@ -407,6 +409,10 @@ async fn follow(
             value["approve_command"] = json!(required.approve_command);
             value["next"] = json!("still waiting for a human's approval; call wait_job again later");
         }
+        (None, None) if stream_ended => {
+            value["state"] = json!("unknown");
+            value["next"] = json!("the controller ended the job's stream early; call get_job for its state");
+        }
         (None, None) => {
             value["state"] = json!("running");
             value["next"] = json!(format!(
@@ -419,6 +425,33 @@ async fn follow(
         value["out_of_scope"] = json!(out_of_scope);
     }
     Ok(value)
+}
+
+/// Cancels the job a cancelled call started. The call may be cancelled before the job's first
+/// event named it; the id is then awaited briefly, since the controller has created the job.
+async fn cancel_started_job(
+    call: &Call,
+    mut job_id: u64,
+    events: &mut tonic::Streaming<v1::JobEvent>,
+) -> ToolError {
+    if job_id == 0
+        && let Ok(Ok(Some(event))) = tokio::time::timeout(Duration::from_secs(2), events.message()).await
+    {
+        job_id = event.job_id;
+    }
+    if job_id == 0 {
+        return ToolError::Cancelled("; the job's id was not known yet: list_jobs shows it".to_owned());
+    }
+    match call.controller.fleet().cancel_job(call.request(v1::CancelJobRequest { job_id })).await {
+        Ok(_) => ToolError::Cancelled(format!("; job {job_id} was cancelled")),
+        Err(e) => {
+            tracing::warn!(job_id, error = %e, "could not cancel the job of a cancelled call");
+            ToolError::Cancelled(format!(
+                "; cancelling job {job_id} failed ({}), so it may still run",
+                e.message()
+            ))
+        }
+    }
 }
 
 fn pending(
@@ -445,10 +478,17 @@ fn pending(
 /// Keeps the newest `KEEP_OUTPUT_BYTES` of a stream: for logs and long output the end matters.
 fn keep_tail(buffer: &mut Vec<u8>, data: &[u8]) {
     buffer.extend_from_slice(data);
-    if buffer.len() > KEEP_OUTPUT_BYTES {
+    // Compacted only at twice the size, so a long stream of small chunks costs amortised O(1)
+    // per byte rather than a copy of the whole buffer per chunk.
+    if buffer.len() > 2 * KEEP_OUTPUT_BYTES {
         let excess = buffer.len() - KEEP_OUTPUT_BYTES;
         buffer.drain(..excess);
     }
+}
+
+/// The newest `KEEP_OUTPUT_BYTES` of a buffer.
+fn kept(buffer: &[u8]) -> &[u8] {
+    &buffer[buffer.len().saturating_sub(KEEP_OUTPUT_BYTES)..]
 }
 
 fn is_final(state: v1::TargetState) -> bool {
@@ -506,10 +546,10 @@ fn host_json(host: &HostResult, share: usize, max_rows: usize) -> Value {
         }
     }
     if !host.stdout.is_empty() {
-        value["stdout"] = json!(tail_text(&host.stdout, share));
+        value["stdout"] = json!(tail_text(kept(&host.stdout), share));
     }
     if !host.stderr.is_empty() {
-        value["stderr"] = json!(tail_text(&host.stderr, share / 2));
+        value["stderr"] = json!(tail_text(kept(&host.stderr), share / 2));
     }
     value
 }
@@ -645,10 +685,13 @@ mod tests {
     #[test]
     fn output_keeps_the_newest_bytes() {
         let mut buffer = Vec::new();
-        keep_tail(&mut buffer, &vec![b'a'; KEEP_OUTPUT_BYTES]);
+        for _ in 0..3 {
+            keep_tail(&mut buffer, &vec![b'a'; KEEP_OUTPUT_BYTES]);
+        }
         keep_tail(&mut buffer, b"end");
-        assert_eq!(buffer.len(), KEEP_OUTPUT_BYTES);
-        assert!(buffer.ends_with(b"aend"));
+        assert!(buffer.len() <= 2 * KEEP_OUTPUT_BYTES);
+        assert_eq!(kept(&buffer).len(), KEEP_OUTPUT_BYTES);
+        assert!(kept(&buffer).ends_with(b"aend"));
         let text = tail_text(b"0123456789", 4);
         assert!(text.starts_with("[6 earlier characters omitted]"), "{text}");
         assert!(text.ends_with("6789"));

@@ -58,8 +58,11 @@ impl Call {
             let mut param = ProgressNotificationParam::new(token.clone(), done as f64);
             param.total = total.map(|t| t as f64);
             param.message = Some(message.into());
-            if let Err(e) = peer.notify_progress(param).await {
-                tracing::debug!(error = %e, "progress notification not delivered");
+            // A slow client must not hold up the job's deadline or cancellation.
+            match tokio::time::timeout(std::time::Duration::from_secs(1), peer.notify_progress(param)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "progress notification not delivered"),
+                Err(_) => tracing::debug!("progress notification dropped: the client is slow"),
             }
         }
     }
@@ -170,22 +173,42 @@ impl ToolSet {
 }
 
 /// The result as structured content and, for clients that read only text, the same JSON as
-/// text. Past the size limit the structure is dropped and the text cut, saying how to narrow it.
+/// text. Past the size limit the structure is reduced to its small top-level fields (state,
+/// summary, next step...) and the text to those plus as much of the whole as fits, saying how
+/// to narrow the request.
 fn shaped(value: Value, limits: Limits) -> CallToolResult {
     let text = serde_json::to_string(&value).unwrap_or_default();
-    if text.chars().count() <= limits.max_result_chars {
+    let length = text.chars().count();
+    if length <= limits.max_result_chars {
         let mut result = CallToolResult::structured(value);
         result.content = vec![ContentBlock::text(text)];
         return result;
     }
-    let kept: String = text.chars().take(limits.max_result_chars).collect();
-    let note = format!(
-        "\n[truncated: the result has {} characters, over this bridge's limit of {}; narrow the \
-         request (fewer hosts, a shorter time range, a smaller limit or a grep)]",
-        text.chars().count(),
-        limits.max_result_chars
+    let mut head = serde_json::Map::new();
+    if let Value::Object(fields) = &value {
+        for (key, field) in fields {
+            if !field.is_array() && serde_json::to_string(field).is_ok_and(|f| f.len() <= 600) {
+                head.insert(key.clone(), field.clone());
+            }
+        }
+    }
+    head.insert("truncated".into(), Value::Bool(true));
+    head.insert(
+        "note".into(),
+        Value::String(format!(
+            "the result has {length} characters, over this bridge's limit of {}; the start of it \
+             follows as text. Narrow the request: fewer hosts, a shorter time range, a smaller \
+             limit or a grep",
+            limits.max_result_chars
+        )),
     );
-    CallToolResult::success(vec![ContentBlock::text(kept + &note)])
+    let head = Value::Object(head);
+    let head_text = serde_json::to_string(&head).unwrap_or_default();
+    let room = limits.max_result_chars.saturating_sub(head_text.chars().count());
+    let start: String = text.chars().take(room).collect();
+    let mut result = CallToolResult::structured(head);
+    result.content = vec![ContentBlock::text(head_text), ContentBlock::text(start)];
+    result
 }
 
 /// Read-only tools that stay inside the fleet: the common annotations.
@@ -233,13 +256,34 @@ mod tests {
     }
 
     #[test]
+    fn operation_parameters_never_take_a_job_argument_name() {
+        for spec in tailops_ops::catalog() {
+            for p in spec.params {
+                let name = schema::exposed(p.name);
+                assert!(
+                    !schema::SELECTOR_ARGS.contains(&name) && !schema::JOB_ARGS.contains(&name),
+                    "{}.{} would collide with a job argument",
+                    spec.name,
+                    p.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn results_over_the_limit_are_cut_with_a_note() {
         let limits = Limits { max_result_chars: 1000, ..Limits::default() };
         let small = shaped(serde_json::json!({"a": 1}), limits);
         assert_eq!(small.structured_content, Some(serde_json::json!({"a": 1})));
-        let big = shaped(serde_json::json!({"text": "x".repeat(5000)}), limits);
-        assert!(big.structured_content.is_none());
+        let big = shaped(
+            serde_json::json!({"state": "succeeded", "hosts": [{"stdout": "x".repeat(5000)}], "text": "y".repeat(5000)}),
+            limits,
+        );
+        let head = big.structured_content.expect("the small fields stay structured");
+        assert_eq!(head["state"], "succeeded");
+        assert_eq!(head["truncated"], true);
+        assert!(head.get("hosts").is_none() && head.get("text").is_none());
         let text = serde_json::to_string(&big.content).expect("json");
-        assert!(text.contains("truncated") && text.len() < 1500, "{text}");
+        assert!(text.contains("Narrow the request") && text.len() < 1500, "{text}");
     }
 }

@@ -42,6 +42,20 @@ pub fn selector_properties() -> Map<String, Value> {
 
 pub const SELECTOR_ARGS: &[&str] = &["host", "hosts", "labels", "all_hosts"];
 
+/// Arguments every job tool takes besides its selector.
+pub const JOB_ARGS: &[&str] = &["reason", "timeout", "dry_run"];
+
+/// The argument name of an operation parameter. Two catalog names mean something else on a
+/// tool: `host` (the fleet host a job runs on) and `timeout` (the job's deadline), so a
+/// network check's target and its own timeout are exposed as `target` and `check_timeout`.
+pub fn exposed(param: &str) -> &str {
+    match param {
+        "host" => "target",
+        "timeout" => "check_timeout",
+        other => other,
+    }
+}
+
 /// The tool name of an operation: `service.restart` → `service_restart`.
 pub fn tool_name(spec: &OperationSpec) -> String {
     spec.name.replace('.', "_")
@@ -55,8 +69,10 @@ fn param_schema(kind: ParamKind, help: &str, default: Option<&str>) -> Value {
         ParamKind::Port => json!({"type": "integer", "minimum": 1, "maximum": 65535}),
         ParamKind::Duration { max_secs } => json!({
             "type": "string",
-            "pattern": "^[0-9]+ ?(ms|s|m|h|d)$",
-            "description": format!("{help} (a duration such as 30s, 5m or 2h; at most {max_secs} s)"),
+            "description": format!(
+                "{help} (a duration such as 30s, 5m or 1h30m; at most {})",
+                humantime::format_duration(std::time::Duration::from_secs(max_secs))
+            ),
         }),
         ParamKind::Path => json!({"type": "string", "pattern": "^/", "maxLength": 4096}),
         ParamKind::Url => json!({"type": "string", "pattern": "^https?://", "maxLength": 2048}),
@@ -94,9 +110,9 @@ pub fn operation_tool(spec: &'static OperationSpec) -> Tool {
     let mut properties = selector_properties();
     let mut required = Vec::new();
     for p in spec.params {
-        properties.insert(p.name.to_owned(), param_schema(p.kind, p.help, p.default));
+        properties.insert(exposed(p.name).to_owned(), param_schema(p.kind, p.help, p.default));
         if p.required {
-            required.push(p.name);
+            required.push(exposed(p.name));
         }
     }
     if spec.mutating {
