@@ -15,7 +15,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 
 use crate::controller::{BridgeIdentity, ClientTag, Controller};
 use crate::prompts;
-use crate::tools::{Args, Call, Limits, ToolSet};
+use crate::tools::{Args, Call, Limits, ToolError, ToolSet};
 
 const HOST_URI_PREFIX: &str = "tailops://hosts/";
 
@@ -125,8 +125,10 @@ impl ServerHandler for Bridge {
         let call = self.call(&context);
         let names =
             self.tools.host_names(&call).await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        // As bounded as any tool result; the template reaches the rest.
         let resources = names
             .into_iter()
+            .take(self.limits.max_rows)
             .map(|name| {
                 Resource::new(format!("{HOST_URI_PREFIX}{name}"), name.clone())
                     .with_description(format!("Host {name}: status, health, latest metrics and facts"))
@@ -161,11 +163,12 @@ impl ServerHandler for Bridge {
             ));
         };
         let call = self.call(&context);
-        let document = self
-            .tools
-            .host_document(host, &call)
-            .await
-            .map_err(|e| McpError::resource_not_found(e.to_string(), None))?;
+        let document = self.tools.host_document(host, &call).await.map_err(|e| match &e {
+            ToolError::Controller(status) if status.code() != tonic::Code::NotFound => {
+                McpError::internal_error(e.to_string(), None)
+            }
+            _ => McpError::resource_not_found(e.to_string(), None),
+        })?;
         let text = serde_json::to_string_pretty(&document).unwrap_or_default();
         let contents = ResourceContents::text(text, request.uri).with_mime_type("application/json");
         Ok(ReadResourceResult::new(vec![contents]).into())

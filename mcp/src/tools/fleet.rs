@@ -169,7 +169,8 @@ pub async fn call(tool: FleetTool, args: &Args, call: &Call) -> ToolResult {
         FleetTool::InventoryChanges => {
             args.only(&["host", "since", "prefix", "limit"])?;
             let since = args.duration("since")?.unwrap_or(Duration::from_secs(86_400));
-            let limit = u32::try_from(args.number("limit", 100, 1, 500)?).unwrap_or(100);
+            let limit = args.number("limit", 100, 1, 500)?.min(call.limits.max_rows as u64);
+            let limit = u32::try_from(limit).unwrap_or(100);
             let request = v1::ListChangesRequest {
                 host: args.text("host")?.unwrap_or_default().to_owned(),
                 since_ms: ago(since),
