@@ -865,19 +865,25 @@ impl LiveJob {
     fn mark_started(&self, host_id: &str) -> bool {
         {
             let mut state = self.lock();
-            let Some(t) = state.targets.get_mut(host_id).filter(|t| t.dispatched) else {
+            if !state.targets.get(host_id).is_some_and(|t| t.dispatched) {
                 return false;
-            };
-            if t.state != v1::TargetState::Pending {
-                return true; // a repeated start is harmless
             }
-            t.state = v1::TargetState::Running;
-            t.started_at_ms = now_ms();
-            let target = t.target.clone();
-            self.record(&mut state, job_event::Kind::Started(v1::TargetStarted { target: Some(target) }));
+            // A repeated start is harmless: only a pending target starts.
+            self.start_pending(&mut state, host_id, now_ms());
         }
         self.notify();
         true
+    }
+
+    /// Marks a pending target running since `started_at_ms` and emits its `started` event.
+    fn start_pending(&self, state: &mut LiveState, host_id: &str, started_at_ms: i64) {
+        let Some(t) = state.targets.get_mut(host_id).filter(|t| t.state == v1::TargetState::Pending) else {
+            return;
+        };
+        t.state = v1::TargetState::Running;
+        t.started_at_ms = started_at_ms;
+        let target = t.target.clone();
+        self.record(state, job_event::Kind::Started(v1::TargetStarted { target: Some(target) }));
     }
 
     fn append_output(&self, host_id: &str, stream: v1::OutputStream, mut data: Vec<u8>) -> bool {
@@ -916,13 +922,8 @@ impl LiveJob {
         };
         // Agents announce only jobs that run for a while; a quick one's start is its result's
         // time minus its duration, and watchers still see it start before it finishes.
-        if t.state == v1::TargetState::Pending {
-            t.state = v1::TargetState::Running;
-            let ran_ms = i64::try_from(result.duration_ms).unwrap_or(i64::MAX);
-            t.started_at_ms = now_ms().saturating_sub(ran_ms);
-            let target = t.target.clone();
-            self.record(&mut state, job_event::Kind::Started(v1::TargetStarted { target: Some(target) }));
-        }
+        let ran_ms = i64::try_from(result.duration_ms).unwrap_or(i64::MAX);
+        self.start_pending(&mut state, host_id, now_ms().saturating_sub(ran_ms));
         let _ = report.send(result);
         true
     }
