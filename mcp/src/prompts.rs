@@ -149,7 +149,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_placeholder_is_filled() {
+    fn every_template_argument_is_filled_in() {
         for spec in PROMPTS {
             let arguments: serde_json::Map<String, Value> =
                 spec.arguments.iter().map(|(name, _, _)| ((*name).to_owned(), Value::from("x"))).collect();

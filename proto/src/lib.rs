@@ -64,6 +64,48 @@ impl v1::Resolution {
     }
 }
 
+/// The names people and programs read (CLI tables and JSON, MCP results), one place for all.
+impl v1::JobState {
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::PendingApproval => "pending_approval",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Unspecified => "unknown",
+        }
+    }
+}
+
+impl v1::TargetState {
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Unreachable => "unreachable",
+            Self::Cancelled => "cancelled",
+            Self::Unspecified => "unknown",
+        }
+    }
+}
+
+impl v1::HealthStatus {
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Unhealthy => "unhealthy",
+            Self::Unknown | Self::Unspecified => "unknown",
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every TailOps proto file (for reflection and descriptor walks).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tailops_descriptor.bin"));
 
@@ -81,5 +123,17 @@ pub mod time {
     pub fn format_ms(ms: i64) -> String {
         let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         humantime::format_rfc3339_seconds(t).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1;
+
+    #[test]
+    fn state_names_are_short() {
+        assert_eq!(v1::JobState::PendingApproval.short_name(), "pending_approval");
+        assert_eq!(v1::TargetState::TimedOut.short_name(), "timed_out");
+        assert_eq!(v1::HealthStatus::Unspecified.short_name(), "unknown");
     }
 }

@@ -168,15 +168,6 @@ pub fn sparkline(values: &[f64]) -> String {
         .collect()
 }
 
-fn status_name(status: v1::HealthStatus) -> &'static str {
-    match status {
-        v1::HealthStatus::Healthy => "healthy",
-        v1::HealthStatus::Degraded => "degraded",
-        v1::HealthStatus::Unhealthy => "unhealthy",
-        v1::HealthStatus::Unknown | v1::HealthStatus::Unspecified => "unknown",
-    }
-}
-
 fn health_text(h: Option<&v1::Health>) -> String {
     match h {
         Some(h) if h.status() == v1::HealthStatus::Unknown => {
@@ -186,14 +177,14 @@ fn health_text(h: Option<&v1::Health>) -> String {
                 "unknown".into()
             }
         }
-        Some(h) => format!("{} {}", h.score, status_name(h.status())),
+        Some(h) => format!("{} {}", h.score, h.status().short_name()),
         None => "-".into(),
     }
 }
 
 fn health_json(h: Option<&v1::Health>) -> Value {
     h.map_or(Value::Null, |h| {
-        json!({"score": h.score, "status": status_name(h.status()), "stale": h.stale, "reasons": h.reasons})
+        json!({"score": h.score, "status": h.status().short_name(), "stale": h.stale, "reasons": h.reasons})
     })
 }
 

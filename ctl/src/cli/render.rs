@@ -79,32 +79,6 @@ pub fn action_json(action: Option<&v1::JobAction>) -> Value {
     }
 }
 
-fn state_name(state: v1::TargetState) -> &'static str {
-    match state {
-        v1::TargetState::Pending => "pending",
-        v1::TargetState::Running => "running",
-        v1::TargetState::Succeeded => "succeeded",
-        v1::TargetState::Failed => "failed",
-        v1::TargetState::TimedOut => "timed_out",
-        v1::TargetState::Unreachable => "unreachable",
-        v1::TargetState::Cancelled => "cancelled",
-        v1::TargetState::Unspecified => "unknown",
-    }
-}
-
-fn job_state_name(state: v1::JobState) -> &'static str {
-    match state {
-        v1::JobState::Running => "running",
-        v1::JobState::Succeeded => "succeeded",
-        v1::JobState::Failed => "failed",
-        v1::JobState::Cancelled => "cancelled",
-        v1::JobState::PendingApproval => "pending_approval",
-        v1::JobState::Rejected => "rejected",
-        v1::JobState::Expired => "expired",
-        v1::JobState::Unspecified => "unknown",
-    }
-}
-
 pub fn token(t: &v1::CreateJoinTokenResponse, output: Output) -> anyhow::Result<()> {
     if output == Output::Json {
         return print_json(&json!({
@@ -144,7 +118,7 @@ fn summary_json(s: Option<&v1::JobSummary>) -> Value {
 
 fn job_json(j: &v1::Job) -> Value {
     json!({
-        "id": j.id, "state": job_state_name(j.state()), "requested_by": j.requested_by,
+        "id": j.id, "state": j.state().short_name(), "requested_by": j.requested_by,
         "requested_via": j.requested_via,
         "action": action_json(j.action.as_ref()), "created_at": rfc3339(j.created_at_ms),
         "deadline": rfc3339(j.deadline_ms), "finished_at": rfc3339(j.finished_at_ms),
@@ -166,7 +140,7 @@ pub fn jobs(jobs: &[v1::Job], output: Output) -> anyhow::Result<()> {
         let by = by_via(j.requested_by.rsplit('/').next().unwrap_or_default(), &j.requested_via);
         t.add_row(vec![
             j.id.to_string(),
-            job_state_name(j.state()).to_owned(),
+            j.state().short_name().to_owned(),
             ago(j.created_at_ms),
             by,
             format!("{}/{}", s.succeeded, s.total),
@@ -188,7 +162,7 @@ fn result_text(state: v1::TargetState, result: Option<&v1::CommandResult>) -> St
         (_, Some(code), _) => format!("exit {code}"),
         (_, None, Some(signal)) => format!("killed by signal {signal}"),
         _ if !r.error.is_empty() => format!("error: {}", r.error),
-        _ => state_name(state).to_owned(),
+        _ => state.short_name().to_owned(),
     };
     if r.duration_ms > 0 && !matches!(state, v1::TargetState::TimedOut) {
         text.push_str(&format!(" ({})", humantime::format_duration(Duration::from_millis(r.duration_ms))));
@@ -212,7 +186,7 @@ pub fn summary_line(job_id: u64, c: &v1::JobCompleted) -> String {
     let s = c.summary.unwrap_or_default();
     format!(
         "job {job_id} {}: {} host(s), {} succeeded, {} failed, {} timed out, {} unreachable, {} cancelled",
-        job_state_name(c.state()),
+        c.state().short_name(),
         s.total,
         s.succeeded,
         s.failed,
@@ -318,7 +292,7 @@ pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result
             .map(|t| {
                 let target = t.target.clone().unwrap_or_default();
                 json!({
-                    "host_id": target.host_id, "host": target.host_name, "state": state_name(t.state()),
+                    "host_id": target.host_id, "host": target.host_name, "state": t.state().short_name(),
                     "result": result_json(t.result.as_ref()),
                     "stdout": String::from_utf8_lossy(&t.stdout), "stderr": String::from_utf8_lossy(&t.stderr),
                     "started_at": rfc3339(t.started_at_ms), "finished_at": rfc3339(t.finished_at_ms),
@@ -329,7 +303,7 @@ pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result
         value["targets"] = Value::Array(targets);
         return print_json(&value);
     }
-    println!("Job {}  {}", job.id, job_state_name(job.state()));
+    println!("Job {}  {}", job.id, job.state().short_name());
     println!("  command:   {}", action_text(job.action.as_ref()));
     println!("  by:        {}", by_via(&job.requested_by, &job.requested_via));
     println!("  created:   {}", rfc3339(job.created_at_ms).as_str().unwrap_or("-"));
@@ -339,7 +313,7 @@ pub fn job_detail(detail: &v1::GetJobResponse, output: Output) -> anyhow::Result
         let name = target.target.as_ref().map(|t| t.host_name.clone()).unwrap_or_default();
         t.add_row(vec![
             name,
-            state_name(target.state()).to_owned(),
+            target.state().short_name().to_owned(),
             result_text(target.state(), target.result.as_ref()),
         ]);
     }
@@ -395,10 +369,10 @@ pub fn event_json(event: &v1::JobEvent) -> Value {
         }),
         Some(job_event::Kind::Finished(f)) => json!({
             "job_id": event.job_id, "event": "finished", "host": host(&f.target),
-            "state": state_name(f.state()), "result": result_json(f.result.as_ref()),
+            "state": f.state().short_name(), "result": result_json(f.result.as_ref()),
         }),
         Some(job_event::Kind::Completed(c)) => json!({
-            "job_id": event.job_id, "event": "completed", "state": job_state_name(c.state()),
+            "job_id": event.job_id, "event": "completed", "state": c.state().short_name(),
             "summary": summary_json(c.summary.as_ref()),
         }),
         None => json!({"job_id": event.job_id, "event": "unknown"}),

@@ -98,7 +98,7 @@ pub fn tools() -> Vec<(Tool, FleetTool)> {
                 object(
                     json!({"host": host, "since": since("1h"),
                            "until": {"type": "string", "description": "End of the range as a duration ago (default now)."},
-                           "resolution": {"type": "string", "enum": ["auto", "raw", "minute", "hour"], "default": "auto",
+                           "resolution": {"type": "string", "enum": ["auto", "raw", "1m", "1h"], "default": "auto",
                                           "description": "Point spacing; auto picks by the range's length."}}),
                     &["host"],
                 ),
@@ -244,9 +244,8 @@ fn has_problem(host: &v1::Host) -> bool {
         })
 }
 
-fn health_name(health: Option<&v1::Health>) -> String {
-    let status = health.map_or(v1::HealthStatus::Unknown, v1::Health::status);
-    status.as_str_name().trim_start_matches("HEALTH_STATUS_").to_ascii_lowercase()
+fn health_name(health: Option<&v1::Health>) -> &'static str {
+    health.map_or(v1::HealthStatus::Unknown, v1::Health::status).short_name()
 }
 
 fn host_row(host: &v1::Host) -> Value {
@@ -349,17 +348,14 @@ async fn query_metrics(args: &Args, call: &Call) -> ToolResult {
             "until must be more recent than since (both are durations ago)".into(),
         ));
     }
-    let resolution = match args.text("resolution")?.unwrap_or("auto") {
-        "auto" => v1::Resolution::Auto,
-        "raw" => v1::Resolution::Raw,
-        "minute" => v1::Resolution::Minute,
-        "hour" => v1::Resolution::Hour,
-        other => {
-            return Err(ToolError::InvalidArgument(format!(
-                "resolution must be auto, raw, minute or hour, not {other:?}"
-            )));
-        }
-    };
+    let wanted = args.text("resolution")?.unwrap_or("auto");
+    let resolution =
+        [v1::Resolution::Auto, v1::Resolution::Raw, v1::Resolution::Minute, v1::Resolution::Hour]
+            .into_iter()
+            .find(|r| r.short_name() == wanted)
+            .ok_or_else(|| {
+                ToolError::InvalidArgument(format!("resolution must be auto, raw, 1m or 1h, not {wanted:?}"))
+            })?;
     let request = v1::QueryMetricsRequest {
         host: host.clone(),
         since_ms: ago(since),
@@ -388,7 +384,7 @@ async fn query_metrics(args: &Args, call: &Call) -> ToolResult {
         .collect();
     Ok(json!({
         "host": host,
-        "resolution": response.resolution().as_str_name().trim_start_matches("RESOLUTION_").to_ascii_lowercase(),
+        "resolution": response.resolution().short_name(),
         "points": points.len(),
         "every_nth_point": step,
         "columns": ["at", "cpu_avg", "cpu_max", "load1", "memory_percent", "disk_max_percent", "net_rx_bps", "net_tx_bps"],

@@ -388,7 +388,7 @@ async fn follow(
                 if let Some(host) = finished.target.as_ref().and_then(|t| hosts.get_mut(&t.host_id)) {
                     host.state = state;
                     host.result = finished.result;
-                    let message = format!("{}: {}", host.host, name(state.as_str_name()));
+                    let message = format!("{}: {}", host.host, state.short_name());
                     let done = hosts.values().filter(|h| is_final(h.state)).count() as u64;
                     call.progress(done, Some(total), message).await;
                 }
@@ -401,7 +401,7 @@ async fn follow(
     let mut value = json!({"job_id": job_id, "hosts": hosts_json(&hosts, call)});
     match (&completed, &approval) {
         (Some(done), _) => {
-            value["state"] = json!(name(done.state().as_str_name()));
+            value["state"] = json!(done.state().short_name());
             value["summary"] = summary_json(done.summary.as_ref());
         }
         (None, Some(required)) => {
@@ -495,15 +495,6 @@ fn is_final(state: v1::TargetState) -> bool {
     !matches!(state, v1::TargetState::Pending | v1::TargetState::Running | v1::TargetState::Unspecified)
 }
 
-/// `JOB_STATE_PENDING_APPROVAL` → `pending_approval`.
-fn name(proto_name: &str) -> String {
-    let short = ["JOB_STATE_", "TARGET_STATE_"]
-        .iter()
-        .find_map(|prefix| proto_name.strip_prefix(prefix))
-        .unwrap_or(proto_name);
-    short.to_ascii_lowercase()
-}
-
 fn hosts_json(hosts: &[HostResult], call: &Call) -> Value {
     // Each host gets an equal share of the result budget for its output.
     let share = call.limits.max_result_chars / 2 / hosts.len().max(1);
@@ -516,7 +507,7 @@ fn hosts_json(hosts: &[HostResult], call: &Call) -> Value {
 }
 
 fn host_json(host: &HostResult, share: usize, max_rows: usize) -> Value {
-    let mut value = json!({"host": host.host, "state": name(host.state.as_str_name())});
+    let mut value = json!({"host": host.host, "state": host.state.short_name()});
     if let Some(result) = &host.result {
         if let Some(code) = result.exit_code {
             value["exit_code"] = json!(code);
@@ -648,7 +639,7 @@ pub fn describe(action: Option<&v1::JobAction>) -> String {
 fn job_json(job: &v1::Job) -> Value {
     let mut value = json!({
         "job_id": job.id,
-        "state": name(job.state().as_str_name()),
+        "state": job.state().short_name(),
         "action": describe(job.action.as_ref()),
         "requested_by": job.requested_by,
         "created_at": time(job.created_at_ms),
@@ -675,12 +666,6 @@ fn job_json(job: &v1::Job) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_names_are_short() {
-        assert_eq!(name(v1::JobState::PendingApproval.as_str_name()), "pending_approval");
-        assert_eq!(name(v1::TargetState::TimedOut.as_str_name()), "timed_out");
-    }
 
     #[test]
     fn output_keeps_the_newest_bytes() {
