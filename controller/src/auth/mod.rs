@@ -123,6 +123,11 @@ impl Principal {
         self.id.kind == PrincipalKind::User
     }
 
+    /// Whether the principal's role grants `tier` outright (not merely with approval).
+    pub fn holds(&self, tier: Tier) -> bool {
+        self.role.is_some_and(|r| r.tier(tier) == Grant::Yes)
+    }
+
     pub fn grant(&self, risk: Risk) -> Grant {
         self.role.map_or(Grant::No, |r| r.grant(risk))
     }

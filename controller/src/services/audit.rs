@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::AppState;
 use crate::audit::AuditRecord;
-use crate::auth::{Grant, Principal, Tier};
+use crate::auth::{Principal, Tier};
 use crate::services::internal;
 
 #[derive(Debug, Clone)]
@@ -30,8 +30,7 @@ impl Audit for AuditService {
         let mut req = request.into_inner();
         // Anyone may see what they did themselves (an assistant's bridge asking what it did
         // recently); everyone's activity is for admins.
-        let admin = principal.role.is_some_and(|r| r.tier(Tier::Admin) == Grant::Yes);
-        if !admin {
+        if !principal.holds(Tier::Admin) {
             let me = principal.uri();
             if !req.principal.is_empty() && req.principal != me {
                 let why = format!(

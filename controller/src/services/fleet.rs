@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use tailops_proto::v1::{self, fleet_server::Fleet};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Grant, Principal, Tier};
+use crate::auth::{Principal, Tier};
 use serde_json::json;
 
 use crate::audit::AuditRecord;
@@ -254,7 +254,7 @@ impl Fleet for FleetService {
         // Withdrawing one's own request before it runs changes nothing on any host, so it needs
         // no more than the right to have asked. Stopping a running job (an approved upgrade
         // half done) is a control action: it needs the control tier outright.
-        if principal.role.map(|r| r.tier(Tier::Control)) != Some(Grant::Yes) {
+        if !principal.holds(Tier::Control) {
             let job = self.state.store.job(id).await.map_err(internal)?;
             // An unknown job falls through to the manager's NotFound.
             if job.is_some_and(|(job, _)| {

@@ -153,10 +153,6 @@ impl ToolSet {
         &self.tools
     }
 
-    pub fn get(&self, name: &str) -> Option<&Tool> {
-        self.tools.iter().find(|t| t.name == name)
-    }
-
     /// Runs a tool. `None` when there is no such tool (a protocol error, not a tool error).
     pub async fn call(&self, name: &str, arguments: Args, call: &Call) -> Option<CallToolResult> {
         let handler = *self.handlers.get(name)?;
