@@ -348,71 +348,80 @@ fn start_job(
     let cancel = CancellationToken::new();
     running.insert(job_id, cancel.clone());
     tokio::spawn(async move {
-        let timeout = Duration::from_millis(job.timeout_ms);
-        let work_outbox = outbox.clone();
-        let work = async move {
-            match job.action.and_then(|a| a.kind) {
-                // Re-validated here: the agent does not trust that the controller checked.
-                _ if job.timeout_ms == 0 => refused("zero timeout"),
-                Some(v1::job_action::Kind::Exec(exec)) if !exec.argv.is_empty() => {
-                    tracing::debug!(job = job_id, program = %exec.argv[0], "running job");
-                    let spec = ExecSpec { argv: exec.argv, timeout, output_cap: job.output_cap_bytes };
-                    let (chunks_tx, chunks) = mpsc::channel(64);
-                    let forward = tokio::spawn(forward_output(job_id, chunks, work_outbox.clone()));
-                    let result = executor.execute(spec, cancel, chunks_tx).await;
-                    let _ = forward.await;
-                    result
-                }
-                Some(v1::job_action::Kind::ProcessList(action)) => {
-                    typed_action(timeout, cancel, async move {
-                        match monitor::process_list(&action).await {
-                            Ok(list) => v1::CommandResult {
-                                exit_code: Some(0),
-                                output: Some(v1::ActionOutput {
-                                    kind: Some(v1::action_output::Kind::ProcessList(list)),
-                                }),
-                                ..Default::default()
-                            },
-                            Err(error) => v1::CommandResult { error, ..Default::default() },
-                        }
-                    })
-                    .await
-                }
-                Some(v1::job_action::Kind::Operation(action)) => {
-                    // Validated again here: the agent does not trust that the controller checked.
-                    match tailops_ops::validate(&action.name, &action.params, action.dry_run) {
-                        Err(e) => refused(&e.to_string()),
-                        Ok(op) => {
-                            tracing::debug!(
-                                job = job_id,
-                                op = op.spec.name,
-                                dry_run = op.dry_run,
-                                "running operation"
-                            );
-                            let (chunks_tx, chunks) = mpsc::channel(64);
-                            let forward = tokio::spawn(forward_output(job_id, chunks, work_outbox.clone()));
-                            let live = ops::LiveOutput::new(chunks_tx, job.output_cap_bytes);
-                            let streamed = live.clone();
-                            let mut result = typed_action(timeout, cancel, async move {
-                                ops::command_result(ops::run(&op, &ops_config, timeout, &live).await)
-                            })
-                            .await;
-                            (result.stdout_bytes, result.stdout_truncated) = streamed.totals();
-                            drop(streamed);
-                            let _ = forward.await;
-                            result
-                        }
-                    }
-                }
-                Some(v1::job_action::Kind::Exec(_)) | None => refused("empty command"),
-            }
-        };
+        let work = perform(job, executor, ops_config, cancel, outbox.clone());
         // Boxed: the work of every action kind is one large future.
         let result = announced(&outbox, job_id, Box::pin(work)).await;
         let finished = agent_message::Kind::JobFinished(v1::JobFinished { job_id, result: Some(result) });
         let _ = outbox.send(v1::AgentMessage { kind: Some(finished) }).await;
         let _ = done.send(job_id);
     });
+}
+
+/// Runs one job's action and returns its result; output streams to `outbox` as it comes.
+async fn perform(
+    job: v1::RunJob,
+    executor: Arc<dyn Executor>,
+    ops_config: Arc<OpsConfig>,
+    cancel: CancellationToken,
+    outbox: mpsc::Sender<v1::AgentMessage>,
+) -> v1::CommandResult {
+    let job_id = job.job_id;
+    let timeout = Duration::from_millis(job.timeout_ms);
+    match job.action.and_then(|a| a.kind) {
+        // Re-validated here: the agent does not trust that the controller checked.
+        _ if job.timeout_ms == 0 => refused("zero timeout"),
+        Some(v1::job_action::Kind::Exec(exec)) if !exec.argv.is_empty() => {
+            tracing::debug!(job = job_id, program = %exec.argv[0], "running job");
+            let spec = ExecSpec { argv: exec.argv, timeout, output_cap: job.output_cap_bytes };
+            let (chunks_tx, chunks) = mpsc::channel(64);
+            let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
+            let result = executor.execute(spec, cancel, chunks_tx).await;
+            let _ = forward.await;
+            result
+        }
+        Some(v1::job_action::Kind::ProcessList(action)) => {
+            typed_action(timeout, cancel, async move {
+                match monitor::process_list(&action).await {
+                    Ok(list) => v1::CommandResult {
+                        exit_code: Some(0),
+                        output: Some(v1::ActionOutput {
+                            kind: Some(v1::action_output::Kind::ProcessList(list)),
+                        }),
+                        ..Default::default()
+                    },
+                    Err(error) => v1::CommandResult { error, ..Default::default() },
+                }
+            })
+            .await
+        }
+        Some(v1::job_action::Kind::Operation(action)) => {
+            // Validated again here: the agent does not trust that the controller checked.
+            match tailops_ops::validate(&action.name, &action.params, action.dry_run) {
+                Err(e) => refused(&e.to_string()),
+                Ok(op) => {
+                    tracing::debug!(
+                        job = job_id,
+                        op = op.spec.name,
+                        dry_run = op.dry_run,
+                        "running operation"
+                    );
+                    let (chunks_tx, chunks) = mpsc::channel(64);
+                    let forward = tokio::spawn(forward_output(job_id, chunks, outbox.clone()));
+                    let live = ops::LiveOutput::new(chunks_tx, job.output_cap_bytes);
+                    let streamed = live.clone();
+                    let mut result = typed_action(timeout, cancel, async move {
+                        ops::command_result(ops::run(&op, &ops_config, timeout, &live).await)
+                    })
+                    .await;
+                    (result.stdout_bytes, result.stdout_truncated) = streamed.totals();
+                    drop(streamed);
+                    let _ = forward.await;
+                    result
+                }
+            }
+        }
+        Some(v1::job_action::Kind::Exec(_)) | None => refused("empty command"),
+    }
 }
 
 fn refused(why: &str) -> v1::CommandResult {
