@@ -465,7 +465,7 @@ mod tests {
         .bind(at)
         .bind(prev.hash.as_slice())
         .bind(hash.as_slice())
-        .execute(store.pool())
+        .execute(store.writer())
         .await
         .expect("insert old row");
         Head { seq, hash }
@@ -507,12 +507,12 @@ mod tests {
                 .await
                 .expect("read");
             let edit = "UPDATE audit SET client = ? WHERE seq = ?";
-            sqlx::query(edit).bind(forged).bind(seq).execute(store.pool()).await.expect("forge");
+            sqlx::query(edit).bind(forged).bind(seq).execute(store.writer()).await.expect("forge");
             let report = verify(&store, head).await.expect("verify");
             assert!(!report.intact, "client of row {seq} changed to {forged:?} went unnoticed");
             assert_eq!(report.first_bad_seq, u64::try_from(seq).expect("seq"));
             assert!(report.problem.contains("altered"), "{}", report.problem);
-            sqlx::query(edit).bind(original).bind(seq).execute(store.pool()).await.expect("restore");
+            sqlx::query(edit).bind(original).bind(seq).execute(store.writer()).await.expect("restore");
             assert!(verify(&store, head).await.expect("verify").intact);
         }
     }

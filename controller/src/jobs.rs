@@ -24,7 +24,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::{Grant, Principal, Risk, Tier};
 use crate::config::Limits;
 use crate::now_ms;
-use crate::result_writer::{HostResult, ResultWriter};
+use crate::result_writer::{HostResult, JobEnd, ResultWriter};
 use crate::store::{NewJob, Store, StoreError, TargetOutcome, summarize};
 use crate::telemetry::Telemetry;
 
@@ -409,8 +409,8 @@ impl JobManager {
     /// Records the job's final state, tells its watchers, and forgets the live job.
     async fn close(&self, job: &LiveJob, state: v1::JobState, summary: v1::JobSummary) {
         // Every host's result is committed before the job is reported complete.
-        self.results.flush().await;
-        if let Err(e) = self.store.finish_job(job.id, state, now_ms()).await {
+        let end = JobEnd { job_id: job.id, state, finished_at_ms: now_ms() };
+        if let Err(e) = self.results.close_job(end).await {
             tracing::error!(job = job.id, error = %e, "could not persist job completion");
         }
         job.push(job_event::Kind::Completed(v1::JobCompleted {

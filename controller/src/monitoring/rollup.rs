@@ -197,7 +197,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("t.db")).await.expect("open");
         sqlx::query("INSERT INTO hosts (id, name, enrolled_at) VALUES ('h1', 'web1', 0)")
-            .execute(store.pool())
+            .execute(store.writer())
             .await
             .expect("host");
         let series = store.metric_series("h1").await.expect("series");

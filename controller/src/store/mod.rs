@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use prost::Message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tailops_pki::IssuedCertificate;
 use tailops_proto::time::format_ms;
 use tailops_proto::v1;
 
-use crate::result_writer::HostResult;
+use crate::result_writer::{HostResult, JobEnd};
 
 mod monitoring;
 
@@ -110,6 +110,12 @@ pub struct HostReport {
     pub kernel: String,
 }
 
+/// Rows per multi-row statement in batch writes. Every statement is a round trip to sqlx's
+/// SQLite worker thread, so a batch of 1,000 rows written one statement per row costs 1,000
+/// thread hand-offs; with up to 8 bound values per row this stays far below SQLite's limit on
+/// bound variables (32,766).
+const ROWS_PER_STATEMENT: usize = 500;
+
 /// The revocation reason of certificates replaced by a newer one in use.
 pub const SUPERSEDED: &str = "superseded by a renewed certificate";
 
@@ -167,7 +173,13 @@ pub struct TargetOutcome {
 
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Read-only connections: WAL lets readers run beside the writer.
     pool: SqlitePool,
+    /// The one connection that writes. Writers queue for it in order instead of meeting at
+    /// SQLite's lock, whose busy handler sleeps (1, 2, 5, 10 ms, ...) and retries: with the
+    /// result, audit, heartbeat and metric writers all committing at once, those sleeps were
+    /// the tail of every large fan-out.
+    writer: SqlitePool,
 }
 
 impl Store {
@@ -175,30 +187,38 @@ impl Store {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // WAL + NORMAL is durable against process crashes and only loses the last
             // transactions on power loss, at a fraction of FULL's fsync cost.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone().create_if_missing(true))
+            .await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
+        Ok(Self { pool, writer })
     }
 
-    /// A transaction that takes the write lock up front. A deferred one that reads first and
-    /// writes later fails with SQLITE_BUSY when another writer got in between, which the busy
-    /// timeout cannot retry.
-    /// For modules that keep their own tables (the audit log).
+    /// Read-only connections, for modules that keep their own tables (the audit log).
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
+    /// The writing connection, for single-statement writes.
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// A transaction on the writing connection that takes SQLite's write lock up front. A
+    /// deferred one that reads first and writes later fails with SQLITE_BUSY when another
+    /// process wrote in between, which the busy timeout cannot retry.
     pub(crate) async fn write_transaction(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     // ----- join tokens and enrollment -------------------------------------------------------
@@ -215,7 +235,7 @@ impl Store {
         .bind(token.created_at_ms)
         .bind(token.expires_at_ms)
         .bind(i64::from(token.uses))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -276,7 +296,7 @@ impl Store {
     // ----- principals and certificates ------------------------------------------------------
 
     pub async fn insert_principal(&self, principal: &NewPrincipal, now_ms: i64) -> Result<(), StoreError> {
-        insert_principal(&self.pool, principal, now_ms).await
+        insert_principal(&self.writer, principal, now_ms).await
     }
 
     pub async fn principal(&self, kind: &str, name: &str) -> Result<Option<PrincipalRecord>, StoreError> {
@@ -304,7 +324,7 @@ impl Store {
             .bind(disabled)
             .bind(kind)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         self.principal(kind, name).await
     }
@@ -321,7 +341,7 @@ impl Store {
             .bind(scope.map(Message::encode_to_vec))
             .bind(kind)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         self.principal(kind, name).await
     }
@@ -353,7 +373,7 @@ impl Store {
         .bind(&invite.created_by)
         .bind(invite.created_at_ms)
         .bind(invite.expires_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -414,7 +434,7 @@ impl Store {
         principal_uri: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        insert_certificate(&self.pool, cert, principal_uri, now_ms).await
+        insert_certificate(&self.writer, cert, principal_uri, now_ms).await
     }
 
     /// Whether the certificate with `serial` may be used by `principal_uri`: it must have been
@@ -465,7 +485,7 @@ impl Store {
         .bind(principal_uri)
         .bind(serial)
         .bind(serial)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?
         .rows_affected())
     }
@@ -500,7 +520,7 @@ impl Store {
             .bind(now_ms)
             .bind(reason)
             .bind(serial)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let row = sqlx::query("SELECT * FROM certificates WHERE serial = ?")
             .bind(serial)
@@ -520,7 +540,7 @@ impl Store {
             .bind(now_ms)
             .bind(reason)
             .bind(principal_uri)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected())
     }
@@ -553,7 +573,7 @@ impl Store {
     pub async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
         Ok(sqlx::query("UPDATE join_tokens SET uses_left = 0 WHERE id = ? AND uses_left > 0")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected()
             > 0)
@@ -617,7 +637,7 @@ impl Store {
         .bind(&report.arch)
         .bind(&report.kernel)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -626,7 +646,7 @@ impl Store {
         sqlx::query("UPDATE hosts SET online = 0, last_seen = max(last_seen, ?) WHERE id = ?")
             .bind(last_seen_ms)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -637,12 +657,14 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.write_transaction().await?;
-        for (id, at) in seen {
-            sqlx::query("UPDATE hosts SET last_seen = max(last_seen, ?) WHERE id = ?")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in seen.chunks(ROWS_PER_STATEMENT) {
+            let mut update =
+                QueryBuilder::<Sqlite>::new("UPDATE hosts SET last_seen = max(last_seen, v.column2) FROM (");
+            update.push_values(chunk, |mut row, (id, at)| {
+                row.push_bind(id).push_bind(at);
+            });
+            update.push(") AS v WHERE hosts.id = v.column1");
+            update.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -650,7 +672,7 @@ impl Store {
 
     /// At start-up no agent is connected yet, whatever the last run left behind.
     pub async fn mark_all_offline(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET online = 0 WHERE online = 1").execute(&self.pool).await?;
+        sqlx::query("UPDATE hosts SET online = 0 WHERE online = 1").execute(&self.writer).await?;
         Ok(())
     }
 
@@ -683,38 +705,54 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?
         .try_get("id")?;
-        for target in &job.targets {
-            sqlx::query("INSERT INTO job_targets (job_id, host_id, host_name, state) VALUES (?, ?, ?, ?)")
-                .bind(id)
-                .bind(&target.host_id)
-                .bind(&target.host_name)
-                .bind(v1::TargetState::Pending as i32)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in job.targets.chunks(ROWS_PER_STATEMENT) {
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO job_targets (job_id, host_id, host_name, state) ");
+            insert.push_values(chunk, |mut row, target| {
+                row.push_bind(id)
+                    .push_bind(&target.host_id)
+                    .push_bind(&target.host_name)
+                    .push_bind(v1::TargetState::Pending as i32);
+            });
+            insert.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("negative job id {id}")))
     }
 
-    /// Records many hosts' final results in one transaction.
-    pub async fn finish_targets(&self, results: &[HostResult]) -> Result<(), StoreError> {
+    /// Records many hosts' final results, then the final state of jobs whose results are all
+    /// in, in one transaction.
+    pub async fn finish_targets(&self, results: &[HostResult], ends: &[JobEnd]) -> Result<(), StoreError> {
+        if results.is_empty() && ends.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.write_transaction().await?;
-        for r in results {
-            let outcome = &r.outcome;
-            sqlx::query(
-                "UPDATE job_targets SET state = ?, result = ?, stdout = ?, stderr = ?, started_at = ?, finished_at = ?
-                 WHERE job_id = ? AND host_id = ?",
-            )
-            .bind(outcome.state as i32)
-            .bind(outcome.result.encode_to_vec())
-            .bind(&outcome.stdout)
-            .bind(&outcome.stderr)
-            .bind(outcome.started_at_ms)
-            .bind(outcome.finished_at_ms)
-            .bind(job_id_sql(r.job_id))
-            .bind(&r.host_id)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in results.chunks(ROWS_PER_STATEMENT) {
+            let mut update = QueryBuilder::<Sqlite>::new(
+                "UPDATE job_targets SET state = v.column3, result = v.column4, stdout = v.column5, \
+                 stderr = v.column6, started_at = v.column7, finished_at = v.column8 FROM (",
+            );
+            update.push_values(chunk, |mut row, r| {
+                let outcome = &r.outcome;
+                row.push_bind(job_id_sql(r.job_id))
+                    .push_bind(&r.host_id)
+                    .push_bind(outcome.state as i32)
+                    .push_bind(outcome.result.encode_to_vec())
+                    .push_bind(&outcome.stdout)
+                    .push_bind(&outcome.stderr)
+                    .push_bind(outcome.started_at_ms)
+                    .push_bind(outcome.finished_at_ms);
+            });
+            update.push(") AS v WHERE job_targets.job_id = v.column1 AND job_targets.host_id = v.column2");
+            update.build().persistent(false).execute(&mut *tx).await?;
+        }
+        for end in ends {
+            sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?")
+                .bind(end.state as i32)
+                .bind(end.finished_at_ms)
+                .bind(job_id_sql(end.job_id))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -735,7 +773,7 @@ impl Store {
             .bind(deadline_ms)
             .bind(job_id_sql(job_id))
             .bind(v1::JobState::PendingApproval as i32)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected()
             > 0)
@@ -760,21 +798,6 @@ impl Store {
             });
         }
         Ok(pending)
-    }
-
-    pub async fn finish_job(
-        &self,
-        job_id: u64,
-        state: v1::JobState,
-        finished_at_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?")
-            .bind(state as i32)
-            .bind(finished_at_ms)
-            .bind(job_id_sql(job_id))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     /// Jobs a previous run left running can no longer finish: close them as failed, with their

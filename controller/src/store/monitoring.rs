@@ -91,7 +91,7 @@ impl Store {
     pub async fn metric_series(&self, host_id: &str) -> Result<i64, StoreError> {
         sqlx::query("INSERT INTO metric_series (host_id) VALUES (?) ON CONFLICT (host_id) DO NOTHING")
             .bind(host_id)
-            .execute(self.pool())
+            .execute(self.writer())
             .await?;
         Ok(sqlx::query_scalar("SELECT id FROM metric_series WHERE host_id = ?")
             .bind(host_id)
@@ -133,16 +133,16 @@ impl Store {
             });
             insert.build().execute(&mut *tx).await?;
         }
-        for (host_id, sample) in latest {
-            sqlx::query(
-                "INSERT INTO metrics_latest (host_id, at, sample) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (host_id) DO UPDATE SET at = ?2, sample = ?3 WHERE ?2 >= metrics_latest.at",
-            )
-            .bind(host_id)
-            .bind(sample.at_ms)
-            .bind(sample.encode_to_vec())
-            .execute(&mut *tx)
-            .await?;
+        for chunk in latest.chunks(INSERT_CHUNK) {
+            let mut upsert = QueryBuilder::<Sqlite>::new("INSERT INTO metrics_latest (host_id, at, sample) ");
+            upsert.push_values(chunk, |mut row, (host_id, sample)| {
+                row.push_bind(host_id).push_bind(sample.at_ms).push_bind(sample.encode_to_vec());
+            });
+            upsert.push(
+                " ON CONFLICT (host_id) DO UPDATE SET at = excluded.at, sample = excluded.sample \
+                 WHERE excluded.at >= metrics_latest.at",
+            );
+            upsert.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -211,7 +211,7 @@ impl Store {
         )
         .bind(name)
         .bind(done_until)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -446,7 +446,7 @@ impl Store {
     pub async fn prune_fact_changes(&self, before: i64) -> Result<u64, StoreError> {
         Ok(sqlx::query("DELETE FROM fact_changes WHERE at < ?")
             .bind(before)
-            .execute(self.pool())
+            .execute(self.writer())
             .await?
             .rows_affected())
     }
