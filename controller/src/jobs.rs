@@ -5,7 +5,7 @@
 //! A running job lives in memory as a [`LiveJob`] (its event log and per-host state) and in
 //! SQLite (the job, its targets and, when each host finishes, its result and capped output).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::auth::{Grant, Principal, Risk, Tier};
 use crate::config::Limits;
 use crate::now_ms;
 use crate::result_writer::{HostResult, JobEnd, ResultWriter};
-use crate::store::{NewJob, Store, StoreError, TargetOutcome, summarize};
+use crate::store::{HostIdentity, HostKey, NewJob, Store, StoreError, TargetOutcome, summarize};
 use crate::telemetry::Telemetry;
 
 /// How long after the deadline the controller waits for an agent's own timeout report.
@@ -177,9 +177,10 @@ pub fn risk_of(action: &v1::JobAction) -> Risk {
 }
 
 /// Whether `host` is addressed by `selector`.
-pub fn selector_matches(selector: &v1::HostSelector, host: &v1::Host) -> bool {
-    let labels_match = selector.labels.iter().all(|(k, v)| host.labels.get(k) == Some(v));
-    let named = selector.hosts.is_empty() || selector.hosts.iter().any(|h| *h == host.name || *h == host.id);
+pub fn selector_matches(selector: &v1::HostSelector, host: &impl HostIdentity) -> bool {
+    let labels_match = selector.labels.iter().all(|(k, v)| host.label(k) == Some(v.as_str()));
+    let named =
+        selector.hosts.is_empty() || selector.hosts.iter().any(|h| h == host.name() || h == host.id());
     let explicit = selector.all || !selector.labels.is_empty() || !selector.hosts.is_empty();
     explicit && labels_match && named
 }
@@ -254,11 +255,11 @@ impl JobManager {
             let what = if risk.exec { "exec".to_owned() } else { format!("{} actions", risk.tier) };
             return Err(JobError::PermissionDenied(format!("role {role} may not run {what}")));
         }
-        let hosts = self.store.list_hosts().await?;
-        let (in_scope, out_of_scope): (Vec<&v1::Host>, Vec<&v1::Host>) = hosts
+        let hosts = self.store.host_keys().await?;
+        let (in_scope, out_of_scope): (Vec<&HostKey>, Vec<&HostKey>) = hosts
             .iter()
-            .filter(|h| selector_matches(&req.selector, h))
-            .partition(|h| req.requester.covers(h));
+            .filter(|h| selector_matches(&req.selector, *h))
+            .partition(|h| req.requester.covers(*h));
         let out_of_scope: Vec<String> = out_of_scope.iter().map(|h| h.name.clone()).collect();
         if in_scope.is_empty() {
             if out_of_scope.is_empty() {
@@ -448,12 +449,10 @@ impl JobManager {
             return Err(deny("your role may not run this job, so it may not approve it"));
         }
         if approve {
-            let hosts = self.store.list_hosts().await?;
-            let uncovered = job
-                .targets()
-                .iter()
-                .filter(|t| !hosts.iter().any(|h| h.id == t.host_id && approver.covers(h)))
-                .count();
+            let hosts = self.store.host_keys().await?;
+            let covered: HashSet<&str> =
+                hosts.iter().filter(|h| approver.covers(*h)).map(|h| h.id.as_str()).collect();
+            let uncovered = job.targets().iter().filter(|t| !covered.contains(t.host_id.as_str())).count();
             if uncovered > 0 {
                 return Err(deny(&format!("{uncovered} of the job's hosts are outside your scope")));
             }

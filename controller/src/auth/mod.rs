@@ -24,7 +24,7 @@ use tailops_proto::v1;
 use crate::audit::{AuditLog, AuditRecord};
 use crate::rate_limit::{Bucket, RateLimiter};
 use crate::revocation::{Revocations, Revoked};
-use crate::store::{CertStanding, Store};
+use crate::store::{CertStanding, HostIdentity, Store};
 use crate::{AppState, now_ms};
 
 pub use roles::{Grant, Risk, Role, Tier};
@@ -133,13 +133,13 @@ impl Principal {
     }
 
     /// Whether the principal's scope covers `host`.
-    pub fn covers(&self, host: &v1::Host) -> bool {
+    pub fn covers(&self, host: &impl HostIdentity) -> bool {
         match &self.scope {
             None => true,
             Some(scope) => {
-                scope.labels.iter().all(|(k, v)| host.labels.get(k) == Some(v))
+                scope.labels.iter().all(|(k, v)| host.label(k) == Some(v.as_str()))
                     && (scope.hosts.is_empty()
-                        || scope.hosts.iter().any(|h| *h == host.name || *h == host.id))
+                        || scope.hosts.iter().any(|h| h == host.name() || h == host.id()))
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `Fleet`: the admin API (join tokens, hosts, jobs).
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -50,11 +51,10 @@ impl FleetService {
             return Ok(true);
         }
         let Some((_, targets)) = self.state.store.job(id).await.map_err(internal)? else { return Ok(true) };
-        let hosts = self.state.store.list_hosts().await.map_err(internal)?;
-        Ok(targets
-            .iter()
-            .filter_map(|t| t.target.as_ref())
-            .all(|t| hosts.iter().find(|h| h.id == t.host_id).is_some_and(|h| principal.covers(h))))
+        let hosts = self.state.store.host_keys().await.map_err(internal)?;
+        let covered: HashSet<&str> =
+            hosts.iter().filter(|h| principal.covers(*h)).map(|h| h.id.as_str()).collect();
+        Ok(targets.iter().filter_map(|t| t.target.as_ref()).all(|t| covered.contains(t.host_id.as_str())))
     }
 
     async fn audit_denied(
@@ -290,7 +290,10 @@ impl Fleet for FleetService {
     ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
         let principal = Principal::of(&request)?;
         let pending = self.state.store.pending_approvals().await.map_err(internal)?;
-        let hosts = self.state.store.list_hosts().await.map_err(internal)?;
+        let hosts = self.state.store.host_keys().await.map_err(internal)?;
+        // Hosts deleted since the job was created no longer restrict who sees it.
+        let uncovered: HashSet<&str> =
+            hosts.iter().filter(|h| !principal.covers(*h)).map(|h| h.id.as_str()).collect();
         let approvals = pending
             .into_iter()
             // A scoped principal sees the approvals whose hosts it covers.
@@ -298,7 +301,7 @@ impl Fleet for FleetService {
                 p.targets
                     .iter()
                     .filter_map(|t| t.target.as_ref())
-                    .all(|t| hosts.iter().find(|h| h.id == t.host_id).is_none_or(|h| principal.covers(h)))
+                    .all(|t| !uncovered.contains(t.host_id.as_str()))
             })
             .map(|p| v1::Approval {
                 reason: p.job.reason.clone(),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
@@ -180,6 +181,56 @@ pub struct Store {
     /// result, audit, heartbeat and metric writers all committing at once, those sleeps were
     /// the tail of every large fan-out.
     writer: SqlitePool,
+    host_keys: Arc<Mutex<HostKeyCache>>,
+}
+
+/// What selectors and scopes look at in a host.
+pub trait HostIdentity {
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl HostIdentity for v1::Host {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
+/// A host's id, name and labels: all that resolving a job's targets needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKey {
+    pub id: String,
+    pub name: String,
+    pub labels: Labels,
+}
+
+impl HostIdentity for HostKey {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
+/// Every host's [`HostKey`], loaded on first use after a change. Ids, names and labels change
+/// only when a host is enrolled or deleted, and reading every host row for each job cost about
+/// 5 µs per host (50 ms of a 10,000-host fan-out).
+#[derive(Debug, Default)]
+struct HostKeyCache {
+    /// Bumped by every change, so a load that raced a change is not kept.
+    generation: u64,
+    keys: Option<Arc<[HostKey]>>,
 }
 
 impl Store {
@@ -199,7 +250,7 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-        Ok(Self { pool, writer })
+        Ok(Self { pool, writer, host_keys: Arc::default() })
     }
 
     /// Read-only connections, for modules that keep their own tables (the audit log).
@@ -290,6 +341,7 @@ impl Store {
         };
         insert_certificate(&mut *tx, &cert, principal_uri, now_ms).await?;
         tx.commit().await?;
+        self.hosts_changed();
         Ok(Ok((labels, cert)))
     }
 
@@ -586,6 +638,45 @@ impl Store {
         rows.iter().map(host_from_row).collect()
     }
 
+    /// Every host's id, name and labels, ordered by name; from memory unless hosts changed.
+    pub async fn host_keys(&self) -> Result<Arc<[HostKey]>, StoreError> {
+        let generation = {
+            let cache = self.lock_host_keys();
+            if let Some(keys) = &cache.keys {
+                return Ok(keys.clone());
+            }
+            cache.generation
+        };
+        let rows =
+            sqlx::query("SELECT id, name, labels FROM hosts ORDER BY name").fetch_all(&self.pool).await?;
+        let keys = rows
+            .iter()
+            .map(|row| {
+                Ok(HostKey {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    labels: labels_from_json(&row.try_get::<String, _>("labels")?)?,
+                })
+            })
+            .collect::<Result<Arc<[HostKey]>, StoreError>>()?;
+        let mut cache = self.lock_host_keys();
+        if cache.generation == generation {
+            cache.keys = Some(keys.clone());
+        }
+        Ok(keys)
+    }
+
+    /// Called after a commit that enrolled or deleted a host.
+    fn hosts_changed(&self) {
+        let mut cache = self.lock_host_keys();
+        cache.generation += 1;
+        cache.keys = None;
+    }
+
+    fn lock_host_keys(&self) -> std::sync::MutexGuard<'_, HostKeyCache> {
+        self.host_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub async fn host(&self, id: &str) -> Result<Option<v1::Host>, StoreError> {
         let row = sqlx::query("SELECT * FROM hosts WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(host_from_row).transpose()
@@ -622,6 +713,7 @@ impl Store {
         let deleted =
             sqlx::query("DELETE FROM hosts WHERE id = ?").bind(id).execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
+        self.hosts_changed();
         Ok(deleted > 0)
     }
 
