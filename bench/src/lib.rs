@@ -4,7 +4,12 @@
 //! (threads named `ctl-rt`); simulated agents run the real agent link code on a second runtime
 //! (`sim-rt`) with only the executor replaced by an instant no-op. Both share this machine's
 //! cores, as the reports say. CPU is attributed per runtime from `/proc/self/task`.
+//!
+//! Alternatively ([`ControllerMode::OwnProcess`]) the controller runs in a child process (see
+//! [`controller_process`]): each process then holds one end of every connection, and the
+//! controller's CPU and memory are its process's own.
 
+pub mod controller_process;
 pub mod measure;
 pub mod scenarios;
 
@@ -13,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::future::BoxFuture;
 use tailops_agent::executor::{ExecSpec, Executor, OutputChunk};
 use tailops_agent::{AgentState, EnrollOptions, LinkOptions};
@@ -25,6 +31,9 @@ use tailopsctl::Profile;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+use crate::controller_process::ControllerProcess;
+use crate::measure::{CpuTimes, LagProbe, Percentiles, process_cpu_seconds, rss_bytes};
 
 /// The executor of simulated agents: every command "succeeds" at once.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,19 +50,54 @@ impl Executor for InstantExecutor {
     }
 }
 
-/// A controller on its own runtime, plus the runtime simulated agents and clients run on.
+/// Where the controller runs.
+#[derive(Debug, Clone)]
+pub enum ControllerMode {
+    /// On a runtime of its own (`ctl-rt`) in this process, next to the simulated agents.
+    InProcess,
+    /// In a child process: `binary serve-controller ...`, where `binary` is `tailops-bench`.
+    OwnProcess { binary: PathBuf },
+}
+
+/// A controller (on its own runtime or in its own process), plus the runtime simulated agents
+/// and clients run on.
 #[derive(Debug)]
 pub struct Bench {
     pub dir: tempfile::TempDir,
-    pub controller_rt: Runtime,
     pub sim_rt: Runtime,
     pub addr: SocketAddr,
     pub url: String,
     pub admin: Profile,
     pub fingerprint: Fingerprint,
-    shutdown: CancellationToken,
-    server: Option<tokio::task::JoinHandle<Result<(), tailops_controller::ControllerError>>>,
+    controller: ControllerHost,
     agents: Vec<SimAgent>,
+}
+
+#[derive(Debug)]
+enum ControllerHost {
+    InProcess(InProcessController),
+    OwnProcess {
+        binary: PathBuf,
+        /// `None` only while it is being restarted. Boxed: the handle (pipes, buffers) is large.
+        process: Option<Box<ControllerProcess>>,
+    },
+}
+
+#[derive(Debug)]
+struct InProcessController {
+    runtime: Runtime,
+    probe: LagProbe,
+    shutdown: CancellationToken,
+    server: Option<ServerTask>,
+}
+
+type ServerTask = tokio::task::JoinHandle<Result<(), tailops_controller::ControllerError>>;
+
+/// Resident memory of this process and, when the controller runs in its own process, of that one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub harness_bytes: u64,
+    pub controller_bytes: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -62,7 +106,7 @@ struct SimAgent {
     shutdown: CancellationToken,
 }
 
-fn runtime(name: &'static str, threads: usize) -> anyhow::Result<Runtime> {
+pub(crate) fn runtime(name: &'static str, threads: usize) -> anyhow::Result<Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name(name)
@@ -70,86 +114,214 @@ fn runtime(name: &'static str, threads: usize) -> anyhow::Result<Runtime> {
         .build()?)
 }
 
-impl Bench {
-    /// Initialises a data directory and starts the controller. Limits that would throttle the
-    /// load generator (rate limits) are raised; everything else keeps its defaults.
-    pub fn start(heartbeat: Duration) -> anyhow::Result<Self> {
-        tailops_pki::install_crypto_provider();
-        let controller_rt = runtime("ctl-rt", 2)?;
-        let sim_rt = runtime("sim-rt", 2)?;
-        let dir = tempfile::tempdir()?;
-        let data = DataDir::new(dir.path().join("controller"));
-        let init = controller_rt.block_on(async {
-            let options = InitOptions {
-                trust_domain: "bench.tailops".into(),
-                listen: "127.0.0.1:0".parse()?,
-                advertise: vec!["localhost".into(), "127.0.0.1".into()],
-            };
-            let init = data_dir::initialize(&data, options).await?;
-            let path = data.file(data_dir::CONFIG_FILE);
-            let mut config: ControllerConfig = toml::from_str(&tokio::fs::read_to_string(&path).await?)?;
-            config.timing.heartbeat_interval_ms = u64::try_from(heartbeat.as_millis())?;
-            config.limits.max_join_token_uses = 1_000_000;
-            config.rate_limits.observe_per_minute = 1_000_000;
-            config.rate_limits.admin_per_minute = 1_000_000;
-            config.rate_limits.control_per_minute = 1_000_000;
-            config.rate_limits.exec_per_minute = 1_000_000;
-            config.rate_limits.enroll_per_minute_per_address = 1_000_000;
-            tokio::fs::write(&path, toml::to_string(&config)?).await?;
-            anyhow::Ok(init)
-        })?;
-        let mut bench = Self {
-            dir,
-            controller_rt,
-            sim_rt,
-            addr: "127.0.0.1:0".parse()?,
-            url: String::new(),
-            admin: init.admin_profile,
-            fingerprint: init.ca_fingerprint,
-            shutdown: CancellationToken::new(),
-            server: None,
-            agents: Vec::new(),
-        };
-        bench.serve(None)?;
-        Ok(bench)
-    }
+/// The controller process, unless a restart failed and left none.
+fn running(process: Option<&ControllerProcess>) -> anyhow::Result<&ControllerProcess> {
+    process.context("no controller process: its restart failed")
+}
 
-    fn serve(&mut self, addr: Option<SocketAddr>) -> anyhow::Result<()> {
-        let data = DataDir::new(self.dir.path().join("controller"));
+/// Binds the controller's listener, retrying while a restarted controller's old port is still
+/// being released.
+pub(crate) async fn bind_retrying(
+    controller: &Controller,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match controller.bind(Some(addr)).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!(error = %e, "rebinding");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes a fresh controller data directory. Limits that would throttle the load generator
+/// (rate limits) are raised; everything else keeps its defaults.
+async fn initialize_data_dir(data: &DataDir, heartbeat: Duration) -> anyhow::Result<data_dir::Initialized> {
+    let options = InitOptions {
+        trust_domain: "bench.tailops".into(),
+        listen: "127.0.0.1:0".parse()?,
+        advertise: vec!["localhost".into(), "127.0.0.1".into()],
+    };
+    let init = data_dir::initialize(data, options).await?;
+    let path = data.file(data_dir::CONFIG_FILE);
+    let mut config: ControllerConfig = toml::from_str(&tokio::fs::read_to_string(&path).await?)?;
+    config.timing.heartbeat_interval_ms = u64::try_from(heartbeat.as_millis())?;
+    config.limits.max_join_token_uses = 1_000_000;
+    config.rate_limits.observe_per_minute = 1_000_000;
+    config.rate_limits.admin_per_minute = 1_000_000;
+    config.rate_limits.control_per_minute = 1_000_000;
+    config.rate_limits.exec_per_minute = 1_000_000;
+    config.rate_limits.enroll_per_minute_per_address = 1_000_000;
+    tokio::fs::write(&path, toml::to_string(&config)?).await?;
+    Ok(init)
+}
+
+impl InProcessController {
+    /// Opens the controller and serves it on `runtime`; returns its address and the server task.
+    fn serve(
+        runtime: &Runtime,
+        data: &DataDir,
+        addr: Option<SocketAddr>,
+    ) -> anyhow::Result<(SocketAddr, CancellationToken, ServerTask)> {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        let (addr, server) = self.controller_rt.block_on(async {
-            let controller = Controller::open(&data).await?;
-            let mut tries = 0;
-            let listener = loop {
-                match controller.bind(Some(addr.unwrap_or("127.0.0.1:0".parse()?))).await {
-                    Ok(listener) => break listener,
-                    Err(e) if tries < 50 => {
-                        tries += 1;
-                        tracing::debug!(error = %e, "rebinding");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
+        let (addr, server) = runtime.block_on(async {
+            let controller = Controller::open(data).await?;
+            let listener = bind_retrying(&controller, addr.unwrap_or("127.0.0.1:0".parse()?)).await?;
             let addr = listener.local_addr()?;
             anyhow::Ok((addr, tokio::spawn(controller.serve(listener, stop))))
         })?;
+        Ok((addr, shutdown, server))
+    }
+}
+
+impl Bench {
+    /// Initialises a data directory and starts the controller where `mode` says. Limits that
+    /// would throttle the load generator (rate limits) are raised; everything else keeps its
+    /// defaults. The controller runtime's lag probe starts with it.
+    pub fn start(heartbeat: Duration, mode: ControllerMode) -> anyhow::Result<Self> {
+        tailops_pki::install_crypto_provider();
+        let sim_rt = runtime("sim-rt", 2)?;
+        let dir = tempfile::tempdir()?;
+        let data = DataDir::new(dir.path().join("controller"));
+        let (init, addr, controller) = match mode {
+            ControllerMode::InProcess => {
+                let runtime = runtime("ctl-rt", 2)?;
+                let init = runtime.block_on(initialize_data_dir(&data, heartbeat))?;
+                let (addr, shutdown, server) = InProcessController::serve(&runtime, &data, None)?;
+                let probe = LagProbe::start(runtime.handle());
+                let controller = InProcessController { runtime, probe, shutdown, server: Some(server) };
+                (init, addr, ControllerHost::InProcess(controller))
+            }
+            ControllerMode::OwnProcess { binary } => {
+                // This process writes the data directory, as in-process; the child only serves it.
+                let init = sim_rt.block_on(initialize_data_dir(&data, heartbeat))?;
+                let listen = "127.0.0.1:0".parse()?;
+                let process = sim_rt.block_on(ControllerProcess::spawn(&binary, data.path(), listen))?;
+                let addr = process.addr();
+                (init, addr, ControllerHost::OwnProcess { binary, process: Some(Box::new(process)) })
+            }
+        };
+        let mut bench = Self {
+            dir,
+            sim_rt,
+            addr,
+            url: String::new(),
+            admin: init.admin_profile,
+            fingerprint: init.ca_fingerprint,
+            controller,
+            agents: Vec::new(),
+        };
+        bench.set_addr(addr);
+        Ok(bench)
+    }
+
+    fn set_addr(&mut self, addr: SocketAddr) {
         self.addr = addr;
         self.url = format!("https://127.0.0.1:{}", addr.port());
         self.admin.endpoint = self.url.clone();
-        self.shutdown = shutdown;
-        self.server = Some(server);
-        Ok(())
+    }
+
+    fn data_dir(&self) -> DataDir {
+        DataDir::new(self.dir.path().join("controller"))
+    }
+
+    /// `"in-process"` or `"own-process"`, as the results say.
+    pub fn mode_name(&self) -> &'static str {
+        match self.controller {
+            ControllerHost::InProcess(_) => "in-process",
+            ControllerHost::OwnProcess { .. } => "own-process",
+        }
+    }
+
+    /// The controller's process id when it runs in a process of its own.
+    pub fn controller_pid(&self) -> Option<u32> {
+        match &self.controller {
+            ControllerHost::InProcess(_) => None,
+            ControllerHost::OwnProcess { process, .. } => process.as_deref().map(ControllerProcess::pid),
+        }
+    }
+
+    /// Forgets the controller runtime's scheduling lag measured so far (to measure one phase).
+    pub async fn reset_lag(&self) -> anyhow::Result<()> {
+        match &self.controller {
+            ControllerHost::InProcess(controller) => {
+                controller.probe.reset();
+                Ok(())
+            }
+            ControllerHost::OwnProcess { process, .. } => running(process.as_deref())?.reset_lag().await,
+        }
+    }
+
+    /// The controller runtime's scheduling lag since the last [`Bench::reset_lag`].
+    pub async fn controller_lag(&self) -> anyhow::Result<Percentiles> {
+        match &self.controller {
+            ControllerHost::InProcess(controller) => Ok(controller.probe.percentiles()),
+            ControllerHost::OwnProcess { process, .. } => running(process.as_deref())?.lag().await,
+        }
+    }
+
+    /// CPU used so far. In-process: split by thread (controller = `ctl-rt` + SQLite workers).
+    /// Own process: the controller's whole process, and this whole process as load generator.
+    pub async fn cpu_times(&self) -> anyhow::Result<CpuTimes> {
+        match &self.controller {
+            ControllerHost::InProcess(_) => Ok(CpuTimes::now().await),
+            ControllerHost::OwnProcess { process, .. } => {
+                let pid = running(process.as_deref())?.pid().to_string();
+                let controller_s = process_cpu_seconds(&pid).await;
+                let agents_s = process_cpu_seconds("self").await;
+                Ok(CpuTimes { controller_s, agents_s, total_s: controller_s + agents_s })
+            }
+        }
+    }
+
+    /// Resident memory now: this process's, and the controller process's if it has one.
+    pub async fn memory(&self) -> anyhow::Result<Memory> {
+        let harness_bytes = rss_bytes("self").await;
+        let controller_bytes = match &self.controller {
+            ControllerHost::InProcess(_) => None,
+            ControllerHost::OwnProcess { process, .. } => {
+                Some(rss_bytes(&running(process.as_deref())?.pid().to_string()).await)
+            }
+        };
+        Ok(Memory { harness_bytes, controller_bytes })
     }
 
     /// Stops the controller (closing every agent stream) and starts it again on the same port.
     pub fn restart_controller(&mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            self.controller_rt.block_on(server)??;
-        }
-        self.serve(Some(self.addr))
+        let data = self.data_dir();
+        let addr = match &mut self.controller {
+            ControllerHost::InProcess(controller) => {
+                controller.shutdown.cancel();
+                if let Some(server) = controller.server.take() {
+                    controller.runtime.block_on(server)??;
+                }
+                let (addr, shutdown, server) =
+                    InProcessController::serve(&controller.runtime, &data, Some(self.addr))?;
+                controller.shutdown = shutdown;
+                controller.server = Some(server);
+                addr
+            }
+            ControllerHost::OwnProcess { binary, process } => {
+                let old = process.take();
+                let new = self.sim_rt.block_on(async {
+                    if let Some(old) = old {
+                        (*old).stop().await?;
+                    }
+                    ControllerProcess::spawn(binary, data.path(), self.addr).await
+                })?;
+                let addr = new.addr();
+                *process = Some(Box::new(new));
+                addr
+            }
+        };
+        self.set_addr(addr);
+        Ok(())
     }
 
     pub async fn fleet(&self) -> anyhow::Result<FleetClient<Channel>> {
@@ -248,7 +420,7 @@ impl Bench {
 
     /// The controller's SQLite database.
     pub fn database(&self) -> std::path::PathBuf {
-        DataDir::new(self.dir.path().join("controller")).file(data_dir::DATABASE)
+        self.data_dir().file(data_dir::DATABASE)
     }
 
     pub fn stop_agents(&mut self) {
@@ -291,6 +463,18 @@ pub async fn open_link(
 impl Drop for Bench {
     fn drop(&mut self) {
         self.stop_agents();
-        self.shutdown.cancel();
+        match &mut self.controller {
+            ControllerHost::InProcess(controller) => controller.shutdown.cancel(),
+            ControllerHost::OwnProcess { process, .. } => {
+                // Let it exit cleanly before its data directory goes. Inside a runtime block_on
+                // is not allowed; then dropping the handle kills it (kill_on_drop).
+                if let Some(process) = process.take()
+                    && tokio::runtime::Handle::try_current().is_err()
+                    && let Err(e) = self.sim_rt.block_on((*process).stop())
+                {
+                    tracing::warn!(error = %e, "stopping the controller process");
+                }
+            }
+        }
     }
 }

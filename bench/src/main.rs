@@ -1,16 +1,24 @@
 //! `tailops-bench`: runs the scenarios, prints a table per scenario and writes JSON.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use serde_json::json;
-use tailops_bench::measure::{LagProbe, rss_bytes};
-use tailops_bench::{Bench, scenarios};
+use tailops_bench::{Bench, ControllerMode, controller_process, scenarios};
 
 #[derive(Debug, Parser)]
 #[command(name = "tailops-bench", about = "Benchmark a real TailOps controller with simulated agents")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Run the controller in a child process (this binary, re-executed) instead of on a runtime
+    /// in this one: each process then holds one end of every connection (twice the fleet fits
+    /// under the open-file limit), and the controller's CPU and memory are measured apart from
+    /// the simulated agents'.
+    #[arg(long)]
+    controller_process: bool,
     /// Fleet sizes for fan-out and steady state, ascending.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000,5000,10000")]
     agents: Vec<usize>,
@@ -49,6 +57,19 @@ struct Args {
     json: PathBuf,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Internal: the controller's side of --controller-process (see controller_process.rs).
+    #[command(name = controller_process::SUBCOMMAND, hide = true)]
+    ServeController {
+        /// An initialised controller data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Group {
     /// Enrollment, fan-out, steady state and the reconnect storm, per fleet size.
@@ -70,8 +91,9 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Both ends of every simulated agent's connection live in this process, so the file limit
-/// caps the fleet size. Raises it as far as allowed; returns the limit in force.
+/// Every simulated agent's connection holds a descriptor in this process (and, in-process, the
+/// controller's end too), so the file limit caps the fleet size. Raises it as far as allowed
+/// (a controller child process inherits it); returns the limit in force.
 fn raise_file_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let wanted = 200_000;
@@ -94,21 +116,39 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let file_limit = raise_file_limit();
-    // Two descriptors per simulated agent (both ends) plus headroom for enrollment and SQLite.
-    let max_agents = usize::try_from(file_limit.saturating_sub(1000) / 2).unwrap_or(usize::MAX);
+    if let Some(Command::ServeController { data_dir, listen }) = &args.command {
+        return controller_process::serve_controller(data_dir, *listen);
+    }
+    // Per simulated agent: in-process two descriptors (both ends), in own-process mode one in
+    // each process; plus headroom for enrollment, clients and SQLite.
+    let descriptors_per_agent = if args.controller_process { 1 } else { 2 };
+    let max_agents =
+        usize::try_from(file_limit.saturating_sub(1000) / descriptors_per_agent).unwrap_or(usize::MAX);
     let fleet_sizes: &[usize] = if args.only.contains(&Group::Fleet) { &args.agents } else { &[] };
     if let Some(too_big) = fleet_sizes.iter().find(|n| **n > max_agents) {
         anyhow::bail!(
-            "{too_big} agents need about {} file descriptors but the limit here is {file_limit}; \
-             use at most {max_agents} agents (or raise the hard limit: ulimit -Hn)",
-            too_big * 2 + 1000
+            "{too_big} agents need about {} file descriptors per process but the limit here is {file_limit}; \
+             use at most {max_agents} agents (or raise the hard limit: ulimit -Hn{})",
+            too_big * usize::try_from(descriptors_per_agent).unwrap_or(2) + 1000,
+            if args.controller_process { "" } else { "; or use --controller-process" }
         );
     }
-    let mut bench = Bench::start(args.heartbeat)?;
-    let probe = LagProbe::start(bench.controller_rt.handle());
-    let baseline_rss = bench.sim_rt.block_on(rss_bytes("self"));
+    let mode = if args.controller_process {
+        ControllerMode::OwnProcess { binary: std::env::current_exe()? }
+    } else {
+        ControllerMode::InProcess
+    };
+    let mut bench = Bench::start(args.heartbeat, mode)?;
+    let baseline = bench.sim_rt.block_on(bench.memory())?;
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    println!("tailops-bench: controller and load generator share this machine's {cores} cores");
+    match bench.controller_pid() {
+        None => println!(
+            "tailops-bench: controller in-process; controller and load generator share this machine's {cores} cores"
+        ),
+        Some(pid) => println!(
+            "tailops-bench: controller in its own process (pid {pid}); controller and load generator share this machine's {cores} cores"
+        ),
+    }
 
     let mut enrollments = Vec::new();
     let mut fanouts = Vec::new();
@@ -126,7 +166,7 @@ fn main() -> anyhow::Result<()> {
         }
         bench.wait_online(size, Duration::from_secs(300))?;
         let runs = if size >= 5000 { args.runs.min(10) } else { args.runs };
-        let fanout = scenarios::fanout(&bench, runs, &probe)?;
+        let fanout = scenarios::fanout(&bench, runs)?;
         println!(
             "fan-out  {:>6} agents: p50 {:>8.2} ms  p90 {:>8.2}  p99 {:>8.2}  max {:>8.2}  ({} runs; lag p50 {:.2} p99 {:.2} max {:.2} ms)",
             size,
@@ -140,18 +180,33 @@ fn main() -> anyhow::Result<()> {
             fanout.controller_lag.max_ms
         );
         fanouts.push(fanout);
-        let steady = scenarios::steady(&bench, args.steady, baseline_rss, args.heartbeat, &probe);
-        println!(
-            "steady   {:>6} agents: controller {:>6.2} % of a core, agents {:>6.2} %, RSS {:>7.1} MiB ({:.1} KB/agent, both sides); lag p50 {:.2} p99 {:.2} max {:.2} ms",
-            size,
-            steady.controller_cpu_pct,
-            steady.agents_cpu_pct,
-            steady.process_rss_bytes as f64 / 1_048_576.0,
-            steady.rss_per_agent_bytes as f64 / 1000.0,
-            steady.controller_lag.p50_ms,
-            steady.controller_lag.p99_ms,
-            steady.controller_lag.max_ms
-        );
+        let steady = scenarios::steady(&bench, args.steady, baseline, args.heartbeat)?;
+        match (steady.controller_rss_bytes, steady.controller_rss_per_agent_bytes) {
+            (Some(controller_rss), Some(controller_per_agent)) => println!(
+                "steady   {:>6} agents: controller {:>6.2} % of a core, load generator {:>6.2} %, controller RSS {:>7.1} MiB ({:.1} KB/agent), load generator RSS {:.1} MiB ({:.1} KB/agent); lag p50 {:.2} p99 {:.2} max {:.2} ms",
+                size,
+                steady.controller_cpu_pct,
+                steady.agents_cpu_pct,
+                controller_rss as f64 / 1_048_576.0,
+                controller_per_agent as f64 / 1000.0,
+                steady.process_rss_bytes as f64 / 1_048_576.0,
+                steady.rss_per_agent_bytes as f64 / 1000.0,
+                steady.controller_lag.p50_ms,
+                steady.controller_lag.p99_ms,
+                steady.controller_lag.max_ms
+            ),
+            _ => println!(
+                "steady   {:>6} agents: controller {:>6.2} % of a core, agents {:>6.2} %, RSS {:>7.1} MiB ({:.1} KB/agent, both sides); lag p50 {:.2} p99 {:.2} max {:.2} ms",
+                size,
+                steady.controller_cpu_pct,
+                steady.agents_cpu_pct,
+                steady.process_rss_bytes as f64 / 1_048_576.0,
+                steady.rss_per_agent_bytes as f64 / 1000.0,
+                steady.controller_lag.p50_ms,
+                steady.controller_lag.p99_ms,
+                steady.controller_lag.max_ms
+            ),
+        }
         steadies.push(steady);
     }
     let reconnect = if args.no_reconnect || !args.only.contains(&Group::Fleet) {
@@ -165,7 +220,7 @@ fn main() -> anyhow::Result<()> {
         Some(r)
     };
     let ingest = if args.only.contains(&Group::Ingest) {
-        let r = scenarios::ingest(&bench, args.ingest_agents, args.ingest_batch, args.ingest_window, &probe)?;
+        let r = scenarios::ingest(&bench, args.ingest_agents, args.ingest_batch, args.ingest_window)?;
         println!(
             "ingest   {:>6} agents: {:>9.0} samples/s into SQLite ({} rows in {:.1} s, batches of {}; lag p50 {:.2} p99 {:.2} max {:.2} ms)",
             r.agents,
@@ -198,6 +253,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     let results = json!({
+        "controller": bench.mode_name(),
         "cores": cores,
         "enrollment": enrollments,
         "fanout": fanouts,

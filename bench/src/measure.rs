@@ -3,12 +3,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 /// Percentiles of a set of durations, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Percentiles {
     pub count: usize,
     pub p50_ms: f64,
@@ -83,10 +83,12 @@ fn clock_ticks_per_second() -> f64 {
     100.0
 }
 
-/// CPU seconds used so far by this process's threads, split by thread-name prefix.
+/// CPU seconds used so far, split between the controller and the load generator.
+/// [`CpuTimes::now`] splits this process's threads by name; with the controller in its own
+/// process, `Bench::cpu_times` takes each process whole.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct CpuTimes {
-    /// Controller runtime threads plus SQLite worker threads.
+    /// Controller runtime threads plus SQLite worker threads (or the controller's process).
     pub controller_s: f64,
     /// Everything else: simulated agents, the client, the harness.
     pub agents_s: f64,

@@ -7,10 +7,8 @@ use serde::Serialize;
 use tailops_agent::AgentState;
 use tailops_proto::v1;
 
-use crate::Bench;
-use crate::measure::{
-    CpuTimes, LagProbe, Percentiles, children_cpu_seconds, peak_rss_bytes, process_cpu_seconds, rss_bytes,
-};
+use crate::measure::{Percentiles, children_cpu_seconds, peak_rss_bytes, process_cpu_seconds, rss_bytes};
+use crate::{Bench, Memory};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EnrollResult {
@@ -42,10 +40,10 @@ pub struct FanoutResult {
 }
 
 /// Runs a no-op job on every agent `runs` times, one after another.
-pub fn fanout(bench: &Bench, runs: usize, probe: &LagProbe) -> anyhow::Result<FanoutResult> {
+pub fn fanout(bench: &Bench, runs: usize) -> anyhow::Result<FanoutResult> {
     let agents = bench.agent_count();
-    probe.reset();
-    let latencies = bench.sim_rt.block_on(async {
+    let (latencies, controller_lag) = bench.sim_rt.block_on(async {
+        bench.reset_lag().await?;
         let mut fleet = bench.fleet().await?;
         let mut latencies = Vec::with_capacity(runs);
         for _ in 0..runs {
@@ -78,14 +76,9 @@ pub fn fanout(bench: &Bench, runs: usize, probe: &LagProbe) -> anyhow::Result<Fa
                 );
             }
         }
-        anyhow::Ok(latencies)
+        anyhow::Ok((latencies, bench.controller_lag().await?))
     })?;
-    Ok(FanoutResult {
-        agents,
-        runs,
-        latency: Percentiles::of(&latencies),
-        controller_lag: probe.percentiles(),
-    })
+    Ok(FanoutResult { agents, runs, latency: Percentiles::of(&latencies), controller_lag })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,48 +86,66 @@ pub struct SteadyResult {
     pub agents: usize,
     pub window_s: f64,
     pub heartbeat_s: f64,
-    /// Percent of one core, controller runtime + SQLite worker threads.
+    /// Percent of one core: controller runtime + SQLite worker threads (in-process), or the
+    /// controller's whole process (own process).
     pub controller_cpu_pct: f64,
-    /// Percent of one core, simulated agents.
+    /// Percent of one core: the load generator (simulated agents, client, harness); with the
+    /// controller in its own process, this whole process.
     pub agents_cpu_pct: f64,
+    /// RSS of this (the harness's) process.
     pub process_rss_bytes: u64,
-    /// (RSS now - RSS before any agent) / agents: controller and simulated agent together,
-    /// so an upper bound for the controller's share.
+    /// (RSS now - RSS before any agent) / agents, this process. In-process that is controller
+    /// and simulated agent together, so an upper bound for the controller's share; with the
+    /// controller in its own process, the simulated agent's end alone.
     pub rss_per_agent_bytes: u64,
+    /// RSS of the controller's process (own-process mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_rss_bytes: Option<u64>,
+    /// (controller RSS now - controller RSS before any agent) / agents (own-process mode only):
+    /// the controller's memory per agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_rss_per_agent_bytes: Option<u64>,
     pub controller_lag: Percentiles,
     /// Heartbeat times written to SQLite per second: one transaction per sweep updating every
     /// online host (derived from the code path, not counted).
     pub sqlite_rows_per_s: f64,
 }
 
-/// Leaves the fleet idle (heartbeats only) for `window` and measures the cost.
+/// Leaves the fleet idle (heartbeats only) for `window` and measures the cost. `baseline` is
+/// [`Bench::memory`] before any agent was enrolled.
 pub fn steady(
     bench: &Bench,
     window: Duration,
-    baseline_rss: u64,
+    baseline: Memory,
     heartbeat: Duration,
-    probe: &LagProbe,
-) -> SteadyResult {
+) -> anyhow::Result<SteadyResult> {
     let agents = bench.agent_count();
+    let per_agent =
+        |now: u64, before: u64| now.saturating_sub(before) / u64::try_from(agents.max(1)).unwrap_or(1);
     bench.sim_rt.block_on(async {
-        probe.reset();
-        let before = CpuTimes::now().await;
+        bench.reset_lag().await?;
+        let before = bench.cpu_times().await?;
         tokio::time::sleep(window).await;
-        let used = CpuTimes::now().await.since(before);
-        let rss = rss_bytes("self").await;
+        let used = bench.cpu_times().await?.since(before);
+        let memory = bench.memory().await?;
         let window_s = window.as_secs_f64();
         #[allow(clippy::cast_precision_loss)]
-        SteadyResult {
+        Ok(SteadyResult {
             agents,
             window_s,
             heartbeat_s: heartbeat.as_secs_f64(),
             controller_cpu_pct: used.controller_s / window_s * 100.0,
             agents_cpu_pct: used.agents_s / window_s * 100.0,
-            process_rss_bytes: rss,
-            rss_per_agent_bytes: rss.saturating_sub(baseline_rss) / u64::try_from(agents.max(1)).unwrap_or(1),
-            controller_lag: probe.percentiles(),
+            process_rss_bytes: memory.harness_bytes,
+            rss_per_agent_bytes: per_agent(memory.harness_bytes, baseline.harness_bytes),
+            controller_rss_bytes: memory.controller_bytes,
+            controller_rss_per_agent_bytes: memory
+                .controller_bytes
+                .zip(baseline.controller_bytes)
+                .map(|(now, before)| per_agent(now, before)),
+            controller_lag: bench.controller_lag().await?,
             sqlite_rows_per_s: agents as f64 / heartbeat.as_secs_f64(),
-        }
+        })
     })
 }
 
@@ -215,7 +226,6 @@ pub fn ingest(
     agents: usize,
     samples_per_batch: usize,
     window: Duration,
-    probe: &LagProbe,
 ) -> anyhow::Result<IngestResult> {
     let states = bench.enroll(agents, 32)?;
     let database = bench.database();
@@ -225,7 +235,7 @@ pub fn ingest(
         for state in &states {
             streams.push(crate::open_link(state).await?);
         }
-        probe.reset();
+        bench.reset_lag().await?;
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + window;
         let mut tasks = Vec::with_capacity(agents);
@@ -275,7 +285,7 @@ pub fn ingest(
             seconds,
             samples_per_second,
             rows: committed,
-            controller_lag: probe.percentiles(),
+            controller_lag: bench.controller_lag().await?,
         })
     })
 }
