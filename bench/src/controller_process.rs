@@ -9,7 +9,7 @@
 //! The parent talks to the child over its stdin and stdout, one line each way:
 //! - once bound, the child prints `listening ADDR`;
 //! - `lag-reset` forgets the lag measured so far and is answered with `ok`;
-//! - `lag-report` is answered with the lag percentiles as one JSON line;
+//! - `lag-report` is answered with the lag percentiles (both probes) as one JSON line;
 //! - end of input (the parent closed stdin, or died) stops the controller gracefully, as does
 //!   SIGTERM; the child exits once `serve` has returned.
 
@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio_util::sync::CancellationToken;
 
-use crate::measure::{LagProbe, Percentiles};
+use crate::measure::{Lag, LagProbe};
 
 /// The hidden subcommand the child runs.
 pub const SUBCOMMAND: &str = "serve-controller";
@@ -129,7 +129,7 @@ impl ControllerProcess {
     }
 
     /// The controller runtime's lag since the last reset.
-    pub async fn lag(&self) -> anyhow::Result<Percentiles> {
+    pub async fn lag(&self) -> anyhow::Result<Lag> {
         let reply = self.request("lag-report").await?;
         serde_json::from_str(&reply).with_context(|| format!("lag report {reply:?}"))
     }
@@ -195,7 +195,7 @@ async fn serve_and_answer(data_dir: &Path, listen: SocketAddr) -> anyhow::Result
                 probe.reset();
                 "ok".to_owned()
             }
-            "lag-report" => serde_json::to_string(&probe.percentiles())?,
+            "lag-report" => serde_json::to_string(&probe.lag())?,
             other => format!("error: unknown request {other:?}"),
         };
         reply(&mut stdout, &answer).await?;

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::controller_process::ControllerProcess;
-use crate::measure::{CpuTimes, LagProbe, Percentiles, process_cpu_seconds, rss_bytes};
+use crate::measure::{CpuTimes, Lag, LagProbe, process_cpu_seconds, rss_bytes};
 
 /// The executor of simulated agents: every command "succeeds" at once.
 #[derive(Debug, Clone, Copy, Default)]
@@ -259,9 +259,9 @@ impl Bench {
     }
 
     /// The controller runtime's scheduling lag since the last [`Bench::reset_lag`].
-    pub async fn controller_lag(&self) -> anyhow::Result<Percentiles> {
+    pub async fn controller_lag(&self) -> anyhow::Result<Lag> {
         match &self.controller {
-            ControllerHost::InProcess(controller) => Ok(controller.probe.percentiles()),
+            ControllerHost::InProcess(controller) => Ok(controller.probe.lag()),
             ControllerHost::OwnProcess { process, .. } => running(process.as_deref())?.lag().await,
         }
     }

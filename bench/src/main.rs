@@ -168,22 +168,20 @@ fn main() -> anyhow::Result<()> {
         let runs = if size >= 5000 { args.runs.min(10) } else { args.runs };
         let fanout = scenarios::fanout(&bench, runs)?;
         println!(
-            "fan-out  {:>6} agents: p50 {:>8.2} ms  p90 {:>8.2}  p99 {:>8.2}  max {:>8.2}  ({} runs; lag p50 {:.2} p99 {:.2} max {:.2} ms)",
+            "fan-out  {:>6} agents: p50 {:>8.2} ms  p90 {:>8.2}  p99 {:>8.2}  max {:>8.2}  ({} runs; {})",
             size,
             fanout.latency.p50_ms,
             fanout.latency.p90_ms,
             fanout.latency.p99_ms,
             fanout.latency.max_ms,
             fanout.runs,
-            fanout.controller_lag.p50_ms,
-            fanout.controller_lag.p99_ms,
-            fanout.controller_lag.max_ms
+            fanout.controller_lag
         );
         fanouts.push(fanout);
         let steady = scenarios::steady(&bench, args.steady, baseline, args.heartbeat)?;
         match (steady.controller_rss_bytes, steady.controller_rss_per_agent_bytes) {
             (Some(controller_rss), Some(controller_per_agent)) => println!(
-                "steady   {:>6} agents: controller {:>6.2} % of a core, load generator {:>6.2} %, controller RSS {:>7.1} MiB ({:.1} KB/agent), load generator RSS {:.1} MiB ({:.1} KB/agent); lag p50 {:.2} p99 {:.2} max {:.2} ms",
+                "steady   {:>6} agents: controller {:>6.2} % of a core, load generator {:>6.2} %, controller RSS {:>7.1} MiB ({:.1} KB/agent), load generator RSS {:.1} MiB ({:.1} KB/agent); {}",
                 size,
                 steady.controller_cpu_pct,
                 steady.agents_cpu_pct,
@@ -191,20 +189,16 @@ fn main() -> anyhow::Result<()> {
                 controller_per_agent as f64 / 1000.0,
                 steady.process_rss_bytes as f64 / 1_048_576.0,
                 steady.rss_per_agent_bytes as f64 / 1000.0,
-                steady.controller_lag.p50_ms,
-                steady.controller_lag.p99_ms,
-                steady.controller_lag.max_ms
+                steady.controller_lag
             ),
             _ => println!(
-                "steady   {:>6} agents: controller {:>6.2} % of a core, agents {:>6.2} %, RSS {:>7.1} MiB ({:.1} KB/agent, both sides); lag p50 {:.2} p99 {:.2} max {:.2} ms",
+                "steady   {:>6} agents: controller {:>6.2} % of a core, agents {:>6.2} %, RSS {:>7.1} MiB ({:.1} KB/agent, both sides); {}",
                 size,
                 steady.controller_cpu_pct,
                 steady.agents_cpu_pct,
                 steady.process_rss_bytes as f64 / 1_048_576.0,
                 steady.rss_per_agent_bytes as f64 / 1000.0,
-                steady.controller_lag.p50_ms,
-                steady.controller_lag.p99_ms,
-                steady.controller_lag.max_ms
+                steady.controller_lag
             ),
         }
         steadies.push(steady);
@@ -222,15 +216,8 @@ fn main() -> anyhow::Result<()> {
     let ingest = if args.only.contains(&Group::Ingest) {
         let r = scenarios::ingest(&bench, args.ingest_agents, args.ingest_batch, args.ingest_window)?;
         println!(
-            "ingest   {:>6} agents: {:>9.0} samples/s into SQLite ({} rows in {:.1} s, batches of {}; lag p50 {:.2} p99 {:.2} max {:.2} ms)",
-            r.agents,
-            r.samples_per_second,
-            r.rows,
-            r.seconds,
-            r.samples_per_batch,
-            r.controller_lag.p50_ms,
-            r.controller_lag.p99_ms,
-            r.controller_lag.max_ms
+            "ingest   {:>6} agents: {:>9.0} samples/s into SQLite ({} rows in {:.1} s, batches of {}; {})",
+            r.agents, r.samples_per_second, r.rows, r.seconds, r.samples_per_batch, r.controller_lag
         );
         Some(r)
     } else {

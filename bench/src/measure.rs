@@ -33,19 +33,45 @@ impl Percentiles {
     }
 }
 
-/// Measures how late a 1 ms interval tick fires on a runtime. The tokio timer has 1 ms
-/// resolution, so an idle runtime already shows up to about 1 ms.
+/// How late the controller's runtime runs work that became ready, measured two ways.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Lag {
+    /// How long a task woken from outside the runtime waits before it runs: a thread with a
+    /// precise 1 ms clock sends each tick to a task on the runtime, which notes how late it got
+    /// it. This is what a blocked or saturated runtime delays (I/O readiness, channel messages),
+    /// with no timer resolution in it.
+    pub wakeup: Percentiles,
+    /// How late a tokio 1 ms interval tick fires. Tokio's timer has 1 ms resolution and rounds
+    /// deadlines up, so an idle runtime already shows about 1 ms here.
+    pub timer_tick: Percentiles,
+}
+
+impl std::fmt::Display for Lag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (w, t) = (&self.wakeup, &self.timer_tick);
+        write!(
+            f,
+            "lag: wake-up p50 {:.2} p99 {:.2} max {:.2} ms, timer tick p50 {:.2} p99 {:.2} max {:.2} ms",
+            w.p50_ms, w.p99_ms, w.max_ms, t.p50_ms, t.p99_ms, t.max_ms
+        )
+    }
+}
+
+/// Runs both [`Lag`] probes on a runtime until dropped.
 #[derive(Debug, Clone)]
 pub struct LagProbe {
-    samples: Arc<Mutex<Vec<Duration>>>,
+    wakeups: Arc<Mutex<Vec<Duration>>>,
+    ticks: Arc<Mutex<Vec<Duration>>>,
     stop: CancellationToken,
 }
 
 impl LagProbe {
     pub fn start(runtime: &Handle) -> Self {
-        let samples = Arc::new(Mutex::new(Vec::with_capacity(100_000)));
+        let wakeups = Arc::new(Mutex::new(Vec::with_capacity(100_000)));
+        let ticks = Arc::new(Mutex::new(Vec::with_capacity(100_000)));
         let stop = CancellationToken::new();
-        let (sink, until) = (samples.clone(), stop.clone());
+
+        let (sink, until) = (ticks.clone(), stop.clone());
         runtime.spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(1));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -54,22 +80,52 @@ impl LagProbe {
                     () = until.cancelled() => return,
                     scheduled = ticker.tick() => {
                         let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
-                        sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(late);
+                        lock(&sink).push(late);
                     }
                 }
             }
         });
-        Self { samples, stop }
+
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<std::time::Instant>();
+        let until = stop.clone();
+        // A blocking-pool thread, so its clock does not depend on the runtime it measures.
+        runtime.spawn_blocking(move || {
+            while !until.is_cancelled() {
+                #[allow(clippy::disallowed_methods)] // on a blocking-pool thread, by design
+                std::thread::sleep(Duration::from_millis(1));
+                if sent_tx.send(std::time::Instant::now()).is_err() {
+                    return;
+                }
+            }
+        });
+        let (sink, until) = (wakeups.clone(), stop.clone());
+        runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = until.cancelled() => return,
+                    sent = sent_rx.recv() => match sent {
+                        Some(sent) => lock(&sink).push(sent.elapsed()),
+                        None => return,
+                    },
+                }
+            }
+        });
+        Self { wakeups, ticks, stop }
     }
 
     /// Forgets what was measured so far (to measure one phase).
     pub fn reset(&self) {
-        self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        lock(&self.wakeups).clear();
+        lock(&self.ticks).clear();
     }
 
-    pub fn percentiles(&self) -> Percentiles {
-        Percentiles::of(&self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    pub fn lag(&self) -> Lag {
+        Lag { wakeup: Percentiles::of(&lock(&self.wakeups)), timer_tick: Percentiles::of(&lock(&self.ticks)) }
     }
+}
+
+fn lock(samples: &Mutex<Vec<Duration>>) -> std::sync::MutexGuard<'_, Vec<Duration>> {
+    samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for LagProbe {

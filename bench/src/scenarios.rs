@@ -7,7 +7,9 @@ use serde::Serialize;
 use tailops_agent::AgentState;
 use tailops_proto::v1;
 
-use crate::measure::{Percentiles, children_cpu_seconds, peak_rss_bytes, process_cpu_seconds, rss_bytes};
+use crate::measure::{
+    Lag, Percentiles, children_cpu_seconds, peak_rss_bytes, process_cpu_seconds, rss_bytes,
+};
 use crate::{Bench, Memory};
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +38,7 @@ pub struct FanoutResult {
     /// From the client's RunJob call until it has received every host's result.
     pub latency: Percentiles,
     /// Scheduling lag of the controller runtime during the runs.
-    pub controller_lag: Percentiles,
+    pub controller_lag: Lag,
 }
 
 /// Runs a no-op job on every agent `runs` times, one after another.
@@ -105,7 +107,7 @@ pub struct SteadyResult {
     /// the controller's memory per agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controller_rss_per_agent_bytes: Option<u64>,
-    pub controller_lag: Percentiles,
+    pub controller_lag: Lag,
     /// Heartbeat times written to SQLite per second: one transaction per sweep updating every
     /// online host (derived from the code path, not counted).
     pub sqlite_rows_per_s: f64,
@@ -215,7 +217,7 @@ pub struct IngestResult {
     /// until the last row was committed.
     pub samples_per_second: f64,
     pub rows: u64,
-    pub controller_lag: Percentiles,
+    pub controller_lag: Lag,
 }
 
 /// `agents` agent streams push sample batches as fast as the controller takes them for

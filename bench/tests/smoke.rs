@@ -34,12 +34,14 @@ fn every_scenario_runs(mode: ControllerMode) {
     let fanout = scenarios::fanout(&bench, 3).expect("fan-out");
     assert_eq!((fanout.agents, fanout.latency.count), (3, 3));
     assert!(fanout.latency.max_ms > 0.0);
-    assert!(fanout.controller_lag.count > 0, "the lag probe ran");
+    assert!(fanout.controller_lag.timer_tick.count > 0, "the timer probe ran");
+    assert!(fanout.controller_lag.wakeup.count > 0, "the wake-up probe ran");
 
     let steady = scenarios::steady(&bench, Duration::from_secs(1), baseline, heartbeat).expect("steady");
     assert_eq!(steady.agents, 3);
     assert!(steady.process_rss_bytes > 0);
-    assert!(steady.controller_lag.count > 0, "the lag probe ran");
+    assert!(steady.controller_lag.timer_tick.count > 0, "the timer probe ran");
+    assert!(steady.controller_lag.wakeup.count > 0, "the wake-up probe ran");
     if own_process {
         assert!(steady.controller_rss_bytes.is_some_and(|rss| rss > 0), "{steady:?}");
         assert!(steady.controller_rss_per_agent_bytes.is_some(), "{steady:?}");
