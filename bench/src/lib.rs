@@ -71,6 +71,9 @@ pub struct Bench {
     pub fingerprint: Fingerprint,
     controller: ControllerHost,
     agents: Vec<SimAgent>,
+    /// Agent state directories handed out so far. Scenarios enroll agents of their own (ingest,
+    /// footprint) that never join `agents`, so this, not `agents.len()`, numbers the next one.
+    enrolled: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -216,6 +219,7 @@ impl Bench {
             fingerprint: init.ca_fingerprint,
             controller,
             agents: Vec::new(),
+            enrolled: std::sync::atomic::AtomicUsize::new(0),
         };
         bench.set_addr(addr);
         Ok(bench)
@@ -331,7 +335,7 @@ impl Bench {
 
     /// Enrolls `n` new agents, `parallel` at a time; returns their states (not yet running).
     pub fn enroll(&self, n: usize, parallel: usize) -> anyhow::Result<Vec<AgentState>> {
-        let first = self.agents.len();
+        let first = self.enrolled.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         self.sim_rt.block_on(async {
             let token = self
                 .fleet()
