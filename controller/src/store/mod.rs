@@ -1106,3 +1106,6 @@ fn target_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::TargetDetail, St
         finished_at_ms: row.try_get("finished_at")?,
     })
 }
+
+#[cfg(test)]
+mod tests;
