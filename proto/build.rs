@@ -33,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // clash with the `AgentLink.Connect` RPC.
         .build_transport(false)
         .btree_map(".")
+        // Small initial stream buffers: see src/codec.rs.
+        .codec_path("crate::codec::CompactCodec")
         .compile_fds(fds)?;
     Ok(())
 }

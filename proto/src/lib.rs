@@ -4,6 +4,8 @@
 
 #![allow(missing_debug_implementations, clippy::all, rust_2018_idioms)]
 
+pub mod codec;
+
 /// Package `tailops.v1`.
 pub mod v1 {
     tonic::include_proto!("tailops.v1");
