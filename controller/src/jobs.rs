@@ -5,7 +5,7 @@
 //! A running job lives in memory as a [`LiveJob`] (its event log and per-host state) and in
 //! SQLite (the job, its targets and, when each host finishes, its result and capped output).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -450,8 +450,7 @@ impl JobManager {
         }
         if approve {
             let hosts = self.store.host_keys().await?;
-            let covered: HashSet<&str> =
-                hosts.iter().filter(|h| approver.covers(*h)).map(|h| h.id.as_str()).collect();
+            let covered = approver.covered_ids(&hosts);
             let uncovered = job.targets().iter().filter(|t| !covered.contains(t.host_id.as_str())).count();
             if uncovered > 0 {
                 return Err(deny(&format!("{uncovered} of the job's hosts are outside your scope")));

@@ -8,6 +8,7 @@
 
 pub mod roles;
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use tailops_proto::v1;
 use crate::audit::{AuditLog, AuditRecord};
 use crate::rate_limit::{Bucket, RateLimiter};
 use crate::revocation::{Revocations, Revoked};
-use crate::store::{CertStanding, HostIdentity, Store};
+use crate::store::{CertStanding, HostIdentity, HostKey, Store};
 use crate::{AppState, now_ms};
 
 pub use roles::{Grant, Risk, Role, Tier};
@@ -130,6 +131,11 @@ impl Principal {
 
     pub fn grant(&self, risk: Risk) -> Grant {
         self.role.map_or(Grant::No, |r| r.grant(risk))
+    }
+
+    /// The ids of the hosts among `hosts` that the principal's scope covers.
+    pub fn covered_ids<'h>(&self, hosts: &'h [HostKey]) -> HashSet<&'h str> {
+        hosts.iter().filter(|h| self.covers(*h)).map(|h| h.id.as_str()).collect()
     }
 
     /// Whether the principal's scope covers `host`.

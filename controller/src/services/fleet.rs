@@ -52,8 +52,7 @@ impl FleetService {
         }
         let Some((_, targets)) = self.state.store.job(id).await.map_err(internal)? else { return Ok(true) };
         let hosts = self.state.store.host_keys().await.map_err(internal)?;
-        let covered: HashSet<&str> =
-            hosts.iter().filter(|h| principal.covers(*h)).map(|h| h.id.as_str()).collect();
+        let covered = principal.covered_ids(&hosts);
         Ok(targets.iter().filter_map(|t| t.target.as_ref()).all(|t| covered.contains(t.host_id.as_str())))
     }
 
