@@ -367,6 +367,7 @@ async fn perform(
 ) -> v1::CommandResult {
     let job_id = job.job_id;
     let timeout = Duration::from_millis(job.timeout_ms);
+    let reach = ops::Reach::of(&job);
     match job.action.and_then(|a| a.kind) {
         // Re-validated here: the agent does not trust that the controller checked.
         _ if job.timeout_ms == 0 => refused("zero timeout"),
@@ -381,7 +382,7 @@ async fn perform(
         }
         Some(v1::job_action::Kind::ProcessList(action)) => {
             typed_action(timeout, cancel, async move {
-                match monitor::process_list(&action).await {
+                match monitor::process_list(&action, reach).await {
                     Ok(list) => v1::CommandResult {
                         exit_code: Some(0),
                         output: Some(v1::ActionOutput {
@@ -410,7 +411,7 @@ async fn perform(
                     let live = ops::LiveOutput::new(chunks_tx, job.output_cap_bytes);
                     let streamed = live.clone();
                     let mut result = typed_action(timeout, cancel, async move {
-                        ops::command_result(ops::run(&op, &ops_config, timeout, &live).await)
+                        ops::command_result(ops::run(&op, &ops_config, reach, timeout, &live).await)
                     })
                     .await;
                     (result.stdout_bytes, result.stdout_truncated) = streamed.totals();

@@ -102,10 +102,15 @@ impl MonitoringArgs {
 
 #[derive(Debug, clap::Args)]
 struct OpsArgs {
-    /// Directory file operations may read under (repeatable; replaces the defaults /var/log,
-    /// /etc, /srv, /opt, /home, /var/lib/docker/volumes).
+    /// Directory that jobs authorised at control tier (operators, admins, approved or elevated
+    /// requests) may read under (repeatable; replaces the defaults /var/log, /etc, /srv, /opt,
+    /// /home).
     #[arg(long = "files-base", value_name = "DIR")]
     files_base: Vec<PathBuf>,
+    /// Directory that observe-tier jobs (viewers, AI bridges) may read under (repeatable;
+    /// replaces the default /var/log). Keep it narrow: observe must never reach credentials.
+    #[arg(long = "files-observe-root", value_name = "DIR")]
+    files_observe_roots: Vec<PathBuf>,
     /// Path file operations may never read, on top of the built-in deny list (repeatable).
     #[arg(long = "files-deny", value_name = "PATH")]
     files_deny: Vec<PathBuf>,
@@ -118,15 +123,11 @@ impl OpsArgs {
     async fn config(self) -> anyhow::Result<OpsConfig> {
         let mut config = OpsConfig::default();
         if !self.files_base.is_empty() {
-            // The policy compares canonical paths, so the bases are canonical too.
-            let mut bases = Vec::with_capacity(self.files_base.len());
-            for dir in &self.files_base {
-                let canonical = tokio::fs::canonicalize(dir)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("--files-base {}: {e}", dir.display()))?;
-                bases.push(canonical);
-            }
-            config.files.base_dirs = bases;
+            config.files.base_dirs = canonical_dirs("--files-base", &self.files_base).await?;
+        }
+        if !self.files_observe_roots.is_empty() {
+            config.files.observe_roots =
+                canonical_dirs("--files-observe-root", &self.files_observe_roots).await?;
         }
         config.files.deny = self.files_deny;
         for (name, path) in self.tools {
@@ -134,6 +135,17 @@ impl OpsArgs {
         }
         Ok(config)
     }
+}
+
+/// The policy compares canonical paths, so the roots it is given are canonical too.
+async fn canonical_dirs(flag: &str, dirs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut canonical = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        canonical.push(
+            tokio::fs::canonicalize(dir).await.map_err(|e| anyhow::anyhow!("{flag} {}: {e}", dir.display()))?,
+        );
+    }
+    Ok(canonical)
 }
 
 fn parse_tool(s: &str) -> Result<(String, PathBuf), String> {

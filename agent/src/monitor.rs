@@ -290,8 +290,28 @@ pub async fn disk_usage(filter: &mounts::MountFilter) -> Vec<v1::DiskUsage> {
         .collect()
 }
 
+/// A process's command line as `reach` may see it: whole for control, the program alone (and a
+/// note that arguments were hidden) for observe.
+fn command_line(cmd: &[std::ffi::OsString], reach: crate::ops::Reach) -> String {
+    match (reach, cmd) {
+        (crate::ops::Reach::Control, _) => {
+            cmd.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        }
+        (crate::ops::Reach::Observe, [program]) => program.to_string_lossy().into_owned(),
+        (crate::ops::Reach::Observe, [program, ..]) => {
+            format!("{} [arguments hidden below control]", program.to_string_lossy())
+        }
+        (crate::ops::Reach::Observe, []) => String::new(),
+    }
+}
+
 /// The top processes by CPU or memory. CPU needs two readings, `PROCESS_CPU_WINDOW` apart.
-pub async fn process_list(action: &v1::ProcessListAction) -> Result<v1::ProcessList, String> {
+/// Command lines often carry secrets (passwords, tokens in arguments), so below control reach
+/// only the program is shown.
+pub async fn process_list(
+    action: &v1::ProcessListAction,
+    reach: crate::ops::Reach,
+) -> Result<v1::ProcessList, String> {
     let limit = match action.limit {
         0 => DEFAULT_PROCESS_LIMIT,
         n if n > MAX_PROCESS_LIMIT => return Err(format!("at most {MAX_PROCESS_LIMIT} processes, not {n}")),
@@ -332,7 +352,7 @@ pub async fn process_list(action: &v1::ProcessListAction) -> Result<v1::ProcessL
                 cpu_percent: f64::from(p.cpu_usage()),
                 memory_bytes: p.memory(),
                 started_at_ms: i64::try_from(p.start_time()).unwrap_or(0) * 1000,
-                command: p.cmd().iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+                command: command_line(p.cmd(), reach),
                 state: p.status().to_string(),
             })
             .collect();

@@ -176,6 +176,26 @@ pub fn risk_of(action: &v1::JobAction) -> Risk {
     }
 }
 
+/// What an action risks once its `elevated` flag is counted: an elevated action is authorised
+/// at control tier at least, because its reads reach beyond the observe roots.
+pub fn authorised_risk(action: &v1::JobAction) -> Risk {
+    let mut risk = risk_of(action);
+    if action.elevated {
+        risk.tier = risk.tier.max(Tier::Control);
+    }
+    risk
+}
+
+/// How far a job's reads reach on its hosts: beyond the observe roots only when the job was
+/// authorised at control tier (outright or by approval) or its requester holds control outright.
+pub fn read_reach(risk: Risk, requester_holds_control: bool) -> v1::ReadReach {
+    if risk.tier >= Tier::Control || requester_holds_control {
+        v1::ReadReach::Control
+    } else {
+        v1::ReadReach::Observe
+    }
+}
+
 /// Whether `host` is addressed by `selector`.
 pub fn selector_matches(selector: &v1::HostSelector, host: &impl HostIdentity) -> bool {
     let labels_match = selector.labels.iter().all(|(k, v)| host.label(k) == Some(v.as_str()));
@@ -219,6 +239,8 @@ impl JobManager {
                 p.job.requested_by.clone(),
                 Some(p.job.requested_via.clone()).filter(|via| !via.is_empty()),
                 action.clone(),
+                // Held for approval, so authorised at its own risk once a human approves.
+                read_reach(authorised_risk(&action), false),
                 p.output_cap,
                 Duration::from_millis(p.timeout_ms),
                 targets.clone(),
@@ -248,8 +270,9 @@ impl JobManager {
     pub async fn start(self: &Arc<Self>, req: JobRequest) -> Result<Arc<LiveJob>, JobError> {
         let requested_by = req.requester.uri();
         let requested_via = req.requester.client.clone();
-        let risk = risk_of(&req.action);
+        let risk = authorised_risk(&req.action);
         let grant = req.requester.grant(risk);
+        let reach = read_reach(risk, req.requester.holds(Tier::Control));
         if grant == Grant::No {
             let role = req.requester.role.map_or("none", |r| r.name);
             let what = if risk.exec { "exec".to_owned() } else { format!("{} actions", risk.tier) };
@@ -307,6 +330,7 @@ impl JobManager {
             requested_by,
             requested_via,
             req.action.clone(),
+            reach,
             req.output_cap,
             req.timeout,
             targets.clone(),
@@ -444,7 +468,7 @@ impl JobManager {
         if approver.uri() == job.requested_by {
             return Err(deny("you cannot approve or reject your own job; ask another human"));
         }
-        if !approver.role.is_some_and(|r| r.may_approve) || approver.grant(risk_of(&job.action)) != Grant::Yes
+        if !approver.role.is_some_and(|r| r.may_approve) || approver.grant(authorised_risk(&job.action)) != Grant::Yes
         {
             return Err(deny("your role may not run this job, so it may not approve it"));
         }
@@ -600,6 +624,7 @@ impl JobManager {
                 action: Some(job.action.clone()),
                 timeout_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
                 output_cap_bytes: job.output_cap,
+                reach: job.reach as i32,
             })),
         };
         // An agent that stops reading its stream must not hold the job past its deadline.
@@ -736,6 +761,8 @@ pub struct LiveJob {
     /// The requester's client, if it named one.
     pub requested_via: Option<String>,
     action: v1::JobAction,
+    /// How far its reads reach on the hosts, fixed when it is authorised.
+    reach: v1::ReadReach,
     output_cap: u64,
     timeout: Duration,
     /// Set when the job starts running.
@@ -786,6 +813,7 @@ impl LiveJob {
         requested_by: String,
         requested_via: Option<String>,
         action: v1::JobAction,
+        reach: v1::ReadReach,
         output_cap: u64,
         timeout: Duration,
         targets: Vec<v1::JobTarget>,
@@ -811,6 +839,7 @@ impl LiveJob {
             requested_by,
             requested_via,
             action,
+            reach,
             output_cap,
             timeout,
             deadline: OnceLock::new(),

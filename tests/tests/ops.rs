@@ -159,7 +159,7 @@ async fn files_are_read_only_under_base_directories_and_never_from_the_deny_list
     let (base, sibling) = file_tree(dir.path()).await;
     let controller = TestController::start().await;
     let ops = OpsConfig {
-        files: FilePolicy { base_dirs: vec![base.clone()], deny: vec![] },
+        files: FilePolicy { observe_roots: vec![base.clone()], base_dirs: vec![base.clone()], deny: vec![] },
         ..OpsConfig::default()
     };
     let _agent = controller.agent_with("files", &[], None, ops).await;
@@ -309,7 +309,7 @@ async fn the_cli_lists_the_catalog_and_renders_results() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (base, _) = file_tree(dir.path()).await;
     let ops = OpsConfig {
-        files: FilePolicy { base_dirs: vec![base.clone()], deny: vec![] },
+        files: FilePolicy { observe_roots: vec![base.clone()], base_dirs: vec![base.clone()], deny: vec![] },
         ..OpsConfig::default()
     };
     let _agent = controller.agent_with("cli", &[], None, ops).await;
@@ -430,7 +430,7 @@ async fn logs_and_check_commands_run_their_operations() {
     let (base, _) = file_tree(dir.path()).await;
     let controller = TestController::start().await;
     let ops = OpsConfig {
-        files: FilePolicy { base_dirs: vec![base.clone()], deny: vec![] },
+        files: FilePolicy { observe_roots: vec![base.clone()], base_dirs: vec![base.clone()], deny: vec![] },
         ..OpsConfig::default()
     };
     let _agent = controller.agent_with("box", &[], None, ops).await;

@@ -56,7 +56,7 @@ async fn log_files_are_tailed_and_followed_through_a_rotation() {
 
     let controller = TestController::start().await;
     let ops = OpsConfig {
-        files: FilePolicy { base_dirs: vec![base.clone()], deny: vec![] },
+        files: FilePolicy { observe_roots: vec![base.clone()], base_dirs: vec![base.clone()], deny: vec![] },
         ..OpsConfig::default()
     };
     let _agent = controller.agent_with("logs", &[], None, ops).await;

@@ -399,7 +399,7 @@ async fn the_secrets_scan_finds_each_kind_redacts_it_and_stays_inside_the_policy
 
     let controller = TestController::start().await;
     let ops = OpsConfig {
-        files: FilePolicy { base_dirs: vec![base.clone()], deny: vec![] },
+        files: FilePolicy { observe_roots: vec![base.clone()], base_dirs: vec![base.clone()], deny: vec![] },
         ..OpsConfig::default()
     };
     let _agent = controller.agent_with("scan", &[], None, ops).await;
@@ -484,7 +484,7 @@ async fn vulnerability_scans_use_trivy_or_grype_and_neither_is_not_available() {
         ),
     )
     .await;
-    let files = FilePolicy { base_dirs: vec![base.clone()], deny: vec![] };
+    let files = FilePolicy { observe_roots: vec![base.clone()], base_dirs: vec![base.clone()], deny: vec![] };
     let controller = TestController::start().await;
     let with_trivy = OpsConfig { trivy, grype: grype.clone(), files: files.clone(), ..OpsConfig::default() };
     let _t = controller.agent_with("t", &[], None, with_trivy).await;

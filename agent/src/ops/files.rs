@@ -10,13 +10,15 @@ use tailops_ops::Validated;
 use tailops_proto::v1;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::OpError;
+use super::{OpError, Reach};
 use super::output::{Cell, Table};
 
 /// Where file operations may look.
 #[derive(Debug, Clone)]
 pub struct FilePolicy {
-    /// Canonical directories under which files may be read.
+    /// Canonical directories under which jobs of observe reach may read (narrow: logs).
+    pub observe_roots: Vec<PathBuf>,
+    /// Canonical directories under which jobs of control reach may read.
     pub base_dirs: Vec<PathBuf>,
     /// Extra denied paths (directories deny everything under them), on top of the built-in list.
     pub deny: Vec<PathBuf>,
@@ -25,9 +27,8 @@ pub struct FilePolicy {
 impl Default for FilePolicy {
     fn default() -> Self {
         Self {
-            base_dirs: ["/var/log", "/etc", "/srv", "/opt", "/home", "/var/lib/docker/volumes"]
-                .map(PathBuf::from)
-                .into(),
+            observe_roots: vec![PathBuf::from("/var/log")],
+            base_dirs: ["/var/log", "/etc", "/srv", "/opt", "/home"].map(PathBuf::from).into(),
             deny: Vec::new(),
         }
     }
@@ -70,16 +71,24 @@ const TAIL_CHUNK: u64 = 64 * 1024;
 const MAX_TAIL_BYTES: u64 = 8 * 1024 * 1024;
 
 impl FilePolicy {
-    /// The canonical path of `requested` if it may be read; otherwise why not.
-    pub async fn check(&self, requested: &str) -> Result<PathBuf, OpError> {
+    /// The roots a job of `reach` may read under.
+    pub fn roots(&self, reach: Reach) -> &[PathBuf] {
+        match reach {
+            Reach::Observe => &self.observe_roots,
+            Reach::Control => &self.base_dirs,
+        }
+    }
+
+    /// The canonical path of `requested` if a job of `reach` may read it; otherwise why not.
+    pub async fn check(&self, requested: &str, reach: Reach) -> Result<PathBuf, OpError> {
         let canonical = tokio::fs::canonicalize(requested)
             .await
             .map_err(|e| OpError::Failed(format!("{requested}: {e}")))?;
-        self.check_canonical(&canonical, requested)?;
+        self.check_canonical(&canonical, requested, reach)?;
         Ok(canonical)
     }
 
-    fn check_canonical(&self, canonical: &Path, requested: &str) -> Result<(), OpError> {
+    fn check_canonical(&self, canonical: &Path, requested: &str, reach: Reach) -> Result<(), OpError> {
         let shown = if canonical == Path::new(requested) {
             requested.to_owned()
         } else {
@@ -88,8 +97,8 @@ impl FilePolicy {
         if let Some(reason) = denied(canonical, &self.deny) {
             return Err(OpError::Refused(format!("{shown} is on the deny list ({reason})")));
         }
-        if !self.base_dirs.iter().any(|base| canonical.starts_with(base)) {
-            let bases = self.base_dirs.iter().map(|b| b.display().to_string()).collect::<Vec<_>>().join(", ");
+        if !self.roots(reach).iter().any(|base| canonical.starts_with(base)) {
+            let bases = self.roots(reach).iter().map(|b| b.display().to_string()).collect::<Vec<_>>().join(", ");
             return Err(OpError::Refused(format!("{shown} is outside the allowed directories ({bases})")));
         }
         Ok(())
@@ -129,9 +138,9 @@ fn denied(path: &Path, extra: &[PathBuf]) -> Option<String> {
     None
 }
 
-pub async fn run(op: &Validated, policy: &FilePolicy) -> Result<v1::OperationOutput, OpError> {
+pub async fn run(op: &Validated, policy: &FilePolicy, reach: Reach) -> Result<v1::OperationOutput, OpError> {
     let requested = op.text("path").unwrap_or_default();
-    let path = policy.check(requested).await?;
+    let path = policy.check(requested, reach).await?;
     match op.spec.name {
         "file.list" => list(policy, &path, op.flag("hidden")).await,
         "file.stat" => stat(&path).await,
@@ -382,7 +391,8 @@ mod tests {
     use super::*;
 
     fn policy(base: &Path) -> FilePolicy {
-        FilePolicy { base_dirs: vec![base.canonicalize().expect("canonical")], deny: Vec::new() }
+        let base = base.canonicalize().expect("canonical");
+        FilePolicy { observe_roots: vec![base.clone()], base_dirs: vec![base], deny: Vec::new() }
     }
 
     #[test]
@@ -421,12 +431,12 @@ mod tests {
         tokio::fs::symlink(sibling.join("secret.txt"), base.join("escape.log")).await.expect("symlink");
         let policy = policy(&base);
 
-        assert!(policy.check(&base.join("app.log").display().to_string()).await.is_ok());
-        let sibling_err = policy.check(&sibling.join("secret.txt").display().to_string()).await.unwrap_err();
+        assert!(policy.check(&base.join("app.log").display().to_string(), Reach::Observe).await.is_ok());
+        let sibling_err = policy.check(&sibling.join("secret.txt").display().to_string(), Reach::Observe).await.unwrap_err();
         assert!(matches!(sibling_err, OpError::Refused(ref m) if m.contains("outside")), "{sibling_err}");
-        let escape = policy.check(&base.join("escape.log").display().to_string()).await.unwrap_err();
+        let escape = policy.check(&base.join("escape.log").display().to_string(), Reach::Observe).await.unwrap_err();
         assert!(matches!(escape, OpError::Refused(ref m) if m.contains("resolves to")), "{escape}");
-        let dotdot = policy.check(&format!("{}/../logX/secret.txt", base.display())).await.unwrap_err();
+        let dotdot = policy.check(&format!("{}/../logX/secret.txt", base.display()), Reach::Observe).await.unwrap_err();
         assert!(matches!(dotdot, OpError::Refused(_)), "{dotdot}");
     }
 

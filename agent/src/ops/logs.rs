@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::files::{last_lines, open_file, tail};
 use super::output::{Cell, Table};
-use super::{FilePolicy, LiveOutput, OpError, OpsConfig, tool};
+use super::{FilePolicy, LiveOutput, OpError, OpsConfig, Reach, tool};
 
 /// How often a followed file is looked at.
 const POLL: Duration = Duration::from_millis(250);
@@ -29,6 +29,7 @@ const MAX_LINE: usize = 64 * 1024;
 pub async fn run(
     op: &Validated,
     config: &OpsConfig,
+    reach: Reach,
     timeout: Duration,
     live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
@@ -38,9 +39,9 @@ pub async fn run(
             let path = op.text("path").unwrap_or_default();
             let lines = usize::try_from(op.int("lines").unwrap_or(100)).unwrap_or(100);
             if op.flag("follow") {
-                follow_file(&config.files, path, lines, follow_budget(timeout), live).await
+                follow_file(&config.files, reach, path, lines, follow_budget(timeout), live).await
             } else {
-                let canonical = config.files.check(path).await?;
+                let canonical = config.files.check(path, reach).await?;
                 tail(&canonical, lines).await
             }
         }
@@ -259,13 +260,14 @@ async fn follow_journal(
 /// its start, after checking the path against the policy again.
 async fn follow_file(
     policy: &FilePolicy,
+    reach: Reach,
     requested: &str,
     lines: usize,
     budget: Duration,
     live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
     let deadline = Instant::now() + budget;
-    let path = policy.check(requested).await?;
+    let path = policy.check(requested, reach).await?;
     let mut file = open_file(&path).await?;
     let meta = file.metadata().await.map_err(|e| OpError::Failed(e.to_string()))?;
     let (mut inode, mut offset) = (meta.ino(), meta.len());
@@ -291,7 +293,7 @@ async fn follow_file(
             if !listening {
                 break;
             }
-            policy.check(requested).await?;
+            policy.check(requested, reach).await?;
             file = open_file(&path).await?;
             (inode, offset) = (now.ino(), 0);
             partial.clear();

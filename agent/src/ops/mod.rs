@@ -186,6 +186,26 @@ pub async fn families(config: &OpsConfig) -> Vec<&'static str> {
     families
 }
 
+/// How far a job's reads reach on this host, as the controller authorised it
+/// ([`v1::ReadReach`]). Observe reads stay under the observe roots and see no command lines;
+/// control reads reach the wider roots. Anything unknown is treated as observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Reach {
+    #[default]
+    Observe,
+    Control,
+}
+
+impl Reach {
+    /// The reach a `RunJob` carries; an unknown value reads as the narrowest.
+    pub fn of(job: &v1::RunJob) -> Self {
+        match v1::ReadReach::try_from(job.reach) {
+            Ok(v1::ReadReach::Control) => Self::Control,
+            Ok(v1::ReadReach::Observe) | Err(_) => Self::Observe,
+        }
+    }
+}
+
 /// Why an operation did not produce a result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {
@@ -205,17 +225,18 @@ pub enum OpError {
 pub async fn run(
     op: &Validated,
     config: &OpsConfig,
+    reach: Reach,
     timeout: Duration,
     live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
     match op.spec.family() {
         "service" => services::run(op, config, timeout).await,
         "container" | "compose" => containers::run(op, config, timeout, live).await,
-        "file" => files::run(op, &config.files).await,
-        "log" => logs::run(op, config, timeout, live).await,
+        "file" => files::run(op, &config.files, reach).await,
+        "log" => logs::run(op, config, reach, timeout, live).await,
         "net" => net::run(op, config, timeout).await,
         "package" => packages::run(op, config, timeout).await,
-        "security" => security::run(op, config, timeout).await,
+        "security" => security::run(op, config, reach, timeout).await,
         "proxmox" => proxmox::run(op, config, timeout).await,
         family => Err(OpError::NotAvailable(format!("this agent does not implement {family} operations"))),
     }

@@ -20,17 +20,18 @@ use tailops_proto::v1;
 
 use super::files::glob_match;
 use super::output::{Cell, Table};
-use super::{FilePolicy, OpError, OpsConfig, tool};
+use super::{FilePolicy, OpError, OpsConfig, Reach, tool};
 
 pub async fn run(
     op: &Validated,
     config: &OpsConfig,
+    reach: Reach,
     timeout: Duration,
 ) -> Result<v1::OperationOutput, OpError> {
     match op.spec.name {
         "security.checks" => checks(config, timeout).await,
-        "security.secrets" => secrets(&config.files, op.text("path").unwrap_or_default()).await,
-        "security.vulnscan" => vulnscan(op, config, timeout).await,
+        "security.secrets" => secrets(&config.files, reach, op.text("path").unwrap_or_default()).await,
+        "security.vulnscan" => vulnscan(op, config, reach, timeout).await,
         other => Err(OpError::NotAvailable(format!("{other} is not implemented by this agent"))),
     }
 }
@@ -411,8 +412,8 @@ struct ScanStats {
     truncated: bool,
 }
 
-async fn secrets(policy: &FilePolicy, requested: &str) -> Result<v1::OperationOutput, OpError> {
-    let start = policy.check(requested).await?;
+async fn secrets(policy: &FilePolicy, reach: Reach, requested: &str) -> Result<v1::OperationOutput, OpError> {
+    let start = policy.check(requested, reach).await?;
     let mut stats = ScanStats::default();
     let mut rows: Vec<(String, Option<u64>, &'static str, String)> = Vec::new();
     let mut pending = vec![(start.clone(), 0usize)];
@@ -427,7 +428,7 @@ async fn secrets(policy: &FilePolicy, requested: &str) -> Result<v1::OperationOu
             continue;
         }
         if path != start {
-            match policy.check(&path.display().to_string()).await {
+            match policy.check(&path.display().to_string(), reach).await {
                 Ok(_) => {}
                 Err(OpError::Refused(why)) if why.contains("deny list") => {
                     stats.denied += 1;
@@ -608,10 +609,11 @@ fn rank(severity: &str) -> usize {
 async fn vulnscan(
     op: &Validated,
     config: &OpsConfig,
+    reach: Reach,
     timeout: Duration,
 ) -> Result<v1::OperationOutput, OpError> {
     let target = match (op.text("path"), op.text("image")) {
-        (Some(path), None) => Target::Path(config.files.check(path).await?),
+        (Some(path), None) => Target::Path(config.files.check(path, reach).await?),
         (None, Some(image)) => Target::Image(image.to_owned()),
         _ => {
             return Err(OpError::Failed(
