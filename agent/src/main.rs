@@ -142,7 +142,9 @@ async fn canonical_dirs(flag: &str, dirs: &[PathBuf]) -> anyhow::Result<Vec<Path
     let mut canonical = Vec::with_capacity(dirs.len());
     for dir in dirs {
         canonical.push(
-            tokio::fs::canonicalize(dir).await.map_err(|e| anyhow::anyhow!("{flag} {}: {e}", dir.display()))?,
+            tokio::fs::canonicalize(dir)
+                .await
+                .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", dir.display()))?,
         );
     }
     Ok(canonical)

@@ -436,16 +436,33 @@ mod tests {
 
     #[tokio::test]
     async fn a_process_list_is_sorted_and_capped() {
-        let list = process_list(&v1::ProcessListAction { sort: v1::ProcessSort::Memory as i32, limit: 3 })
-            .await
-            .expect("list");
+        use crate::ops::Reach;
+        let list = process_list(
+            &v1::ProcessListAction { sort: v1::ProcessSort::Memory as i32, limit: 3 },
+            Reach::Observe,
+        )
+        .await
+        .expect("list");
         assert_eq!(list.processes.len(), 3);
         assert!(list.total >= 3);
         assert!(list.processes.windows(2).all(|w| w[0].memory_bytes >= w[1].memory_bytes));
         let me = std::process::id();
-        let all = process_list(&v1::ProcessListAction { sort: 0, limit: 500 }).await.expect("list");
+        let all =
+            process_list(&v1::ProcessListAction { sort: 0, limit: 500 }, Reach::Control).await.expect("list");
         assert!(all.processes.iter().any(|p| p.pid == me), "this test process is listed");
-        let err = process_list(&v1::ProcessListAction { sort: 0, limit: 501 }).await.unwrap_err();
+        let err =
+            process_list(&v1::ProcessListAction { sort: 0, limit: 501 }, Reach::Control).await.unwrap_err();
         assert!(err.contains("at most 500"), "{err}");
+    }
+
+    #[test]
+    fn command_lines_are_hidden_below_control() {
+        use crate::ops::Reach;
+        let cmd: Vec<std::ffi::OsString> = ["mysql", "-uroot", "-phunter2"].map(Into::into).into();
+        assert_eq!(command_line(&cmd, Reach::Control), "mysql -uroot -phunter2");
+        let observed = command_line(&cmd, Reach::Observe);
+        assert!(!observed.contains("hunter2"), "{observed}");
+        assert!(observed.starts_with("mysql "), "{observed}");
+        assert_eq!(command_line(&cmd[..1], Reach::Observe), "mysql");
     }
 }

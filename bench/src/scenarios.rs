@@ -52,6 +52,7 @@ pub fn fanout(bench: &Bench, runs: usize) -> anyhow::Result<FanoutResult> {
             let request = v1::RunJobRequest {
                 selector: Some(v1::HostSelector { all: true, ..Default::default() }),
                 action: Some(v1::JobAction {
+                    elevated: false,
                     kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),
                 }),
                 timeout_ms: 60_000,

@@ -79,6 +79,13 @@ impl OperationSpec {
             )
     }
 
+    /// Whether it reads contents from the host's filesystem (files, log files, secret scans),
+    /// which the agent confines to the observe roots unless the job was authorised at control
+    /// tier (an operator's, or an elevated request a human approved).
+    pub fn reads_files(&self) -> bool {
+        self.family() == "file" || matches!(self.name, "log.file" | "security.secrets" | "security.vulnscan")
+    }
+
     /// Whether it reaches beyond the fleet: other hosts on the network, registries, package
     /// mirrors, vulnerability databases.
     pub fn reaches_outside(&self) -> bool {

@@ -380,6 +380,7 @@ pub fn exec_request(selector: v1::HostSelector, argv: &[&str], timeout: Duration
     v1::RunJobRequest {
         selector: Some(selector),
         action: Some(v1::JobAction {
+            elevated: false,
             kind: Some(v1::job_action::Kind::Exec(v1::ExecAction {
                 argv: argv.iter().map(|s| (*s).to_owned()).collect(),
             })),
@@ -475,6 +476,7 @@ pub fn op_request_with(
     v1::RunJobRequest {
         selector: Some(v1::HostSelector { hosts: vec![host.to_owned()], ..Default::default() }),
         action: Some(v1::JobAction {
+            elevated: false,
             kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
                 name: name.to_owned(),
                 params: params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),

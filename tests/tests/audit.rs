@@ -67,7 +67,7 @@ fn process_list(selector: v1::HostSelector) -> v1::RunJobRequest {
     let list = v1::ProcessListAction { sort: v1::ProcessSort::Memory as i32, limit: 3 };
     v1::RunJobRequest {
         selector: Some(selector),
-        action: Some(v1::JobAction { kind: Some(v1::job_action::Kind::ProcessList(list)) }),
+        action: Some(v1::JobAction { kind: Some(v1::job_action::Kind::ProcessList(list)), elevated: false }),
         ..Default::default()
     }
 }

@@ -339,6 +339,7 @@ async fn container_logs_can_be_followed_live() {
     let request = v1::RunJobRequest {
         selector: Some(v1::HostSelector { hosts: vec!["dock".into()], ..Default::default() }),
         action: Some(v1::JobAction {
+            elevated: false,
             kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
                 name: "container.logs".into(),
                 params: [("container", name.as_str()), ("lines", "1"), ("follow", "true")]

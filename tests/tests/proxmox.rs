@@ -104,6 +104,7 @@ async fn a_host_that_is_not_proxmox_says_so() {
         .run_job(v1::RunJobRequest {
             selector: Some(v1::HostSelector { hosts: vec!["pve".into()], ..Default::default() }),
             action: Some(v1::JobAction {
+                elevated: false,
                 kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
                     name: "proxmox.snapshot".into(),
                     params: [

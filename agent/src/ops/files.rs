@@ -10,8 +10,8 @@ use tailops_ops::Validated;
 use tailops_proto::v1;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{OpError, Reach};
 use super::output::{Cell, Table};
+use super::{OpError, Reach};
 
 /// Where file operations may look.
 #[derive(Debug, Clone)]
@@ -98,7 +98,8 @@ impl FilePolicy {
             return Err(OpError::Refused(format!("{shown} is on the deny list ({reason})")));
         }
         if !self.roots(reach).iter().any(|base| canonical.starts_with(base)) {
-            let bases = self.roots(reach).iter().map(|b| b.display().to_string()).collect::<Vec<_>>().join(", ");
+            let bases =
+                self.roots(reach).iter().map(|b| b.display().to_string()).collect::<Vec<_>>().join(", ");
             return Err(OpError::Refused(format!("{shown} is outside the allowed directories ({bases})")));
         }
         Ok(())
@@ -432,11 +433,18 @@ mod tests {
         let policy = policy(&base);
 
         assert!(policy.check(&base.join("app.log").display().to_string(), Reach::Observe).await.is_ok());
-        let sibling_err = policy.check(&sibling.join("secret.txt").display().to_string(), Reach::Observe).await.unwrap_err();
+        let sibling_err = policy
+            .check(&sibling.join("secret.txt").display().to_string(), Reach::Observe)
+            .await
+            .unwrap_err();
         assert!(matches!(sibling_err, OpError::Refused(ref m) if m.contains("outside")), "{sibling_err}");
-        let escape = policy.check(&base.join("escape.log").display().to_string(), Reach::Observe).await.unwrap_err();
+        let escape =
+            policy.check(&base.join("escape.log").display().to_string(), Reach::Observe).await.unwrap_err();
         assert!(matches!(escape, OpError::Refused(ref m) if m.contains("resolves to")), "{escape}");
-        let dotdot = policy.check(&format!("{}/../logX/secret.txt", base.display()), Reach::Observe).await.unwrap_err();
+        let dotdot = policy
+            .check(&format!("{}/../logX/secret.txt", base.display()), Reach::Observe)
+            .await
+            .unwrap_err();
         assert!(matches!(dotdot, OpError::Refused(_)), "{dotdot}");
     }
 

@@ -41,6 +41,7 @@ pub async fn run(
     let request = v1::RunJobRequest {
         selector: Some(args.selector.to_wire()),
         action: Some(v1::JobAction {
+            elevated: false,
             kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: args.argv })),
         }),
         timeout_ms: u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX),

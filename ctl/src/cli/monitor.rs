@@ -107,6 +107,10 @@ pub struct PsArgs {
     /// How many processes (at most 500).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
     limit: u32,
+    /// Show whole command lines (they can hold secrets, so below the control tier only the
+    /// program is shown; an AI bridge's request waits for a human's approval).
+    #[arg(long)]
+    elevate: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -631,6 +635,7 @@ pub async fn ps(channel: Channel, args: PsArgs, output: Output) -> anyhow::Resul
                 sort: sort as i32,
                 limit: args.limit,
             })),
+            elevated: args.elevate,
         }),
         timeout_ms: 15_000,
         ..Default::default()

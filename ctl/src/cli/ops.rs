@@ -57,6 +57,11 @@ pub struct JobFlags {
     /// Why this is needed; shown to whoever approves it, and kept in the audit log.
     #[arg(long, default_value = "")]
     reason: String,
+    /// Ask for control-tier authorisation so that file and log reads reach beyond the host's
+    /// observe roots (/var/log by default). Operators and admins have it already; for a viewer
+    /// it is refused, for an AI bridge it waits for a human's approval.
+    #[arg(long)]
+    elevate: bool,
 }
 
 pub async fn run(channel: Channel, command: OpCommand, output: Output) -> anyhow::Result<ExitCode> {
@@ -95,6 +100,7 @@ pub async fn run_operation(
                 params,
                 dry_run: job.dry_run,
             })),
+            elevated: job.elevate,
         }),
         timeout_ms: u64::try_from(job.timeout.as_millis()).unwrap_or(u64::MAX),
         concurrency: job.concurrency,

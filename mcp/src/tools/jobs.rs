@@ -232,7 +232,11 @@ pub async fn call(tool: JobTool, args: &Args, call: &Call) -> ToolResult {
 /// sent, then run as a job like any other.
 pub async fn operation(spec: &'static OperationSpec, args: &Args, call: &Call) -> ToolResult {
     let mut known = SELECTOR_ARGS.to_vec();
-    known.extend(JOB_ARGS.iter().filter(|a| **a != "dry_run" || spec.mutating));
+    known.extend(
+        JOB_ARGS
+            .iter()
+            .filter(|a| (**a != "dry_run" || spec.mutating) && (**a != "elevate" || spec.reads_files())),
+    );
     known.extend(spec.params.iter().map(|p| exposed(p.name)));
     args.only(&known)?;
     let mut params = BTreeMap::new();
@@ -269,7 +273,11 @@ pub async fn operation(spec: &'static OperationSpec, args: &Args, call: &Call) -
         params: params.into_iter().collect(),
         dry_run,
     });
-    run(call, job_request(args, action)?).await
+    let mut request = job_request(args, action)?;
+    if let Some(action) = request.action.as_mut() {
+        action.elevated = spec.reads_files() && args.flag("elevate")?;
+    }
+    run(call, request).await
 }
 
 fn job_request(args: &Args, action: v1::job_action::Kind) -> Result<v1::RunJobRequest, ToolError> {
@@ -282,7 +290,7 @@ fn job_request(args: &Args, action: v1::job_action::Kind) -> Result<v1::RunJobRe
     }
     Ok(v1::RunJobRequest {
         selector: Some(args.selector()?),
-        action: Some(v1::JobAction { kind: Some(action) }),
+        action: Some(v1::JobAction { kind: Some(action), elevated: false }),
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         concurrency: 0,
         output_cap_bytes: 0,
@@ -685,6 +693,7 @@ mod tests {
     #[test]
     fn every_operation_is_described_with_its_parameters() {
         let action = v1::JobAction {
+            elevated: false,
             kind: Some(v1::job_action::Kind::Operation(v1::OperationAction {
                 name: "service.restart".into(),
                 params: [("unit".to_owned(), "nginx".to_owned())].into(),

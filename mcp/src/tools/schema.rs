@@ -43,7 +43,7 @@ pub fn selector_properties() -> Map<String, Value> {
 pub const SELECTOR_ARGS: &[&str] = &["host", "hosts", "labels", "all_hosts"];
 
 /// Arguments every job tool takes besides its selector.
-pub const JOB_ARGS: &[&str] = &["reason", "timeout", "dry_run"];
+pub const JOB_ARGS: &[&str] = &["reason", "timeout", "dry_run", "elevate"];
 
 /// The argument name of an operation parameter. Two catalog names mean something else on a
 /// tool: `host` (the fleet host a job runs on) and `timeout` (the job's deadline), so a
@@ -120,6 +120,15 @@ pub fn operation_tool(spec: &'static OperationSpec) -> Tool {
             "dry_run".into(),
             json!({"type": "boolean", "default": false,
                    "description": "Say exactly what would run on each host, and change nothing."}),
+        );
+    }
+    if spec.reads_files() {
+        properties.insert(
+            "elevate".into(),
+            json!({"type": "boolean", "default": false,
+                   "description": "Read beyond the host's observe roots (/var/log by default). This \
+                                   needs a human's approval: the job waits and returns its id; say \
+                                   why in reason. Key material stays unreadable either way."}),
         );
     }
     properties.insert(
