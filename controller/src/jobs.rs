@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::Stream;
+use tailops_proto::text;
 use tailops_proto::v1::{self, controller_message, job_event};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
@@ -99,12 +100,30 @@ impl JobRequest {
                         "exec needs a command: tailopsctl exec --all -- COMMAND [ARGS...]".into(),
                     ));
                 }
+                if exec.argv.len() > MAX_ARGV_ELEMENTS {
+                    return Err(invalid(format!(
+                        "argv has {} elements; the limit is {MAX_ARGV_ELEMENTS}",
+                        exec.argv.len()
+                    )));
+                }
                 let size: usize = exec.argv.iter().map(String::len).sum();
                 if size > limits.max_argv_bytes {
                     return Err(invalid(format!(
                         "argv is {size} bytes; the limit is {}",
                         limits.max_argv_bytes
                     )));
+                }
+                // Tabs and newlines are ordinary in scripts and every client shows them escaped;
+                // the rest can redraw an approver's terminal or reorder what it shows.
+                for (i, arg) in exec.argv.iter().enumerate() {
+                    if let Some((at, c)) = text::find_hidden(arg, &['\t', '\n']) {
+                        return Err(invalid(format!(
+                            "argv[{i}] holds {} at byte {at}: control, escape and bidirectional characters \
+                             are refused because they can hide from an approver what will run; put such \
+                             text in a script on the host instead",
+                            text::describe(c)
+                        )));
+                    }
                 }
             }
             Some(v1::job_action::Kind::ProcessList(list)) => {
@@ -142,6 +161,12 @@ impl JobRequest {
         if req.reason.len() > 1024 {
             return Err(invalid("the reason is limited to 1024 bytes".into()));
         }
+        if let Some((at, c)) = text::find_hidden(&req.reason, &[]) {
+            return Err(invalid(format!(
+                "the reason holds {} at byte {at}: write it as one line of plain text",
+                text::describe(c)
+            )));
+        }
         Ok(Self {
             requester,
             selector,
@@ -154,10 +179,14 @@ impl JobRequest {
     }
 }
 
-/// What an action risks. Every action a job can carry declares it here.
+/// The most arguments one exec may carry: the byte limit alone would let millions of empty
+/// strings through.
+pub const MAX_ARGV_ELEMENTS: usize = 4096;
+
 /// The most processes one process-list action may return.
 pub const MAX_PROCESS_LIST: u32 = 500;
 
+/// What an action risks. Every action a job can carry declares it here.
 pub fn risk_of(action: &v1::JobAction) -> Risk {
     match &action.kind {
         Some(v1::job_action::Kind::Exec(_)) | None => Risk { tier: Tier::Control, exec: true },
@@ -238,11 +267,13 @@ impl JobManager {
                 p.job.id,
                 p.job.requested_by.clone(),
                 Some(p.job.requested_via.clone()).filter(|via| !via.is_empty()),
-                action.clone(),
-                // Held for approval, so authorised at its own risk once a human approves.
-                read_reach(authorised_risk(&action), false),
-                p.output_cap,
-                Duration::from_millis(p.timeout_ms),
+                HostWork {
+                    action: action.clone(),
+                    // Held for approval, so authorised at its own risk once a human approves.
+                    reach: read_reach(authorised_risk(&action), false),
+                    output_cap: p.output_cap,
+                    timeout: Duration::from_millis(p.timeout_ms),
+                },
                 targets.clone(),
             ));
             job.push(job_event::Kind::Accepted(v1::JobAccepted {
@@ -329,10 +360,7 @@ impl JobManager {
             id,
             requested_by,
             requested_via,
-            req.action.clone(),
-            reach,
-            req.output_cap,
-            req.timeout,
+            HostWork { action: req.action.clone(), reach, output_cap: req.output_cap, timeout: req.timeout },
             targets.clone(),
         ));
         job.push(job_event::Kind::Accepted(v1::JobAccepted {
@@ -468,7 +496,8 @@ impl JobManager {
         if approver.uri() == job.requested_by {
             return Err(deny("you cannot approve or reject your own job; ask another human"));
         }
-        if !approver.role.is_some_and(|r| r.may_approve) || approver.grant(authorised_risk(&job.action)) != Grant::Yes
+        if !approver.role.is_some_and(|r| r.may_approve)
+            || approver.grant(authorised_risk(&job.action)) != Grant::Yes
         {
             return Err(deny("your role may not run this job, so it may not approve it"));
         }
@@ -535,6 +564,31 @@ impl JobManager {
     }
 
     /// Cancels a running job: pending hosts never start, running ones have their process group killed.
+    /// Withdraws a job that `requester` asked for and that still waits for approval; anything
+    /// else is refused. The decision and the withdrawal are one conditional update, so a job
+    /// approved a moment earlier is never stopped by someone without the control tier.
+    pub async fn withdraw(&self, id: u64, requester: &str) -> Result<v1::CancelJobResponse, JobError> {
+        let live = self.lock_live().get(&id).cloned();
+        let refused = || JobError::PermissionDenied("only a pending job's requester may withdraw it".into());
+        let Some(job) = live else {
+            return match self.store.job(id).await? {
+                Some(_) => Err(refused()),
+                None => Err(JobError::NotFound(id)),
+            };
+        };
+        if job.requested_by != requester || !job.is_waiting_for_approval() {
+            return Err(refused());
+        }
+        if !self.store.decide_job(id, v1::JobState::Cancelled, "", 0).await? {
+            return Err(refused());
+        }
+        let cancelled_targets = job.unfinished_count();
+        job.decision.send_replace(Some(Decision { approved: false, state: v1::JobState::Cancelled }));
+        job.cancel.cancel();
+        tracing::info!(job = id, cancelled_targets, "pending job withdrawn by its requester");
+        Ok(v1::CancelJobResponse { cancelled_targets, already_finished: false })
+    }
+
     pub async fn cancel(&self, id: u64) -> Result<v1::CancelJobResponse, JobError> {
         let live = self.lock_live().get(&id).cloned();
         if let Some(job) = live {
@@ -773,6 +827,16 @@ pub struct LiveJob {
     changed: watch::Sender<u64>,
 }
 
+/// What a job runs on each host, and under which limits.
+#[derive(Debug)]
+struct HostWork {
+    action: v1::JobAction,
+    /// How far its reads reach on the hosts, fixed when it is authorised.
+    reach: v1::ReadReach,
+    output_cap: u64,
+    timeout: Duration,
+}
+
 #[derive(Debug)]
 struct LiveState {
     events: Vec<v1::JobEvent>,
@@ -812,12 +876,10 @@ impl LiveJob {
         id: u64,
         requested_by: String,
         requested_via: Option<String>,
-        action: v1::JobAction,
-        reach: v1::ReadReach,
-        output_cap: u64,
-        timeout: Duration,
+        work: HostWork,
         targets: Vec<v1::JobTarget>,
     ) -> Self {
+        let HostWork { action, reach, output_cap, timeout } = work;
         let order = targets.iter().map(|t| t.host_id.clone()).collect();
         let targets = targets
             .into_iter()

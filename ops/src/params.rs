@@ -115,6 +115,12 @@ impl ParamKind {
         match self {
             Self::Unit => {
                 name_like(raw, MAX_NAME, |c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c))?;
+                if is_power_unit(raw) {
+                    return Err(format!(
+                        "{raw:?} changes the machine's power state or isolates it; it is not a service. \
+                         Reboots and shutdowns need an explicit exec with approval"
+                    ));
+                }
                 Ok(text())
             }
             Self::Container => {
@@ -222,6 +228,43 @@ fn image(raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Units that reboot, power off, suspend or isolate the machine when started: starting one is
+/// not a service operation, whatever its tier says.
+const POWER_UNITS: &[&str] = &[
+    "reboot",
+    "poweroff",
+    "halt",
+    "kexec",
+    "shutdown",
+    "ctrl-alt-del",
+    "emergency",
+    "rescue",
+    "suspend",
+    "hibernate",
+    "hybrid-sleep",
+    "suspend-then-hibernate",
+    "sleep",
+    "exit",
+    "soft-reboot",
+    "factory-reset",
+    "systemd-reboot",
+    "systemd-poweroff",
+    "systemd-halt",
+    "systemd-kexec",
+    "systemd-soft-reboot",
+    "systemd-suspend",
+    "systemd-hibernate",
+    "systemd-hybrid-sleep",
+    "systemd-suspend-then-hibernate",
+    "systemd-exit",
+];
+
+fn is_power_unit(unit: &str) -> bool {
+    let name = unit.to_ascii_lowercase();
+    let base = [".target", ".service"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+    POWER_UNITS.contains(&base)
+}
+
 /// Non-empty, bounded, made of `allowed` characters, and not an option.
 fn name_like(raw: &str, max: usize, allowed: impl Fn(char) -> bool) -> Result<(), String> {
     if raw.is_empty() {
@@ -292,6 +335,19 @@ mod tests {
         assert!(ParamKind::Unit.parse("getty@tty1.service").is_ok());
         assert!(ParamKind::Unit.parse("systemd-fsck@dev-disk-by\\x2duuid.service").is_ok());
         assert!(ParamKind::Container.parse("web_1.prod").is_ok());
+    }
+
+    #[test]
+    fn units_that_reboot_or_isolate_the_machine_are_refused() {
+        for bad in
+            ["reboot.target", "poweroff", "REBOOT.TARGET", "systemd-reboot.service", "rescue.target", "kexec"]
+        {
+            let err = ParamKind::Unit.parse(bad).expect_err(bad);
+            assert!(err.contains("power state"), "{bad}: {err}");
+        }
+        for ok in ["multi-user.target", "nginx.service", "reboot-notifier", "sleep-inhibitor.service"] {
+            assert!(ParamKind::Unit.parse(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![allow(missing_debug_implementations, clippy::all, rust_2018_idioms)]
 
 pub mod codec;
+pub mod text;
 
 /// Package `tailops.v1`.
 pub mod v1 {

@@ -367,7 +367,8 @@ pub fn client_of(headers: &http::HeaderMap) -> Option<String> {
 fn sanitize_client(raw: &[u8]) -> Option<String> {
     // Header values may carry any byte from 0x80 up: not necessarily UTF-8.
     let raw = String::from_utf8_lossy(raw);
-    let mut client: String = raw.trim().chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    let mut client: String =
+        raw.trim().chars().map(|c| if tailops_proto::text::is_hidden(c) { '?' } else { c }).collect();
     if client.len() > MAX_CLIENT_BYTES {
         let mut end = MAX_CLIENT_BYTES;
         while !client.is_char_boundary(end) {

@@ -13,7 +13,7 @@ use crate::auth::{Principal, Tier};
 use serde_json::json;
 
 use crate::audit::AuditRecord;
-use crate::jobs::{JobError, JobRequest, risk_of, selector_matches};
+use crate::jobs::{JobError, JobRequest, authorised_risk, selector_matches};
 use crate::rate_limit::Bucket;
 use crate::services::enrollment::hash_secret;
 use crate::services::{internal, validate_labels, visible_hosts};
@@ -44,13 +44,22 @@ fn out_of_scope(id: u64) -> Status {
 }
 
 impl FleetService {
-    /// Whether every host of job `id` is within the principal's scope (unscoped: always).
-    /// Unknown jobs count as covered so that the caller reports them as not found.
-    async fn covers_job(&self, principal: &Principal, id: u64) -> Result<bool, Status> {
+    /// Whether the principal may see job `id`. Anyone sees the jobs they asked for. Others' jobs
+    /// carry their argv and output, which may hold secrets, so only principals holding the
+    /// control tier outright (operators, admins: the people who approve and could run them) see
+    /// them, and then only when every host of the job is within their scope. Unknown jobs count
+    /// as visible so that the caller reports them as not found.
+    async fn may_see_job(&self, principal: &Principal, id: u64) -> Result<bool, Status> {
+        let Some((job, targets)) = self.state.store.job(id).await.map_err(internal)? else { return Ok(true) };
+        if job.requested_by == principal.uri() {
+            return Ok(true);
+        }
+        if !principal.holds(Tier::Control) {
+            return Ok(false);
+        }
         if principal.scope.is_none() {
             return Ok(true);
         }
-        let Some((_, targets)) = self.state.store.job(id).await.map_err(internal)? else { return Ok(true) };
         let hosts = self.state.store.host_keys().await.map_err(internal)?;
         let covered = principal.covered_ids(&hosts);
         Ok(targets.iter().filter_map(|t| t.target.as_ref()).all(|t| covered.contains(t.host_id.as_str())))
@@ -173,10 +182,18 @@ impl Fleet for FleetService {
     ) -> Result<Response<Self::RunJobStream>, Status> {
         let principal = Principal::of(&request)?;
         let req = JobRequest::from_wire(principal.clone(), request.into_inner(), &self.state.config.limits)?;
-        if risk_of(&req.action).exec
-            && let Err(retry) = self.state.limiter.check(&principal.uri(), Bucket::Exec)
-        {
-            return Err(retry.into_status(Bucket::Exec));
+        // The call itself was charged to the observe bucket; the action is charged to its own
+        // tier's (and exec's) bucket too, so control and admin work runs at their rates.
+        let risk = authorised_risk(&req.action);
+        let buckets = [
+            (risk.tier == Tier::Control).then_some(Bucket::Control),
+            (risk.tier == Tier::Admin).then_some(Bucket::Admin),
+            risk.exec.then_some(Bucket::Exec),
+        ];
+        for bucket in buckets.into_iter().flatten() {
+            if let Err(retry) = self.state.limiter.check(&principal.uri(), bucket) {
+                return Err(retry.into_status(bucket));
+            }
         }
         let job = match self.state.jobs.start(req).await {
             Ok(job) => job,
@@ -197,7 +214,7 @@ impl Fleet for FleetService {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let principal = Principal::of(&request)?;
         let id = request.into_inner().job_id;
-        if !self.covers_job(&principal, id).await? {
+        if !self.may_see_job(&principal, id).await? {
             return Err(out_of_scope(id));
         }
         let events = self.state.jobs.watch(id).await?;
@@ -213,11 +230,13 @@ impl Fleet for FleetService {
             0 => DEFAULT_JOB_LIST,
             n => n.min(MAX_JOB_LIST),
         };
-        let mut jobs = self.state.store.list_jobs(limit).await.map_err(internal)?;
-        if principal.scope.is_some() {
+        let uri = principal.uri();
+        let own_only = (!principal.holds(Tier::Control)).then_some(uri.as_str());
+        let mut jobs = self.state.store.list_jobs(limit, own_only).await.map_err(internal)?;
+        if own_only.is_none() && principal.scope.is_some() {
             let mut visible = Vec::with_capacity(jobs.len());
             for job in jobs {
-                if self.covers_job(&principal, job.id).await? {
+                if self.may_see_job(&principal, job.id).await? {
                     visible.push(job);
                 }
             }
@@ -232,7 +251,7 @@ impl Fleet for FleetService {
     ) -> Result<Response<v1::GetJobResponse>, Status> {
         let principal = Principal::of(&request)?;
         let id = request.into_inner().job_id;
-        if !self.covers_job(&principal, id).await? {
+        if !self.may_see_job(&principal, id).await? {
             return Err(out_of_scope(id));
         }
         let (job, targets) = self.state.store.job(id).await.map_err(internal)?.ok_or_else(|| {
@@ -247,25 +266,27 @@ impl Fleet for FleetService {
     ) -> Result<Response<v1::CancelJobResponse>, Status> {
         let principal = Principal::of(&request)?;
         let id = request.into_inner().job_id;
-        if !self.covers_job(&principal, id).await? {
+        if !self.may_see_job(&principal, id).await? {
             return Err(out_of_scope(id));
         }
         // Withdrawing one's own request before it runs changes nothing on any host, so it needs
         // no more than the right to have asked. Stopping a running job (an approved upgrade
         // half done) is a control action: it needs the control tier outright.
-        if !principal.holds(Tier::Control) {
-            let job = self.state.store.job(id).await.map_err(internal)?;
-            // An unknown job falls through to the manager's NotFound.
-            if job.is_some_and(|(job, _)| {
-                job.requested_by != principal.uri() || job.state() != v1::JobState::PendingApproval
-            }) {
-                let why = "without the control tier, only the job's requester may cancel it, and only \
-                           while it waits for approval";
-                self.audit_denied(&principal, "job.cancel", json!({"job_id": id}), why).await;
-                return Err(Status::permission_denied(why));
+        let response = if principal.holds(Tier::Control) {
+            self.state.jobs.cancel(id).await?
+        } else {
+            // Checked and withdrawn in one step, so an approval landing in between cannot turn
+            // a withdrawal into stopping a running job.
+            match self.state.jobs.withdraw(id, &principal.uri()).await {
+                Err(JobError::PermissionDenied(_)) => {
+                    let why = "without the control tier, only the job's requester may cancel it, and only \
+                               while it waits for approval";
+                    self.audit_denied(&principal, "job.cancel", json!({"job_id": id}), why).await;
+                    return Err(Status::permission_denied(why));
+                }
+                other => other?,
             }
-        }
-        let response = self.state.jobs.cancel(id).await?;
+        };
         tracing::info!(job = id, by = %principal.id, "job cancel");
         self.state
             .audit
@@ -293,8 +314,12 @@ impl Fleet for FleetService {
         // Hosts deleted since the job was created no longer restrict who sees it.
         let uncovered: HashSet<&str> =
             hosts.iter().filter(|h| !principal.covers(*h)).map(|h| h.id.as_str()).collect();
+        let uri = principal.uri();
+        let sees_others = principal.holds(Tier::Control);
         let approvals = pending
             .into_iter()
+            // Without the control tier, only one's own requests (M4: others' argv stays private).
+            .filter(|p| sees_others || p.job.requested_by == uri)
             // A scoped principal sees the approvals whose hosts it covers.
             .filter(|p| {
                 p.targets
@@ -318,7 +343,7 @@ impl Fleet for FleetService {
     ) -> Result<Response<v1::DecideApprovalResponse>, Status> {
         let principal = Principal::of(&request)?;
         let req = request.into_inner();
-        if !self.covers_job(&principal, req.job_id).await? {
+        if !self.may_see_job(&principal, req.job_id).await? {
             return Err(out_of_scope(req.job_id));
         }
         let job = match self.state.jobs.decide(req.job_id, &principal, req.approve, &req.reason).await {

@@ -94,7 +94,7 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Status> 
     }
     for (key, value) in labels {
         validate_name("label key", key)?;
-        if value.len() > 255 || value.chars().any(char::is_control) {
+        if value.len() > 255 || value.chars().any(tailops_proto::text::is_hidden) {
             return Err(Status::invalid_argument(format!(
                 "invalid value for label {key:?}: at most 255 printable characters"
             )));

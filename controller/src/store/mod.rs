@@ -919,11 +919,27 @@ impl Store {
         Ok(closed)
     }
 
-    pub async fn list_jobs(&self, limit: u32) -> Result<Vec<v1::Job>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+    /// The newest `limit` jobs; only those `requested_by` asked for, when it is given.
+    pub async fn list_jobs(
+        &self,
+        limit: u32,
+        requested_by: Option<&str>,
+    ) -> Result<Vec<v1::Job>, StoreError> {
+        let rows = match requested_by {
+            None => {
+                sqlx::query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?")
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(by) => {
+                sqlx::query("SELECT * FROM jobs WHERE requested_by = ? ORDER BY id DESC LIMIT ?")
+                    .bind(by)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut job = job_from_row(row)?;
