@@ -6,6 +6,9 @@
 //! first row that was altered, deleted, inserted or reordered. Deleting the newest rows leaves a
 //! valid chain, so verification also compares the last row with the head this controller wrote.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -19,6 +22,10 @@ use crate::telemetry::Telemetry;
 
 const QUEUE: usize = 4096;
 const BATCH: usize = 256;
+/// Rows kept for a retry while the log cannot be written (actions are refused meanwhile, so
+/// only refusals and reads add to them).
+const MAX_UNWRITTEN: usize = 4 * QUEUE;
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Argument keys whose values are never recorded, whatever a caller passes.
 const SECRET_KEYS: &[&str] = &["token", "secret", "key", "key_pem", "password", "csr_pem", "certificate_pem"];
 
@@ -100,6 +107,22 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     queue: mpsc::Sender<Command>,
+    /// Set while rows cannot be written (disk full, database error); cleared once they are.
+    failing: Arc<AtomicBool>,
+}
+
+/// The audit log cannot be written: actions that change anything are refused until it can.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "the audit log cannot be written (disk full or database error), so actions that change anything \
+     are refused until it can; check the controller's log and free disk space"
+)]
+pub struct AuditUnavailable;
+
+impl From<AuditUnavailable> for tonic::Status {
+    fn from(e: AuditUnavailable) -> Self {
+        tonic::Status::unavailable(e.to_string())
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -120,8 +143,14 @@ impl AuditLog {
     pub async fn start(store: Store, telemetry: Telemetry) -> Result<Self, StoreError> {
         let head = read_head(&store).await?;
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, telemetry, rx, head));
-        Ok(Self { queue })
+        let failing = Arc::new(AtomicBool::new(false));
+        tokio::spawn(writer(store, telemetry, rx, head, failing.clone()));
+        Ok(Self { queue, failing })
+    }
+
+    /// Fails while the log cannot be written: an action that would go unrecorded is not taken.
+    pub fn ensure_writable(&self) -> Result<(), AuditUnavailable> {
+        if self.failing.load(Ordering::Relaxed) { Err(AuditUnavailable) } else { Ok(()) }
     }
 
     /// Queues a record. Waits only if the writer is a full queue behind, so audit rows are never
@@ -222,13 +251,31 @@ fn chain_hash(prev: &[u8], canonical: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The single author of the chain: it alone knows the head.
-async fn writer(store: Store, telemetry: Telemetry, mut rx: mpsc::Receiver<Command>, head: Head) {
+/// The single author of the chain: it alone knows the head. Rows it cannot write are kept
+/// (up to [`MAX_UNWRITTEN`]) and retried every [`RETRY_EVERY`]; meanwhile the log reports itself
+/// failing, so that actions are refused instead of going unrecorded.
+async fn writer(
+    store: Store,
+    telemetry: Telemetry,
+    mut rx: mpsc::Receiver<Command>,
+    head: Head,
+    failing: Arc<AtomicBool>,
+) {
     let mut current = head;
-    while let Some(batch) = next_batch(&mut rx, BATCH).await {
+    let mut unwritten: Vec<AuditRecord> = Vec::new();
+    loop {
+        let batch = if unwritten.is_empty() {
+            next_batch(&mut rx, BATCH).await
+        } else {
+            tokio::select! {
+                batch = next_batch(&mut rx, BATCH) => batch,
+                () = tokio::time::sleep(RETRY_EVERY) => Some(Vec::new()),
+            }
+        };
+        let Some(batch) = batch else { break };
         let mut flushes = Vec::new();
         let mut verifies = Vec::new();
-        let mut records = Vec::new();
+        let mut records = std::mem::take(&mut unwritten);
         for cmd in batch {
             match cmd {
                 Command::Append(r) => records.push(r),
@@ -242,8 +289,24 @@ async fn writer(store: Store, telemetry: Telemetry, mut rx: mpsc::Receiver<Comma
                 Ok(new_head) => {
                     current = new_head;
                     telemetry.observe_db_write("audit", records.len(), started.elapsed());
+                    if failing.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(rows = records.len(), "audit log writable again; kept rows written");
+                    }
                 }
-                Err(e) => tracing::error!(error = %e, rows = records.len(), "could not write audit rows"),
+                Err(e) => {
+                    failing.store(true, Ordering::Relaxed);
+                    tracing::error!(
+                        error = %e,
+                        rows = records.len(),
+                        "could not write audit rows; refusing actions until they can be written"
+                    );
+                    if records.len() > MAX_UNWRITTEN {
+                        let lost = records.len() - MAX_UNWRITTEN;
+                        tracing::error!(lost, "audit rows lost: more were kept unwritten than fit");
+                        records.drain(..lost);
+                    }
+                    unwritten = records;
+                }
             }
         }
         for done in flushes {

@@ -30,6 +30,9 @@ pub struct ControllerConfig {
     /// The Prometheus `/metrics` endpoint; off unless `listen` is set.
     #[serde(default)]
     pub prometheus: PrometheusConfig,
+    /// How long job history, certificates and join tokens are kept.
+    #[serde(default)]
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// Metric retention, rollup cadence and the thresholds behind host health.
@@ -111,6 +114,9 @@ pub struct RateLimits {
     pub admin_per_minute: u32,
     pub exec_per_minute: u32,
     pub enroll_per_minute_per_address: u32,
+    /// Refusals recorded one by one in the audit log, per principal (or source address for
+    /// callers without a certificate); past it they are counted and recorded as one row a minute.
+    pub refusals_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -121,6 +127,7 @@ impl Default for RateLimits {
             admin_per_minute: 10,
             exec_per_minute: 10,
             enroll_per_minute_per_address: 20,
+            refusals_per_minute: 30,
         }
     }
 }

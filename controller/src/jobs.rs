@@ -21,7 +21,7 @@ use tonic::Status;
 use serde_json::json;
 
 use crate::agents::AgentRegistry;
-use crate::audit::{AuditLog, AuditRecord};
+use crate::audit::{AuditLog, AuditRecord, AuditUnavailable};
 use crate::auth::{Grant, Principal, Risk, Tier};
 use crate::config::Limits;
 use crate::now_ms;
@@ -47,6 +47,8 @@ pub enum JobError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error(transparent)]
+    AuditUnavailable(#[from] AuditUnavailable),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -58,6 +60,7 @@ impl From<JobError> for Status {
             JobError::NotFound(_) => Status::not_found(e.to_string()),
             JobError::PermissionDenied(m) => Status::permission_denied(m),
             JobError::FailedPrecondition(m) => Status::failed_precondition(m),
+            JobError::AuditUnavailable(e) => e.into(),
             JobError::Store(e) => {
                 tracing::error!(error = %e, "job store failure");
                 Status::internal("the controller could not record the job; see its log")
@@ -158,15 +161,7 @@ impl JobRequest {
             }
             n => n,
         };
-        if req.reason.len() > 1024 {
-            return Err(invalid("the reason is limited to 1024 bytes".into()));
-        }
-        if let Some((at, c)) = text::find_hidden(&req.reason, &[]) {
-            return Err(invalid(format!(
-                "the reason holds {} at byte {at}: write it as one line of plain text",
-                text::describe(c)
-            )));
-        }
+        check_reason(&req.reason)?;
         Ok(Self {
             requester,
             selector,
@@ -179,6 +174,21 @@ impl JobRequest {
     }
 }
 
+/// A reason a person gives (for a job, an approval, a rejection): shown to other people, so
+/// bounded and plain.
+fn check_reason(reason: &str) -> Result<(), JobError> {
+    if reason.len() > 1024 {
+        return Err(JobError::InvalidArgument("the reason is limited to 1024 bytes".into()));
+    }
+    if let Some((at, c)) = text::find_hidden(reason, &[]) {
+        return Err(JobError::InvalidArgument(format!(
+            "the reason holds {} at byte {at}: write it as one line of plain text",
+            text::describe(c)
+        )));
+    }
+    Ok(())
+}
+
 /// The most arguments one exec may carry: the byte limit alone would let millions of empty
 /// strings through.
 pub const MAX_ARGV_ELEMENTS: usize = 4096;
@@ -189,20 +199,33 @@ pub const MAX_PROCESS_LIST: u32 = 500;
 /// What an action risks. Every action a job can carry declares it here.
 pub fn risk_of(action: &v1::JobAction) -> Risk {
     match &action.kind {
-        Some(v1::job_action::Kind::Exec(_)) | None => Risk { tier: Tier::Control, exec: true },
-        Some(v1::job_action::Kind::ProcessList(_)) => Risk { tier: Tier::Observe, exec: false },
+        Some(v1::job_action::Kind::Exec(_)) | None => Risk { tier: Tier::Control, exec: true, egress: true },
+        Some(v1::job_action::Kind::ProcessList(_)) => {
+            Risk { tier: Tier::Observe, exec: false, egress: false }
+        }
         // A dry run changes nothing, so it needs only observe, whatever it would change.
         Some(v1::job_action::Kind::Operation(op)) => {
-            let tier = match tailops_ops::find(&op.name).map(|spec| spec.tier) {
+            let spec = tailops_ops::find(&op.name);
+            // A dry run only says what would run; it reaches nothing.
+            let egress = !op.dry_run && spec.is_none_or(tailops_ops::OperationSpec::reaches_outside);
+            let tier = match spec.map(|spec| spec.tier) {
                 _ if op.dry_run => Tier::Observe,
                 Some(tailops_ops::RiskTier::Observe) => Tier::Observe,
                 Some(tailops_ops::RiskTier::Control) => Tier::Control,
                 // Unknown operations are refused by validation; rank them highest regardless.
                 Some(tailops_ops::RiskTier::Admin) | None => Tier::Admin,
             };
-            Risk { tier, exec: false }
+            Risk { tier, exec: false, egress }
         }
     }
+}
+
+/// Whether a network check aims at one of the fleet's own hosts (by its name), which keeps it
+/// inside the fleet whoever asks.
+fn aims_at_fleet(action: &v1::JobAction, hosts: &[HostKey]) -> bool {
+    let Some(v1::job_action::Kind::Operation(op)) = &action.kind else { return false };
+    op.name.starts_with("net.")
+        && op.params.get("host").is_some_and(|target| hosts.iter().any(|h| h.name == *target))
 }
 
 /// What an action risks once its `elevated` flag is counted: an elevated action is authorised
@@ -299,9 +322,13 @@ impl JobManager {
     /// Authorises the job per resolved host (the requester's scope narrows the selector), then
     /// runs it at once or holds it for approval, as the requester's role says.
     pub async fn start(self: &Arc<Self>, req: JobRequest) -> Result<Arc<LiveJob>, JobError> {
+        // A job nobody could find in the audit log afterwards is not started (fail closed).
+        self.audit.ensure_writable()?;
         let requested_by = req.requester.uri();
         let requested_via = req.requester.client.clone();
-        let risk = authorised_risk(&req.action);
+        let hosts = self.store.host_keys().await?;
+        let mut risk = authorised_risk(&req.action);
+        risk.egress &= !aims_at_fleet(&req.action, &hosts);
         let grant = req.requester.grant(risk);
         let reach = read_reach(risk, req.requester.holds(Tier::Control));
         if grant == Grant::No {
@@ -309,7 +336,6 @@ impl JobManager {
             let what = if risk.exec { "exec".to_owned() } else { format!("{} actions", risk.tier) };
             return Err(JobError::PermissionDenied(format!("role {role} may not run {what}")));
         }
-        let hosts = self.store.host_keys().await?;
         let (in_scope, out_of_scope): (Vec<&HostKey>, Vec<&HostKey>) = hosts
             .iter()
             .filter(|h| selector_matches(&req.selector, *h))
@@ -482,6 +508,8 @@ impl JobManager {
         approve: bool,
         reason: &str,
     ) -> Result<v1::Job, JobError> {
+        check_reason(reason)?;
+        self.audit.ensure_writable()?;
         let job = self.lock_live().get(&id).cloned().filter(|j| j.is_waiting_for_approval());
         let Some(job) = job else {
             return match self.store.job(id).await? {
@@ -852,8 +880,11 @@ struct TargetRun {
     report: Option<oneshot::Sender<v1::CommandResult>>,
     dispatched: bool,
     started_at_ms: i64,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
+    /// Output is held once, in the job's event log; a target keeps the indices of its output
+    /// events and how many bytes each stream has produced (for the cap).
+    output_events: Vec<usize>,
+    stdout_bytes: usize,
+    stderr_bytes: usize,
 }
 
 enum Next {
@@ -890,8 +921,9 @@ impl LiveJob {
                     report: None,
                     dispatched: false,
                     started_at_ms: 0,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
+                    output_events: Vec::new(),
+                    stdout_bytes: 0,
+                    stderr_bytes: 0,
                 };
                 (target.host_id, run)
             })
@@ -979,20 +1011,22 @@ impl LiveJob {
         let cap = usize::try_from(self.output_cap).unwrap_or(usize::MAX);
         {
             let mut state = self.lock();
+            let next_event = state.events.len();
             let Some(t) = state.targets.get_mut(host_id).filter(|t| t.dispatched && is_unfinished(t.state))
             else {
                 return false;
             };
-            let buffer = match stream {
-                v1::OutputStream::Stderr => &mut t.stderr,
-                _ => &mut t.stdout,
+            let produced = match stream {
+                v1::OutputStream::Stderr => &mut t.stderr_bytes,
+                _ => &mut t.stdout_bytes,
             };
             // The agent enforces the cap; this is the controller's own bound on what it keeps.
-            data.truncate(cap.saturating_sub(buffer.len()));
+            data.truncate(cap.saturating_sub(*produced));
             if data.is_empty() {
                 return true;
             }
-            buffer.extend_from_slice(&data);
+            *produced += data.len();
+            t.output_events.push(next_event);
             let target = Some(t.target.clone());
             let output = v1::TargetOutput { target, stream: stream as i32, data };
             self.record(&mut state, job_event::Kind::Output(output));
@@ -1033,12 +1067,15 @@ impl LiveJob {
             };
             t.state = finish.state;
             t.report = None;
+            let (indices, started_at_ms) = (std::mem::take(&mut t.output_events), t.started_at_ms);
+            let (stdout, stderr) = collect_output(&state.events, &indices);
+            let Some(t) = state.targets.get_mut(host_id) else { unreachable!("looked up above") };
             let outcome = TargetOutcome {
                 state: finish.state,
                 result: finish.result,
-                stdout: std::mem::take(&mut t.stdout),
-                stderr: std::mem::take(&mut t.stderr),
-                started_at_ms: t.started_at_ms,
+                stdout,
+                stderr,
+                started_at_ms,
                 finished_at_ms: now_ms(),
             };
             let finished = v1::TargetFinished {
@@ -1095,6 +1132,20 @@ impl LiveJob {
             }
         })
     }
+}
+
+/// One target's stdout and stderr, gathered from the output events at `indices`.
+fn collect_output(events: &[v1::JobEvent], indices: &[usize]) -> (Vec<u8>, Vec<u8>) {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    for event in indices.iter().filter_map(|&i| events.get(i)) {
+        if let Some(job_event::Kind::Output(out)) = &event.kind {
+            match out.stream() {
+                v1::OutputStream::Stderr => stderr.extend_from_slice(&out.data),
+                _ => stdout.extend_from_slice(&out.data),
+            }
+        }
+    }
+    (stdout, stderr)
 }
 
 fn is_unfinished(state: v1::TargetState) -> bool {

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod monitoring;
 pub mod rate_limit;
 pub mod result_writer;
+pub mod retention;
 pub mod revocation;
 pub mod server;
 pub mod services;

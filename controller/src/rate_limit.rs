@@ -16,6 +16,8 @@ pub enum Bucket {
     Exec,
     /// Enrollment and login attempts, per source address.
     Enroll,
+    /// Refusals audited one by one, per principal or source address.
+    Refused,
 }
 
 impl Bucket {
@@ -26,6 +28,7 @@ impl Bucket {
             Self::Admin => "admin",
             Self::Exec => "exec",
             Self::Enroll => "enrollment",
+            Self::Refused => "refusal",
         }
     }
 }
@@ -43,15 +46,39 @@ pub struct RetryAfter(pub Duration);
 #[derive(Debug)]
 pub struct RateLimiter {
     limits: RateLimits,
-    buckets: Mutex<HashMap<(String, Bucket), State>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    states: HashMap<(String, Bucket), State>,
+    swept: Instant,
 }
 
 /// Buckets idle this long are full again and can be forgotten.
 const IDLE_EVICTION: Duration = Duration::from_secs(600);
+/// Past this many buckets the map is swept, at most once per [`SWEEP_EVERY`], so that callers
+/// minting fresh keys (rotating source addresses) cost a lookup each, not a scan each.
+const MAX_BUCKETS: usize = 100_000;
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl RateLimiter {
     pub fn new(limits: RateLimits) -> Self {
-        Self { limits, buckets: Mutex::default() }
+        Self { limits, buckets: Mutex::new(Buckets { states: HashMap::new(), swept: Instant::now() }) }
+    }
+
+    /// Forgets idle buckets and, if that is not enough, the nearly full ones: forgetting a
+    /// bucket refills it, which changes nothing for one that is (nearly) full anyway. Buckets
+    /// that are actually limiting someone stay.
+    fn sweep(&self, buckets: &mut Buckets, now: Instant) {
+        buckets.swept = now;
+        buckets.states.retain(|_, s| now.duration_since(s.updated) < IDLE_EVICTION);
+        if buckets.states.len() >= MAX_BUCKETS {
+            buckets.states.retain(|(_, bucket), s| {
+                let capacity = f64::from(self.per_minute(*bucket));
+                s.tokens < (capacity - 1.0).max(capacity / 2.0)
+            });
+        }
     }
 
     fn per_minute(&self, bucket: Bucket) -> u32 {
@@ -61,6 +88,7 @@ impl RateLimiter {
             Bucket::Admin => self.limits.admin_per_minute,
             Bucket::Exec => self.limits.exec_per_minute,
             Bucket::Enroll => self.limits.enroll_per_minute_per_address,
+            Bucket::Refused => self.limits.refusals_per_minute,
         }
     }
 
@@ -75,11 +103,13 @@ impl RateLimiter {
         let rate = capacity / 60.0;
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() > 100_000 {
-            buckets.retain(|_, s| now.duration_since(s.updated) < IDLE_EVICTION);
+        if buckets.states.len() >= MAX_BUCKETS && now.duration_since(buckets.swept) >= SWEEP_EVERY {
+            self.sweep(&mut buckets, now);
         }
-        let state =
-            buckets.entry((who.to_owned(), bucket)).or_insert(State { tokens: capacity, updated: now });
+        let state = buckets
+            .states
+            .entry((who.to_owned(), bucket))
+            .or_insert(State { tokens: capacity, updated: now });
         let refill = now.duration_since(state.updated).as_secs_f64() * rate;
         state.tokens = (state.tokens + refill).min(capacity);
         state.updated = now;
@@ -124,5 +154,23 @@ mod tests {
         // Other principals and buckets are independent.
         limiter.check("bob", Bucket::Exec).expect("bob has his own bucket");
         limiter.check("alice", Bucket::Observe).expect("observe is separate");
+    }
+
+    #[test]
+    fn a_flood_of_fresh_keys_is_swept_but_limited_callers_stay_limited() {
+        let limits = RateLimits { exec_per_minute: 1, ..RateLimits::default() };
+        let limiter = RateLimiter::new(limits);
+        limiter.check("mallory", Bucket::Exec).expect("first");
+        limiter.check("mallory", Bucket::Exec).expect_err("limited");
+        for i in 0..MAX_BUCKETS + 10 {
+            let _ = limiter.check(&format!("denied@2001:db8::{i:x}"), Bucket::Enroll);
+        }
+        // Force the next call to sweep, as a second passing would.
+        limiter.buckets.lock().expect("lock").swept -= SWEEP_EVERY;
+        let _ = limiter.check("fresh", Bucket::Enroll);
+        let buckets = limiter.buckets.lock().expect("lock");
+        assert!(buckets.states.len() < 100, "nearly full buckets were forgotten: {}", buckets.states.len());
+        drop(buckets);
+        limiter.check("mallory", Bucket::Exec).expect_err("a bucket that limits someone is kept");
     }
 }

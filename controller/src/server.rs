@@ -174,6 +174,11 @@ impl Controller {
             .map_err(|e| ControllerError::Config { path: "reflection".into(), message: e.to_string() })?;
 
         let sweeper = tokio::spawn(liveness_sweeper(state.clone(), shutdown.clone()));
+        tokio::spawn(crate::retention::run(
+            state.store.clone(),
+            state.config.retention.clone(),
+            shutdown.clone(),
+        ));
         if let Some(listener) = metrics_listener {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");

@@ -50,9 +50,10 @@ pub fn describe(c: char) -> String {
 }
 
 /// `text` with every hidden character written as a visible escape (`\n`, `\t`, `\u{1b}`), so a
-/// person sees exactly what is there. Borrowed when there is nothing to escape.
+/// person sees exactly what is there. Borrowed when there is nothing to escape. Backslashes are
+/// left as they are, so text that is already escaped (a quoted command line) reads the same.
 pub fn display(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_hidden) && !text.contains('\\') {
+    if !text.chars().any(is_hidden) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -67,7 +68,6 @@ fn push_visible(out: &mut String, c: char) {
         '\n' => out.push_str("\\n"),
         '\t' => out.push_str("\\t"),
         '\r' => out.push_str("\\r"),
-        '\\' => out.push_str("\\\\"),
         c if is_hidden(c) => {
             let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
         }
@@ -91,6 +91,7 @@ pub fn shell_quote(arg: &str) -> Cow<'_, str> {
     for c in arg.chars() {
         match c {
             '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
             c => push_visible(&mut out, c),
         }
     }
@@ -116,7 +117,8 @@ mod tests {
         assert_eq!(display("rm -rf /tmp/\u{202E}txt.exe"), "rm -rf /tmp/\\u{202e}txt.exe");
         assert_eq!(display("plain text"), "plain text");
         assert!(matches!(display("plain"), Cow::Borrowed(_)));
-        assert_eq!(display(r"a\u{1b}"), r"a\\u{1b}", "a literal backslash cannot fake an escape");
+        assert_eq!(display(r"sh -c $'a\n'"), r"sh -c $'a\n'", "already escaped text reads the same");
+        assert_eq!(shell_quote("a\\b\u{1b}"), r"$'a\\b\u{1b}'", "inside $'...' a backslash is escaped");
     }
 
     #[test]

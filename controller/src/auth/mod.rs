@@ -6,6 +6,7 @@
 //! Every denial is audited; callers are rate limited per principal and tier (and enrollment per
 //! source address).
 
+mod refusals;
 pub mod roles;
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ use crate::revocation::{Revocations, Revoked};
 use crate::store::{CertStanding, HostIdentity, HostKey, Store};
 use crate::{AppState, now_ms};
 
+pub use refusals::RefusalLog;
 pub use roles::{Grant, Risk, Role, Tier};
 
 /// Who may call a method.
@@ -158,6 +160,7 @@ pub struct Authorizer {
     trust_domain: String,
     audit: AuditLog,
     limiter: Arc<RateLimiter>,
+    refusals: Arc<RefusalLog>,
     revocations: Revocations,
     lock_on_clone: bool,
 }
@@ -168,6 +171,7 @@ impl Authorizer {
             store: state.store.clone(),
             trust_domain: state.config.trust_domain.clone(),
             audit: state.audit.clone(),
+            refusals: RefusalLog::start(state.audit.clone(), state.limiter.clone()),
             limiter: state.limiter.clone(),
             revocations: state.revocations.clone(),
             lock_on_clone: state.config.security.lock_on_clone,
@@ -225,18 +229,12 @@ impl Authorizer {
     ) -> Result<Option<Principal>, Status> {
         let result = self.decide(path, peer_certs, remote, client.clone()).await;
         if let Err((who, status)) = &result {
-            // Callers without a certificate could otherwise grow the log without bound: their
-            // denials are audited within the per-address enrollment budget, the rest only logged.
-            if who.is_none() {
-                let address = format!("denied@{}", remote.map(|a| a.ip().to_string()).unwrap_or_default());
-                if self.limiter.check(&address, Bucket::Enroll).is_err() {
-                    tracing::debug!(method = %path, "anonymous denial not audited: over the per-address budget");
-                    return result.map_err(|(_, status)| status);
-                }
-            }
+            // Recorded within each caller's refusal budget, counted past it (M8): callers
+            // without a certificate are told apart by source address.
             let who = who.clone().unwrap_or_else(|| anonymous(remote));
             let arguments = serde_json::json!({ "method": path, "code": format!("{:?}", status.code()) });
-            self.audit.record(AuditRecord::deny(who, "call", arguments, status.message()).via(client)).await;
+            let record = AuditRecord::deny(who.clone(), "call", arguments, status.message()).via(client);
+            self.refusals.record(&who, path, record).await;
         }
         result.map_err(|(_, status)| status)
     }
@@ -322,6 +320,12 @@ impl Authorizer {
                         record.principal.role
                     )));
                 };
+                // Changes nobody could find in the audit log afterwards are not made.
+                if tier >= Tier::Control
+                    && let Err(e) = self.audit.ensure_writable()
+                {
+                    return deny(e.into());
+                }
                 if role.tier(tier) != Grant::Yes {
                     return deny(Status::permission_denied(format!(
                         "role {} does not grant the {tier} tier that {path} needs",

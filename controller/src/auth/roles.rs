@@ -30,11 +30,13 @@ impl fmt::Display for Tier {
     }
 }
 
-/// What a job action risks: its tier, and whether it runs arbitrary commands.
+/// What a job action risks: its tier, whether it runs arbitrary commands, and whether it
+/// reaches beyond the fleet (a channel out for whatever the requester has read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Risk {
     pub tier: Tier,
     pub exec: bool,
+    pub egress: bool,
 }
 
 /// How a role holds a permission.
@@ -54,6 +56,8 @@ pub struct Role {
     pub control: Grant,
     pub admin: Grant,
     pub exec: Grant,
+    /// Actions that reach outside the fleet (HTTP, DNS, TLS, ping, registries).
+    pub egress: Grant,
     pub may_approve: bool,
 }
 
@@ -64,6 +68,7 @@ pub const ROLES: &[Role] = &[
         control: Grant::Yes,
         admin: Grant::Yes,
         exec: Grant::Yes,
+        egress: Grant::Yes,
         may_approve: true,
     },
     Role {
@@ -72,6 +77,7 @@ pub const ROLES: &[Role] = &[
         control: Grant::Yes,
         admin: Grant::No,
         exec: Grant::Yes,
+        egress: Grant::Yes,
         may_approve: true,
     },
     Role {
@@ -80,15 +86,19 @@ pub const ROLES: &[Role] = &[
         control: Grant::No,
         admin: Grant::No,
         exec: Grant::No,
+        egress: Grant::Yes,
         may_approve: false,
     },
     // The MCP bridge's default: observe freely, everything else only with a human's approval.
+    // That includes observe actions that reach outside the fleet: an assistant that follows
+    // text planted in a log could otherwise send what it read anywhere.
     Role {
         name: "mcp",
         observe: Grant::Yes,
         control: Grant::WithApproval,
         admin: Grant::WithApproval,
         exec: Grant::WithApproval,
+        egress: Grant::WithApproval,
         may_approve: false,
     },
 ];
@@ -112,8 +122,14 @@ impl Role {
 
     /// The weakest grant among everything `risk` needs.
     pub fn grant(&self, risk: Risk) -> Grant {
-        let tier = self.tier(risk.tier);
-        if risk.exec { tier.min(self.exec) } else { tier }
+        let mut grant = self.tier(risk.tier);
+        if risk.exec {
+            grant = grant.min(self.exec);
+        }
+        if risk.egress {
+            grant = grant.min(self.egress);
+        }
+        grant
     }
 }
 
@@ -123,14 +139,18 @@ mod tests {
 
     #[test]
     fn grants_follow_the_role_table() {
-        let exec = Risk { tier: Tier::Control, exec: true };
-        let restart = Risk { tier: Tier::Control, exec: false };
+        let exec = Risk { tier: Tier::Control, exec: true, egress: false };
+        let restart = Risk { tier: Tier::Control, exec: false, egress: false };
+        let http = Risk { tier: Tier::Observe, exec: false, egress: true };
         let viewer = Role::named("viewer").expect("viewer");
         let mcp = Role::named("mcp").expect("mcp");
         let operator = Role::named("operator").expect("operator");
         assert_eq!(viewer.grant(exec), Grant::No);
         assert_eq!(mcp.grant(exec), Grant::WithApproval);
-        assert_eq!(mcp.grant(Risk { tier: Tier::Observe, exec: false }), Grant::Yes);
+        assert_eq!(mcp.grant(Risk { tier: Tier::Observe, exec: false, egress: false }), Grant::Yes);
+        assert_eq!(mcp.grant(http), Grant::WithApproval, "an assistant's egress waits for a human");
+        assert_eq!(viewer.grant(http), Grant::Yes);
+        assert_eq!(operator.grant(http), Grant::Yes);
         assert_eq!(operator.grant(exec), Grant::Yes);
         assert_eq!(operator.grant(restart), Grant::Yes);
         assert_eq!(operator.tier(Tier::Admin), Grant::No);

@@ -16,6 +16,7 @@ use tailops_proto::v1;
 use crate::result_writer::{HostResult, JobEnd};
 
 mod monitoring;
+mod retention;
 
 pub use monitoring::{ChangeFilter, FactsApplied, MetricTable, SampleRow};
 

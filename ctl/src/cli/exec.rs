@@ -129,11 +129,16 @@ impl Printer {
             }
             Some(job_event::Kind::ApprovalDecided(d)) => {
                 if d.approved {
-                    eprintln!("job {} approved by {}", event.job_id, d.by);
+                    eprintln!("job {} approved by {}", event.job_id, render::safe(&d.by));
                 } else if d.by.is_empty() {
-                    eprintln!("job {} not approved: {}", event.job_id, d.reason);
+                    eprintln!("job {} not approved: {}", event.job_id, render::safe(&d.reason));
                 } else {
-                    eprintln!("job {} rejected by {}: {}", event.job_id, d.by, d.reason);
+                    eprintln!(
+                        "job {} rejected by {}: {}",
+                        event.job_id,
+                        render::safe(&d.by),
+                        render::safe(&d.reason)
+                    );
                 }
             }
             Some(job_event::Kind::Output(out)) => {
@@ -176,8 +181,12 @@ fn write_lines(host: &str, stream: v1::OutputStream, bytes: &[u8]) -> std::io::R
         v1::OutputStream::Stderr => Box::new(std::io::stderr().lock()),
         _ => Box::new(std::io::stdout().lock()),
     };
+    // A host's output is whatever its programs (and anyone who can write to its logs) chose:
+    // escape sequences are shown, not obeyed. Tabs stay tabs.
+    let host = render::safe(host);
     for line in text.lines() {
-        writeln!(out, "[{host}] {line}")?;
+        let shown: Vec<_> = line.split('\t').map(render::safe).collect();
+        writeln!(out, "[{host}] {}", shown.join("\t"))?;
     }
     out.flush()
 }

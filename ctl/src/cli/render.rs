@@ -4,14 +4,40 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::{Value, json};
+use tailops_proto::text;
 use tailops_proto::v1::{self, job_event};
 
 use super::Output;
 
-pub fn table(header: &[&str]) -> Table {
+/// A table for a terminal. Every cell may hold text a host, a requester or an AI assistant
+/// chose (names, argv, reasons, log lines), so each is shown through [`text::display`]: a
+/// control character, escape sequence or bidi override appears as a visible escape instead of
+/// acting on the terminal.
+#[derive(Debug)]
+pub struct SafeTable(Table);
+
+impl SafeTable {
+    pub fn add_row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) -> &mut Self {
+        self.0.add_row(cells.into_iter().map(|c| text::display(c.as_ref()).into_owned()).collect::<Vec<_>>());
+        self
+    }
+}
+
+impl std::fmt::Display for SafeTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+pub fn table(header: &[&str]) -> SafeTable {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(header.iter().copied());
-    t
+    SafeTable(t)
+}
+
+/// A line of host- or requester-chosen text for a terminal, outside a table.
+pub fn safe(s: &str) -> std::borrow::Cow<'_, str> {
+    text::display(s)
 }
 
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
@@ -51,7 +77,8 @@ pub fn by_via(by: &str, via: &str) -> String {
 /// What a job does, for a person: the command line, or the typed action and its parameters.
 pub fn action_text(action: Option<&v1::JobAction>) -> String {
     match action.and_then(|a| a.kind.as_ref()) {
-        Some(v1::job_action::Kind::Exec(e)) => e.argv.join(" "),
+        // Quoted per argument, so an approver sees every boundary and every byte.
+        Some(v1::job_action::Kind::Exec(e)) => text::command_line(&e.argv),
         Some(v1::job_action::Kind::ProcessList(p)) => {
             let sort = if p.sort() == v1::ProcessSort::Memory { "mem" } else { "cpu" };
             format!("(process list, top {} by {sort})", p.limit)
@@ -179,7 +206,7 @@ fn result_text(state: v1::TargetState, result: Option<&v1::CommandResult>) -> St
 
 pub fn target_status(host: &str, state: v1::TargetState, result: Option<&v1::CommandResult>) -> String {
     let mark = if state == v1::TargetState::Succeeded { "ok" } else { "FAILED" };
-    format!("{host}: {mark} {}", result_text(state, result))
+    format!("{}: {mark} {}", safe(host), safe(&result_text(state, result)))
 }
 
 pub fn summary_line(job_id: u64, c: &v1::JobCompleted) -> String {
@@ -262,15 +289,19 @@ pub fn action_output_json(kind: &v1::action_output::Kind) -> Value {
 pub fn operation_text(host: &str, op: &v1::OperationOutput) -> String {
     let mut text = String::new();
     if !op.summary.is_empty() {
-        text.push_str(&format!("[{host}] {}\n", op.summary));
+        text.push_str(&format!("[{}] {}\n", safe(host), safe(&op.summary)));
     }
     for step in &op.plan {
-        text.push_str(&format!("[{host}] $ {step}\n"));
+        text.push_str(&format!("[{}] $ {}\n", safe(host), safe(step)));
     }
     // One value per record reads better as plain lines than as a one-column table.
     if op.columns.len() == 1 {
         for r in &op.records {
-            text.push_str(&format!("[{host}] {}\n", scalar_text(r.fields.get(&op.columns[0]))));
+            text.push_str(&format!(
+                "[{}] {}\n",
+                safe(host),
+                safe(&scalar_text(r.fields.get(&op.columns[0])))
+            ));
         }
     } else if !op.records.is_empty() {
         let header: Vec<String> = op.columns.iter().map(|c| c.to_uppercase()).collect();

@@ -172,7 +172,8 @@ impl ToolSet {
 /// text. Past the size limit the structure is reduced to its small top-level fields (state,
 /// summary, next step...) and the text to those plus as much of the whole as fits, saying how
 /// to narrow the request.
-fn shaped(value: Value, limits: Limits) -> CallToolResult {
+fn shaped(mut value: Value, limits: Limits) -> CallToolResult {
+    reveal_format_characters(&mut value);
     let text = serde_json::to_string(&value).unwrap_or_default();
     let length = text.chars().count();
     if length <= limits.max_result_chars {
@@ -207,6 +208,30 @@ fn shaped(value: Value, limits: Limits) -> CallToolResult {
     result
 }
 
+/// Host-provided text reaches the model and, through the client, a person. JSON already
+/// escapes control characters; bidirectional overrides, zero-width and tag characters it passes
+/// through unchanged, and they can hide or reorder text (or smuggle invisible instructions), so
+/// they are written as visible escapes.
+fn reveal_format_characters(value: &mut Value) {
+    match value {
+        Value::String(s) if s.chars().any(|c| tailops_proto::text::is_hidden(c) && !c.is_control()) => {
+            *s = s
+                .chars()
+                .map(|c| {
+                    if tailops_proto::text::is_hidden(c) && !c.is_control() {
+                        format!("\\u{{{:x}}}", u32::from(c))
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+        }
+        Value::Array(items) => items.iter_mut().for_each(reveal_format_characters),
+        Value::Object(fields) => fields.values_mut().for_each(reveal_format_characters),
+        _ => {}
+    }
+}
+
 /// Read-only tools that stay inside the fleet: the common annotations.
 fn observe(title: &str) -> ToolAnnotations {
     ToolAnnotations::with_title(title).read_only(true).destructive(false).idempotent(true).open_world(false)
@@ -231,6 +256,20 @@ fn time(ms: i64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn format_characters_in_results_are_made_visible() {
+        let mut value = serde_json::json!({
+            "lines": ["ok", "rm -rf /\u{202e}gnp.exe", "zero\u{200b}width"],
+            "name": "tag\u{e0041}",
+            "log": "esc \u{1b}[2J stays for JSON to escape",
+        });
+        reveal_format_characters(&mut value);
+        let text = serde_json::to_string(&value).expect("json");
+        assert!(!text.chars().any(|c| tailops_proto::text::is_hidden(c)), "{text}");
+        assert_eq!(value["lines"][1], "rm -rf /\\u{202e}gnp.exe");
+        assert!(text.contains("\\u001b[2J"), "{text}");
+    }
 
     #[test]
     fn every_tool_and_argument_is_described_and_closed() {
