@@ -18,6 +18,7 @@ pub struct EnrollOptions {
     pub state_dir: PathBuf,
     /// Defaults to the machine's host name.
     pub name: Option<String>,
+    /// Sent for older controllers; current ones take a host's labels only from its join token.
     pub labels: BTreeMap<String, String>,
 }
 

@@ -44,7 +44,9 @@ enum Command {
         /// Host name in the fleet (default: this machine's host name).
         #[arg(long)]
         name: Option<String>,
-        /// Extra label KEY=VALUE (repeatable); labels carried by the token win on conflict.
+        /// Label KEY=VALUE (repeatable). Ignored by the controller: a host's labels decide which
+        /// jobs and scopes reach it, so they come only from the join token
+        /// (`tailopsctl token create --label KEY=VALUE`) or an admin.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
     },

@@ -97,12 +97,20 @@ impl Default for HealthThresholds {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Security {
     /// When a certificate that a renewal already replaced is presented (a copied identity),
-    /// revoke every certificate of that identity instead of only flagging it.
+    /// revoke every certificate of that identity instead of only flagging it. On by default:
+    /// a copy that renewed first would otherwise keep the identity and lock the real holder
+    /// out. Turn it off only to investigate a suspected copy before acting.
     pub lock_on_clone: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self { lock_on_clone: true }
+    }
 }
 
 /// Token-bucket sizes per minute, per principal (and per source address for enrollment).
@@ -160,7 +168,8 @@ impl Default for Timing {
             agent_cert_lifetime_secs: 24 * 3600,
             user_cert_lifetime_secs: 30 * 24 * 3600,
             bridge_cert_lifetime_secs: 7 * 24 * 3600,
-            admin_cert_lifetime_secs: 365 * 24 * 3600,
+            // As long as any user's: tailopsctl renews it on use, like any profile.
+            admin_cert_lifetime_secs: 30 * 24 * 3600,
             server_cert_lifetime_secs: 365 * 24 * 3600,
             join_token_default_ttl_secs: 15 * 60,
             join_token_max_ttl_secs: 7 * 24 * 3600,

@@ -71,6 +71,23 @@ impl DataDir {
         tokio::fs::read_to_string(&path).await.map_err(|source| ControllerError::Io { path, source })
     }
 
+    /// Replaces a file atomically (a temporary file in the same directory, renamed over it), so
+    /// a controller starting meanwhile reads the old or the new file, never half of one.
+    /// `secret` files get mode 0600.
+    async fn replace(&self, name: &str, contents: &str, secret: bool) -> Result<(), ControllerError> {
+        let temp = format!(".{name}.new");
+        let temp_path = self.file(&temp);
+        // A leftover from an interrupted run would make `write_new` refuse.
+        match tokio::fs::remove_file(&temp_path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ControllerError::Io { path: temp_path, source }),
+        }
+        self.write_new(&temp, contents, secret).await?;
+        let path = self.file(name);
+        tokio::fs::rename(&temp_path, &path).await.map_err(|source| ControllerError::Io { path, source })
+    }
+
     /// Writes a new file; `secret` files get mode 0600. Never overwrites.
     async fn write_new(&self, name: &str, contents: &str, secret: bool) -> Result<(), ControllerError> {
         let path = self.file(name);
@@ -173,6 +190,61 @@ pub async fn initialize(dir: &DataDir, options: InitOptions) -> Result<Initializ
     dir.write_new(CONFIG_FILE, &config_text, false).await?;
 
     Ok(Initialized { config, admin_profile_path, admin_profile, ca_fingerprint: ca.fingerprint() })
+}
+
+/// What `rotate-server-cert` did.
+#[derive(Debug, Clone)]
+pub struct RotatedServerCertificate {
+    pub serial: String,
+    pub not_after_ms: i64,
+    /// The names and addresses in the new certificate.
+    pub advertise: Vec<String>,
+}
+
+/// Issues a new server key and certificate from the CA and replaces `server.crt`/`server.key`,
+/// so the fleet keeps trusting the controller past the old certificate's end (clients pin the
+/// CA, not the server certificate). `advertise`, when given, replaces the configured names
+/// (and is saved in `controller.toml`); otherwise the configured ones are kept. A running
+/// controller serves the new certificate from its next start.
+pub async fn rotate_server_certificate(
+    dir: &DataDir,
+    advertise: Option<Vec<String>>,
+) -> Result<RotatedServerCertificate, ControllerError> {
+    let mut config = dir.load_config().await?;
+    let ca = dir.load_ca(&config.trust_domain).await?;
+    let changed_names = match advertise {
+        Some(names) if !names.is_empty() && names != config.advertise => {
+            config.advertise = names;
+            true
+        }
+        _ => false,
+    };
+    let (server, server_key) = ca.issue_server_certificate(
+        &config.advertise,
+        Duration::from_secs(config.timing.server_cert_lifetime_secs),
+    )?;
+    let store = Store::open(&dir.file(DATABASE)).await?;
+    store
+        .record_certificate(
+            &server,
+            &PrincipalId::new(&config.trust_domain, PrincipalKind::Controller, "controller")?.uri(),
+            now_ms(),
+        )
+        .await?;
+    // Each file is replaced atomically; the pair is consistent once both renames are done,
+    // which is why the controller picks it up at its next start, not while this runs.
+    dir.replace(SERVER_KEY, &server_key, true).await?;
+    dir.replace(SERVER_CERT, &server.pem, false).await?;
+    if changed_names {
+        let text = toml::to_string_pretty(&config)
+            .map_err(|e| ControllerError::Config { path: dir.file(CONFIG_FILE), message: e.to_string() })?;
+        dir.replace(CONFIG_FILE, &text, false).await?;
+    }
+    Ok(RotatedServerCertificate {
+        serial: server.serial,
+        not_after_ms: server.not_after_ms,
+        advertise: config.advertise,
+    })
 }
 
 async fn create_private_dir(path: &Path) -> Result<(), ControllerError> {

@@ -636,6 +636,47 @@ impl JobManager {
         }
     }
 
+    /// Withdraws what `requester` (a principal URI) set in motion, because its standing
+    /// changed (disabled, role or scope changed): its jobs waiting for approval are rejected
+    /// with `why`, so no approver can let them run, and its running jobs are cancelled. Returns
+    /// how many jobs were withdrawn and how many cancelled.
+    pub async fn withdraw_principal(&self, requester: &str, why: &str) -> Result<(u32, u32), JobError> {
+        let jobs: Vec<Arc<LiveJob>> =
+            self.lock_live().values().filter(|j| j.requested_by == requester).cloned().collect();
+        let (mut withdrawn, mut cancelled) = (0, 0);
+        for job in jobs {
+            if job.is_waiting_for_approval()
+                && self.store.decide_job(job.id, v1::JobState::Rejected, "controller", 0).await?
+            {
+                self.audit
+                    .record(AuditRecord::allow(
+                        "controller",
+                        "approval.withdraw",
+                        job.targets().iter().map(|t| t.host_name.clone()).collect(),
+                        json!({"job_id": job.id, "requested_by": requester, "reason": why}),
+                        "rejected",
+                    ))
+                    .await;
+                job.push(job_event::Kind::ApprovalDecided(v1::ApprovalDecided {
+                    approved: false,
+                    by: "controller".into(),
+                    reason: why.to_owned(),
+                }));
+                job.decision.send_replace(Some(Decision { approved: false, state: v1::JobState::Rejected }));
+                withdrawn += 1;
+            } else {
+                // Running, or approved in the same instant: it runs under the old standing, so
+                // it stops.
+                job.cancel.cancel();
+                cancelled += 1;
+            }
+        }
+        if withdrawn + cancelled > 0 {
+            tracing::info!(requester, withdrawn, cancelled, why, "jobs of a principal withdrawn");
+        }
+        Ok((withdrawn, cancelled))
+    }
+
     /// Handles a job message from the agent of `host_id` (taken from its certificate). Messages
     /// about jobs this host was not given are dropped: an agent cannot report for another.
     pub fn on_agent_message(&self, host_id: &str, message: AgentJobMessage) {

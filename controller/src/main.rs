@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tailops_controller::Controller;
-use tailops_controller::data_dir::{DataDir, InitOptions, initialize};
+use tailops_controller::data_dir::{DataDir, InitOptions, initialize, rotate_server_certificate};
 use tailops_proto::v1::{self, fleet_client::FleetClient, identity_client::IdentityClient};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +50,17 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Issue a new server certificate (new key, same CA) before the current one expires.
+    /// Agents and profiles trust the CA, not this certificate, so nothing else changes. A
+    /// running controller serves the new certificate after a restart.
+    RotateServerCert {
+        #[arg(long, env = "TAILOPS_DATA_DIR")]
+        data_dir: PathBuf,
+        /// DNS name or IP clients use to reach the controller (repeatable); replaces the
+        /// configured names. Default: keep the configured names.
+        #[arg(long = "advertise", value_name = "NAME_OR_IP")]
+        advertise: Vec<String>,
+    },
     /// Run a controller and a local agent enrolled against it, for trying TailOps on one machine.
     Dev {
         #[arg(long, default_value = ".tailops-dev")]
@@ -76,10 +87,30 @@ async fn main() -> anyhow::Result<()> {
             println!("  tailops-controller serve --data-dir {}", dir.path().display());
             println!("  export TAILOPS_PROFILE={}", absolute(&done.admin_profile_path).display());
             println!("  tailopsctl token create --label env=home");
+            println!();
+            println!(
+                "The admin certificate lasts {} days; tailopsctl renews it on use once 70% of that has passed.",
+                done.config.timing.admin_cert_lifetime_secs / 86_400
+            );
+            println!(
+                "The server certificate lasts {} days; renew it with `tailops-controller rotate-server-cert`.",
+                done.config.timing.server_cert_lifetime_secs / 86_400
+            );
+            Ok(())
+        }
+        Command::RotateServerCert { data_dir, advertise } => {
+            let dir = DataDir::new(data_dir);
+            let advertise = (!advertise.is_empty()).then_some(advertise);
+            let rotated = rotate_server_certificate(&dir, advertise).await?;
+            println!("New server certificate {} for {}", rotated.serial, rotated.advertise.join(", "));
+            println!("Valid until {}", tailops_proto::time::format_ms(rotated.not_after_ms));
+            println!("Restart the controller to serve it; agents and profiles need no change.");
             Ok(())
         }
         Command::Serve { data_dir, listen } => {
-            let controller = Controller::open(&DataDir::new(data_dir)).await?;
+            let dir = DataDir::new(data_dir);
+            warn_if_server_certificate_ends_soon(&dir).await;
+            let controller = Controller::open(&dir).await?;
             let listener = controller.bind(listen).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -87,6 +118,20 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev { data_dir, listen } => dev(DataDir::new(data_dir), listen).await,
+    }
+}
+
+/// Every connection fails once the server certificate ends: say so well before.
+async fn warn_if_server_certificate_ends_soon(dir: &DataDir) {
+    const SOON_MS: i64 = 30 * 86_400_000;
+    let Ok(pem) = dir.read(tailops_controller::data_dir::SERVER_CERT).await else { return };
+    match tailops_pki::CertificateInfo::from_pem(&pem) {
+        Ok(info) if info.not_after_ms - tailops_proto::time::now_ms() < SOON_MS => tracing::warn!(
+            until = %tailops_proto::time::format_ms(info.not_after_ms),
+            "the server certificate ends soon: run `tailops-controller rotate-server-cert` and restart"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the server certificate's validity"),
     }
 }
 

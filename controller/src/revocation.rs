@@ -12,6 +12,9 @@ pub enum Revoked {
     Principal(String),
     /// One certificate (lower-case hex serial).
     Serial(String),
+    /// The principal's role or scope changed: streams it opened were authorised under the old
+    /// one and must be opened again.
+    Changed(String),
 }
 
 #[derive(Debug, Clone)]
@@ -31,21 +34,28 @@ impl Revocations {
         let _ = self.tx.send(revoked);
     }
 
-    /// Resolves when `principal` or its certificate `serial` is revoked. If revocations arrive
-    /// faster than this watcher reads them, it gives up its stream rather than risk missing one.
+    /// Resolves, with what happened, when `principal` or its certificate `serial` is revoked or
+    /// the principal changed. If revocations arrive faster than this watcher reads them, it
+    /// gives up its stream (as revoked) rather than risk missing one.
     pub fn until_revoked(
         &self,
         principal: String,
         serial: String,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> impl Future<Output = Revoked> + Send + 'static {
         let mut rx = self.tx.subscribe();
         async move {
             loop {
                 match rx.recv().await {
-                    Ok(Revoked::Principal(p)) if p == principal => return,
-                    Ok(Revoked::Serial(s)) if s == serial => return,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Ok(revoked) => {
+                        let ours = match &revoked {
+                            Revoked::Principal(p) | Revoked::Changed(p) => *p == principal,
+                            Revoked::Serial(s) => *s == serial,
+                        };
+                        if ours {
+                            return revoked;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Revoked::Principal(principal),
                     Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
                 }
             }
@@ -63,8 +73,16 @@ impl Revocations {
         S: Stream<Item = Result<T, Status>> + Send + 'static,
         T: Send + 'static,
     {
-        let revoked = futures::stream::once(self.until_revoked(principal, serial))
-            .map(|()| Err(Status::unauthenticated("the credentials of this stream were revoked")));
+        let revoked = futures::stream::once(self.until_revoked(principal, serial)).map(|why| {
+            Err(match why {
+                Revoked::Changed(_) => Status::aborted(
+                    "your role or scope changed while this stream was open; open it again to continue",
+                ),
+                Revoked::Principal(_) | Revoked::Serial(_) => {
+                    Status::unauthenticated("the credentials of this stream were revoked")
+                }
+            })
+        });
         // Whichever comes first ends the stream: its natural end, or the revocation.
         futures::stream::select(
             stream.map(Some).chain(futures::stream::once(async { None })),

@@ -97,6 +97,8 @@ pub fn access_for(path: &str) -> Option<Access> {
 pub struct Principal {
     pub id: PrincipalId,
     pub serial: String,
+    /// When the presented certificate expires (unix ms): long-lived streams end then.
+    pub not_after_ms: i64,
     /// Users and bridges: their role. Agents have none.
     pub role: Option<&'static Role>,
     /// Users and bridges: the hosts their role is limited to (`None`: every host).
@@ -264,7 +266,8 @@ impl Authorizer {
                 "this method needs a client certificate: use a tailopsctl profile or an enrolled agent",
             ));
         };
-        // The TLS layer has already verified the chain against our CA and the validity period.
+        // The TLS layer has verified the chain against our CA, and the validity period at the
+        // handshake only: an HTTP/2 connection outlives it, so the period is checked per call.
         let info = match CertificateInfo::from_der(leaf) {
             Ok(info) => info,
             Err(e) => return anon(Status::unauthenticated(format!("unusable client certificate: {e}"))),
@@ -274,6 +277,9 @@ impl Authorizer {
         let deny = |status| Err((Some(uri.clone()), status));
         if id.trust_domain != self.trust_domain {
             return deny(Status::permission_denied("certificate belongs to another trust domain"));
+        }
+        if let Err(status) = check_validity(info.not_before_ms, info.not_after_ms, now_ms()) {
+            return deny(status);
         }
         let db = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "authorization lookup failed; denying");
@@ -292,7 +298,14 @@ impl Authorizer {
             }
             Err(e) => return deny(db(e)),
         }
-        let mut principal = Principal { id, serial: info.serial, role: None, scope: None, client };
+        let mut principal = Principal {
+            id,
+            serial: info.serial,
+            not_after_ms: info.not_after_ms,
+            role: None,
+            scope: None,
+            client,
+        };
         match (access, principal.id.kind) {
             (Access::Agent, PrincipalKind::Agent) => match self.store.host(&principal.id.name).await {
                 Ok(Some(_)) => {}
@@ -359,6 +372,24 @@ impl Authorizer {
         }
         Ok(Some(principal))
     }
+}
+
+/// Refuses a certificate outside its validity period at `now_ms`, saying what to do next.
+pub fn check_validity(not_before_ms: i64, not_after_ms: i64, now_ms: i64) -> Result<(), Status> {
+    if now_ms > not_after_ms {
+        return Err(Status::unauthenticated(format!(
+            "this certificate expired at {}: renew it before it expires (tailopsctl renews when due), \
+             or log in again with a new invite; agents must be enrolled again",
+            tailops_proto::time::format_ms(not_after_ms)
+        )));
+    }
+    if now_ms < not_before_ms {
+        return Err(Status::unauthenticated(format!(
+            "this certificate is valid only from {}: check this machine's clock",
+            tailops_proto::time::format_ms(not_before_ms)
+        )));
+    }
+    Ok(())
 }
 
 /// The client a request names in [`tailops_proto::CLIENT_HEADER`], made safe to store and to

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use tailops_proto::text::is_hidden;
 use tailops_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,6 +23,8 @@ const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
 pub const MAX_FACTS: usize = 20_000;
 pub const MAX_FACT_KEY: usize = 512;
 pub const MAX_FACT_VALUE: usize = 8 * 1024;
+/// Hello fields (hostname, OS, arch, kernel, version) are kept to this many bytes.
+pub const MAX_HELLO_FIELD: usize = 256;
 
 const QUEUE: usize = 8_192;
 /// Queue entries (one per pushed batch) drained into one transaction.
@@ -89,22 +92,41 @@ fn plausible(s: &v1::MetricSample) -> bool {
 }
 
 /// Refuses a facts update that is too large or has empty, oversized or control-character keys.
-pub fn validate_facts(update: v1::FactsUpdate) -> Result<v1::FactsUpdate, IngestError> {
+/// Values keep their size limit, and characters that would act on a terminal or hide text from
+/// a reader (control, bidi and other format characters) are replaced by '?': host-provided
+/// text reaches people and AI models.
+pub fn validate_facts(mut update: v1::FactsUpdate) -> Result<v1::FactsUpdate, IngestError> {
     let entries = update.set.len() + update.removed.len();
     if entries > MAX_FACTS {
         return Err(IngestError::Invalid(format!("{entries} facts in one update; at most {MAX_FACTS}")));
     }
-    let bad_key = |k: &String| k.is_empty() || k.len() > MAX_FACT_KEY || k.chars().any(char::is_control);
+    let bad_key = |k: &String| k.is_empty() || k.len() > MAX_FACT_KEY || k.chars().any(is_hidden);
     if let Some(key) = update.set.keys().chain(&update.removed).find(|k| bad_key(k)) {
         return Err(IngestError::Invalid(format!(
-            "fact key {:?} is empty, longer than {MAX_FACT_KEY} bytes or holds control characters",
-            key.chars().take(64).collect::<String>()
+            "fact key {:?} is empty, longer than {MAX_FACT_KEY} bytes or holds control characters or \
+             invisible format characters",
+            key.chars().filter(|c| !is_hidden(*c)).take(64).collect::<String>()
         )));
     }
     if let Some((key, _)) = update.set.iter().find(|(_, v)| v.len() > MAX_FACT_VALUE) {
         return Err(IngestError::Invalid(format!("fact {key:?} is longer than {MAX_FACT_VALUE} bytes")));
     }
+    for value in update.set.values_mut() {
+        if value.chars().any(is_hidden) {
+            *value = value.chars().map(|c| if is_hidden(c) { '?' } else { c }).collect();
+        }
+    }
     Ok(update)
+}
+
+/// Host-reported text made safe to store and show: at most `max_bytes` (cut at a character
+/// boundary), control and format characters replaced by '?'.
+pub fn clean_text(raw: &str, max_bytes: usize) -> String {
+    let mut end = raw.len().min(max_bytes);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    raw[..end].chars().map(|c| if is_hidden(c) { '?' } else { c }).collect()
 }
 
 #[derive(Debug)]
@@ -194,6 +216,33 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
     const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn host_text_is_cut_at_a_character_and_loses_controls_and_format_characters() {
+        assert_eq!(clean_text("web-1.example", MAX_HELLO_FIELD), "web-1.example");
+        assert_eq!(clean_text(&"A".repeat(4_000_000), MAX_HELLO_FIELD).len(), MAX_HELLO_FIELD);
+        // A three-byte character straddling the limit is dropped whole.
+        let straddling = format!("{}€", "x".repeat(MAX_HELLO_FIELD - 1));
+        assert_eq!(clean_text(&straddling, MAX_HELLO_FIELD), "x".repeat(MAX_HELLO_FIELD - 1));
+        // ESC, BEL, C1 CSI, RLO, zero-width space, isolate, BOM, tag: all neutralised.
+        assert_eq!(
+            clean_text("a\u{1b}[31mb\u{7}\u{9b}c\u{202e}d\u{200b}e\u{2066}f\u{feff}g\u{e0041}h", 256),
+            "a?[31mb??c?d?e?f?g?h"
+        );
+        assert_eq!(clean_text("Ünïcödé ✓ 日本", 256), "Ünïcödé ✓ 日本");
+    }
+
+    #[test]
+    fn fact_keys_with_format_characters_are_refused_and_values_cleaned() {
+        let update = |key: &str, value: &str| v1::FactsUpdate {
+            full: true,
+            set: [(key.to_owned(), value.to_owned())].into(),
+            removed: Vec::new(),
+        };
+        assert!(validate_facts(update("os\u{202e}", "linux")).is_err());
+        let clean = validate_facts(update("os", "linux\u{1b}]0;x\u{7}")).expect("valid");
+        assert_eq!(clean.set["os"], "linux?]0;x?");
+    }
 
     fn at(at_ms: i64) -> v1::MetricSample {
         v1::MetricSample {

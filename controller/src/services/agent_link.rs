@@ -12,10 +12,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use serde_json::json;
 
-use crate::agents::AgentConnection;
+use crate::agents::{AgentConnection, ClonePolicy, Refused};
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
 use crate::jobs::AgentJobMessage;
+use crate::monitoring::ingest::{MAX_HELLO_FIELD, clean_text};
+use crate::revocation::Revoked;
 use crate::store::CertStanding;
 use crate::store::HostReport;
 use crate::{AppState, now_ms};
@@ -26,6 +28,12 @@ const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(60);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Messages queued towards one agent before senders wait.
 const OUTBOX_CAPACITY: usize = 256;
+/// A stream that sent something within this many heartbeat intervals is alive: a stream for
+/// the same identity from another address is then a second holder, not a reconnect.
+const LIVE_WITHIN_HEARTBEATS: i64 = 2;
+/// How long a refused second holder keeps renewal over the link on hold (ms). Longer than the
+/// agents' largest reconnect backoff, so a copy that keeps trying keeps it on hold.
+const CONTESTED_FOR_MS: i64 = 10 * 60_000;
 
 #[derive(Debug, Clone)]
 pub struct AgentLinkService {
@@ -57,6 +65,7 @@ impl AgentLink for AgentLinkService {
             return Err(Status::permission_denied("only agents may use the agent link"));
         }
         let host_id = principal.id.name.clone();
+        let remote = request.remote_addr().map(|a| a.ip());
         let mut inbound = request.into_inner();
 
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -75,6 +84,7 @@ impl AgentLink for AgentLinkService {
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::permission_denied("this host is not enrolled"))?;
 
+        let now = now_ms();
         let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let welcome = v1::ControllerMessage {
             kind: Some(controller_message::Kind::Welcome(v1::Welcome {
@@ -86,19 +96,55 @@ impl AgentLink for AgentLinkService {
         };
         outbox.try_send(Ok(welcome)).map_err(|_| Status::internal("agent outbox full at start"))?;
 
-        let now = now_ms();
-        let report = HostReport {
-            agent_version: hello.agent_version,
-            hostname: hello.hostname,
-            os: hello.os,
-            arch: hello.arch,
-            kernel: hello.kernel,
+        // Before anything of this stream is stored: a second holder of the identity must
+        // neither take over the live stream nor retire its certificate.
+        let heartbeat_ms =
+            i64::try_from(self.state.config.heartbeat_interval().as_millis()).unwrap_or(i64::MAX);
+        let policy = ClonePolicy {
+            live_within_ms: heartbeat_ms.saturating_mul(LIVE_WITHIN_HEARTBEATS),
+            contested_for_ms: CONTESTED_FOR_MS,
         };
-        self.state
-            .store
-            .mark_online(&host_id, &report, now)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let (conn, replaced) = match self.state.agents.register(
+            &host_id,
+            &host.name,
+            &principal.serial,
+            remote,
+            outbox,
+            now,
+            policy,
+        ) {
+            Ok(registered) => registered,
+            Err(Refused { live_serial, live_remote }) => {
+                tracing::warn!(host = %host.name, ?remote, live_from = ?live_remote, "second stream for a live agent identity refused: identity may be copied");
+                self.state
+                    .audit
+                    .record(AuditRecord::deny(
+                        principal.uri(),
+                        "identity.clone_suspected",
+                        json!({"host": host.name, "serial": principal.serial, "from": remote.map(|a| a.to_string()),
+                               "live_serial": live_serial, "live_from": live_remote.map(|a| a.to_string())}),
+                        "refused: this host's identity is connected from another address",
+                    ))
+                    .await;
+                return Err(Status::already_exists(
+                    "this host's identity is already connected from another address; if this machine \
+                     is the real host, the other copy of its identity must be stopped (an admin can \
+                     revoke its certificates and enroll the host again)",
+                ));
+            }
+        };
+
+        let report = HostReport {
+            agent_version: clean_text(&hello.agent_version, MAX_HELLO_FIELD),
+            hostname: clean_text(&hello.hostname, MAX_HELLO_FIELD),
+            os: clean_text(&hello.os, MAX_HELLO_FIELD),
+            arch: clean_text(&hello.arch, MAX_HELLO_FIELD),
+            kernel: clean_text(&hello.kernel, MAX_HELLO_FIELD),
+        };
+        if let Err(e) = self.state.store.mark_online(&host_id, &report, now).await {
+            self.state.agents.unregister(&conn);
+            return Err(Status::internal(e.to_string()));
+        }
         // Using a newer certificate retires the older ones (see `supersede_older_certificates`).
         match self.state.store.supersede_older_certificates(&principal.uri(), &principal.serial, now).await {
             Ok(0) => {}
@@ -109,8 +155,6 @@ impl AgentLink for AgentLinkService {
                 tracing::error!(host = %host.name, error = %e, "could not retire superseded certificates")
             }
         }
-        let (conn, replaced) =
-            self.state.agents.register(&host_id, &host.name, &principal.serial, outbox, now);
         if let Some(replaced) = replaced {
             // Normal after a network blip (the old TCP session is not dead yet); with two
             // different certificates open at once it may also be a copied identity: flag it.
@@ -143,20 +187,29 @@ impl AgentLink for AgentLinkService {
     }
 }
 
-/// Reads everything the agent sends until the stream ends, is replaced, or goes silent.
+/// Reads everything the agent sends until the stream ends, is replaced, goes silent, or its
+/// certificate is revoked or expires.
 async fn read_agent_stream(
     state: AppState,
     conn: AgentConnection,
     principal: Principal,
     mut inbound: Streaming<v1::AgentMessage>,
-    mut revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+    mut revoked: Pin<Box<dyn Future<Output = Revoked> + Send>>,
 ) {
     let mut last_renewal: Option<std::time::Instant> = None;
+    // The handshake checked the certificate's period once; the stream may not outlive it. The
+    // agent renews at 70% of the lifetime and uses the new certificate when it reconnects.
+    let left = u64::try_from(principal.not_after_ms.saturating_sub(now_ms())).unwrap_or(0);
+    let expires = tokio::time::Instant::now() + Duration::from_millis(left);
     loop {
         let message = tokio::select! {
             () = conn.closed.cancelled() => break,
-            () = &mut revoked => {
+            _ = &mut revoked => {
                 tracing::warn!(host = %conn.host_name, "agent credentials revoked; closing its stream");
+                break;
+            }
+            () = tokio::time::sleep_until(expires) => {
+                tracing::info!(host = %conn.host_name, "the stream's certificate expired; closing it");
                 break;
             }
             message = inbound.message() => message,
@@ -222,13 +275,32 @@ async fn read_agent_stream(
 
 /// Signs a fresh certificate for the same identity over the authenticated link.
 async fn renew_certificate(state: &AppState, conn: &AgentConnection, principal: &Principal, csr_pem: &str) {
-    // The stream's certificate must still be good: a revoked identity must not mint a new one.
-    if !matches!(
-        state.store.certificate_standing(&principal.serial, &principal.uri()).await,
-        Ok(CertStanding::Usable)
-    ) {
+    // The stream's certificate must still be good: a revoked or expired identity must not mint
+    // a new one.
+    let now = now_ms();
+    if now > principal.not_after_ms
+        || !matches!(
+            state.store.certificate_standing(&principal.serial, &principal.uri()).await,
+            Ok(CertStanding::Usable)
+        )
+    {
         tracing::warn!(host = %conn.host_name, "renewal refused: the stream's certificate is no longer valid");
         conn.closed.cancel();
+        return;
+    }
+    // A second holder of the identity tried to connect: renewing now could hand the identity
+    // to a copy for good. The agent asks again on its next session.
+    if state.agents.is_contested(&conn.host_id, now) {
+        tracing::warn!(host = %conn.host_name, "renewal refused: another copy of this identity tried to connect");
+        state
+            .audit
+            .record(AuditRecord::deny(
+                principal.uri(),
+                "identity.renew",
+                json!({"host": conn.host_name, "serial": principal.serial, "over": "agent link"}),
+                "refused: another connection claimed this host's identity recently",
+            ))
+            .await;
         return;
     }
     let lifetime = Duration::from_secs(state.config.timing.agent_cert_lifetime_secs);
@@ -239,7 +311,8 @@ async fn renew_certificate(state: &AppState, conn: &AgentConnection, principal: 
             return;
         }
     };
-    if let Err(e) = state.store.record_certificate(&cert, &principal.id.uri(), now_ms()).await {
+    if let Err(e) = state.store.record_renewal(&cert, &principal.id.uri(), &principal.serial, now_ms()).await
+    {
         tracing::error!(host = %conn.host_name, error = %e, "could not record a renewed certificate");
         return;
     }
@@ -255,7 +328,7 @@ async fn renew_certificate(state: &AppState, conn: &AgentConnection, principal: 
             principal.uri(),
             "identity.renew",
             vec![conn.host_name.clone()],
-            json!({"serial": cert.serial, "over": "agent link"}),
+            json!({"serial": cert.serial, "renewed_from": principal.serial, "over": "agent link"}),
             "ok",
         ))
         .await;

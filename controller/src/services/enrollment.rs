@@ -7,7 +7,7 @@ use tailops_pki::{PkiError, PrincipalId, PrincipalKind};
 use tailops_proto::v1::{self, enrollment_server::Enrollment};
 use tonic::{Request, Response, Status};
 
-use crate::services::{validate_labels, validate_name};
+use crate::services::validate_name;
 use std::net::SocketAddr;
 
 use serde_json::json;
@@ -55,7 +55,19 @@ impl Enrollment for EnrollmentService {
         let peer = request.remote_addr();
         let req = request.into_inner();
         validate_name("host name", &req.name)?;
-        validate_labels(&req.labels)?;
+        // Selectors and scopes match a host by name or id: a name shaped like an id could stand
+        // in for another host.
+        if uuid::Uuid::try_parse(&req.name).is_ok() {
+            return Err(Status::invalid_argument(format!(
+                "invalid host name {:?}: a name may not look like a host id (a UUID); pick another with --name",
+                req.name
+            )));
+        }
+        if !req.labels.is_empty() {
+            // Labels decide which jobs reach a host and which scopes cover it, so they come from
+            // the join token (set by an admin), not from the host itself.
+            tracing::warn!(?peer, name = %req.name, "labels the agent asked for are ignored; labels come from the join token");
+        }
         if req.token.is_empty() || req.token.len() > 256 {
             return Err(Status::unauthenticated(
                 "a join token is required; create one with `tailopsctl token create`",
@@ -71,12 +83,7 @@ impl Enrollment for EnrollmentService {
             .store
             .enroll_host(
                 &hash_secret(&req.token),
-                &NewHost {
-                    id: host_id.clone(),
-                    name: req.name.clone(),
-                    labels: req.labels.clone(),
-                    principal_uri: principal.uri(),
-                },
+                &NewHost { id: host_id.clone(), name: req.name.clone(), principal_uri: principal.uri() },
                 now_ms(),
                 || self.state.ca.sign_csr(&req.csr_pem, &principal, lifetime),
             )
@@ -98,6 +105,9 @@ impl Enrollment for EnrollmentService {
             }
             Err(e @ StoreError::HostNameTaken(_)) => {
                 return Err(Status::already_exists(e.to_string()));
+            }
+            Err(e @ StoreError::HostNameLikeId(_)) => {
+                return Err(Status::invalid_argument(e.to_string()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "enrollment failed");

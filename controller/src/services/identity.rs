@@ -9,7 +9,7 @@ use tailops_proto::v1::{self, identity_server::Identity};
 use tonic::{Request, Response, Status};
 
 use crate::audit::AuditRecord;
-use crate::auth::{Principal, Role};
+use crate::auth::{Principal, Role, check_validity};
 use crate::revocation::Revoked;
 use crate::services::enrollment::hash_secret;
 use crate::services::{internal, validate_labels, validate_name};
@@ -32,6 +32,21 @@ impl IdentityService {
     async fn audit(&self, who: &Principal, action: &str, targets: Vec<String>, arguments: serde_json::Value) {
         let record = AuditRecord::allow(who.uri(), action, targets, arguments, "ok").via(who.client.clone());
         self.state.audit.record(record).await;
+    }
+
+    /// Withdraws the pending approvals and running jobs of `uri`; what was withdrawn, for the
+    /// audit row. A failure is logged and recorded there, never hidden: the standing change
+    /// itself has happened and stays.
+    async fn withdraw(&self, uri: &str, why: &str) -> serde_json::Value {
+        match self.state.jobs.withdraw_principal(uri, why).await {
+            Ok((withdrawn, cancelled)) => {
+                json!({"approvals_withdrawn": withdrawn, "jobs_cancelled": cancelled})
+            }
+            Err(e) => {
+                tracing::error!(principal = uri, error = %e, "could not withdraw the jobs of a principal");
+                json!({"withdraw_failed": e.to_string()})
+            }
+        }
     }
 
     fn principal_id(&self, kind: &str, name: &str) -> Result<PrincipalId, Status> {
@@ -208,11 +223,13 @@ impl Identity for IdentityService {
             .await
             .map_err(internal)?
             .ok_or_else(|| not_found_principal(kind, &req.name))?;
+        let mut arguments = json!({});
         if req.disabled {
             self.state.revocations.publish(Revoked::Principal(id.uri()));
+            arguments = self.withdraw(&id.uri(), "the requester was disabled").await;
         }
         let action = if req.disabled { "identity.disable" } else { "identity.enable" };
-        self.audit(&me, action, vec![id.uri()], json!({})).await;
+        self.audit(&me, action, vec![id.uri()], arguments).await;
         Ok(Response::new(self.info(&record)))
     }
 
@@ -236,12 +253,20 @@ impl Identity for IdentityService {
             .await
             .map_err(internal)?
             .ok_or_else(|| not_found_principal(kind, &req.name))?;
+        // What the principal asked for under its old role is not what an admin now allows.
+        self.state.revocations.publish(Revoked::Changed(id.uri()));
+        let withdrawn = self.withdraw(&id.uri(), "the requester's role or scope changed").await;
         let scope_text = scope
             .as_ref()
             .map(|s| json!({"labels": s.labels, "hosts": s.hosts}))
             .unwrap_or_else(|| json!("all hosts"));
-        self.audit(&me, "identity.set_role", vec![id.uri()], json!({"role": req.role, "scope": scope_text}))
-            .await;
+        self.audit(
+            &me,
+            "identity.set_role",
+            vec![id.uri()],
+            json!({"role": req.role, "scope": scope_text, "jobs": withdrawn}),
+        )
+        .await;
         Ok(Response::new(self.info(&record)))
     }
 
@@ -272,7 +297,7 @@ impl Identity for IdentityService {
             ));
         }
         let reason = if req.reason.is_empty() { "revoked by an admin" } else { req.reason.as_str() };
-        let certificate = self
+        let (certificate, renewals) = self
             .state
             .store
             .revoke_certificate(&serial, reason, now_ms())
@@ -281,13 +306,16 @@ impl Identity for IdentityService {
             .ok_or_else(|| {
                 Status::not_found(format!("no certificate with serial {serial}; see `tailopsctl certs ls`"))
             })?;
-        self.state.revocations.publish(Revoked::Serial(serial.clone()));
-        let closed_streams = self.state.agents.close_serial(&serial);
+        let mut closed_streams = 0;
+        for revoked in std::iter::once(&serial).chain(&renewals) {
+            self.state.revocations.publish(Revoked::Serial(revoked.clone()));
+            closed_streams += self.state.agents.close_serial(revoked);
+        }
         self.audit(
             &me,
             "identity.revoke_certificate",
             vec![certificate.principal.clone()],
-            json!({"serial": serial, "reason": reason}),
+            json!({"serial": serial, "reason": reason, "renewals_revoked": renewals}),
         )
         .await;
         Ok(Response::new(v1::RevokeCertificateResponse { certificate: Some(certificate), closed_streams }))
@@ -350,13 +378,27 @@ impl Identity for IdentityService {
         request: Request<v1::RenewCertificateRequest>,
     ) -> Result<Response<v1::RenewCertificateResponse>, Status> {
         let me = Principal::of(&request)?;
+        // The auth layer checked the period already; checked again here because this is the
+        // one call that would extend a credential past its end.
+        check_validity(i64::MIN, me.not_after_ms, now_ms())?;
         let csr = request.into_inner().csr_pem;
         let cert =
             self.state.ca.sign_csr(&csr, &me.id, lifetime_for(&self.state, me.id.kind)).map_err(|e| {
                 Status::invalid_argument(format!("the certificate signing request is invalid: {e}"))
             })?;
-        self.state.store.record_certificate(&cert, &me.uri(), now_ms()).await.map_err(internal)?;
-        self.audit(&me, "identity.renew", vec![me.uri()], json!({"serial": cert.serial})).await;
+        let retired = self
+            .state
+            .store
+            .record_renewal(&cert, &me.uri(), &me.serial, now_ms())
+            .await
+            .map_err(internal)?;
+        self.audit(
+            &me,
+            "identity.renew",
+            vec![me.uri()],
+            json!({"serial": cert.serial, "renewed_from": me.serial, "retired": retired}),
+        )
+        .await;
         Ok(Response::new(v1::RenewCertificateResponse {
             certificate_pem: cert.pem,
             expires_at_ms: cert.not_after_ms,

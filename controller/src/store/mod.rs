@@ -18,7 +18,9 @@ use crate::result_writer::{HostResult, JobEnd};
 mod monitoring;
 mod retention;
 
-pub use monitoring::{ChangeFilter, FactsApplied, MetricTable, SampleRow};
+pub use monitoring::{
+    ChangeFilter, FactsApplied, MAX_HOST_FACT_BYTES, MAX_HOST_FACTS, MetricTable, SampleRow,
+};
 
 /// Labels on hosts and tokens.
 pub type Labels = BTreeMap<String, String>;
@@ -47,6 +49,10 @@ pub enum StoreError {
     InviteUsed,
     #[error("{0} already exists")]
     PrincipalExists(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error("a host name may not look like a host id (a UUID): {0:?}; pick another name with --name")]
+    HostNameLikeId(String),
 }
 
 /// A join token as stored: only the hash of its secret.
@@ -66,8 +72,6 @@ pub struct NewJoinToken {
 pub struct NewHost {
     pub id: String,
     pub name: String,
-    /// Labels the agent asked for; the token's labels are added over them.
-    pub labels: Labels,
     /// The identity URI its certificate will carry.
     pub principal_uri: String,
 }
@@ -120,6 +124,11 @@ const ROWS_PER_STATEMENT: usize = 500;
 
 /// The revocation reason of certificates replaced by a newer one in use.
 pub const SUPERSEDED: &str = "superseded by a renewed certificate";
+
+/// How many of a principal's newest certificates stay usable after a renewal, besides the one
+/// the renewal came with: two, so that two clients renewing one profile at once both keep
+/// working.
+pub const LIVE_CERTIFICATES: usize = 2;
 
 /// Whether a presented certificate may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +304,9 @@ impl Store {
     /// Consumes one use of the token, records the host and its certificate, atomically: if any
     /// step fails (bad token, name taken), nothing is written and the token keeps its use.
     ///
-    /// `issue` receives the final labels (token labels override the agent's) and signs the cert.
+    /// The host's labels are the token's: an agent does not choose what selects it for jobs or
+    /// which scopes cover it. A name equal to any host's id is refused, since selectors and
+    /// scopes match a host by name or id. `issue` signs the certificate.
     pub async fn enroll_host<E>(
         &self,
         secret_hash: &[u8],
@@ -303,7 +314,7 @@ impl Store {
         now_ms: i64,
         issue: impl FnOnce() -> Result<IssuedCertificate, E>,
     ) -> Result<Result<(Labels, IssuedCertificate), E>, StoreError> {
-        let NewHost { id: host_id, name, labels: requested_labels, principal_uri } = host;
+        let NewHost { id: host_id, name, principal_uri } = host;
         let mut tx = self.write_transaction().await?;
         let row = sqlx::query("SELECT labels, expires_at, uses_left FROM join_tokens WHERE secret_hash = ?")
             .bind(secret_hash)
@@ -317,8 +328,15 @@ impl Store {
         if row.try_get::<i64, _>("uses_left")? <= 0 {
             return Err(StoreError::TokenUsedUp);
         }
-        let mut labels = requested_labels.clone();
-        labels.extend(labels_from_json(&row.try_get::<String, _>("labels")?)?);
+        let labels = labels_from_json(&row.try_get::<String, _>("labels")?)?;
+        if sqlx::query("SELECT 1 FROM hosts WHERE id = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::HostNameLikeId(name.clone()));
+        }
 
         sqlx::query("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE secret_hash = ?")
             .bind(secret_hash)
@@ -490,6 +508,43 @@ impl Store {
         insert_certificate(&self.writer, cert, principal_uri, now_ms).await
     }
 
+    /// Records a certificate renewed over `parent` (the certificate the request came with), so
+    /// that revoking `parent` also revokes it, and retires the principal's older certificates:
+    /// besides `parent`, only the [`LIVE_CERTIFICATES`] newest stay usable, so a principal (or a
+    /// thief renewing a copied key in a loop) cannot pile up live certificates, and a retired
+    /// copy that is presented again is detected as a clone. Returns how many were retired.
+    pub async fn record_renewal(
+        &self,
+        cert: &IssuedCertificate,
+        principal_uri: &str,
+        parent: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        insert_certificate(&mut *tx, cert, principal_uri, now_ms).await?;
+        sqlx::query("UPDATE certificates SET parent_serial = ? WHERE serial = ?")
+            .bind(parent)
+            .bind(&cert.serial)
+            .execute(&mut *tx)
+            .await?;
+        let retired = sqlx::query(
+            "UPDATE certificates SET revoked_at = ?1, revoked_reason = ?2
+             WHERE principal = ?3 AND revoked_at IS NULL AND serial != ?4
+               AND serial NOT IN (SELECT serial FROM certificates WHERE principal = ?3 AND revoked_at IS NULL
+                                  ORDER BY rowid DESC LIMIT ?5)",
+        )
+        .bind(now_ms)
+        .bind(SUPERSEDED)
+        .bind(principal_uri)
+        .bind(parent)
+        .bind(i64::try_from(LIVE_CERTIFICATES).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(retired)
+    }
+
     /// Whether the certificate with `serial` may be used by `principal_uri`: it must have been
     /// issued by this controller to that principal and not be revoked. Unknown = no.
     pub async fn certificate_standing(
@@ -561,25 +616,46 @@ impl Store {
         rows.iter().map(certificate_from_row).collect()
     }
 
-    /// Revokes one certificate; `None` if the serial is unknown. Revoking twice keeps the first
-    /// time and reason.
+    /// Revokes one certificate and every certificate renewed from it, transitively (whoever
+    /// holds the revoked key may have renewed it); `None` if the serial is unknown. Revoking
+    /// twice keeps the first time and reason. Returns the record and the serials of the renewals
+    /// revoked with it.
     pub async fn revoke_certificate(
         &self,
         serial: &str,
         reason: &str,
         now_ms: i64,
-    ) -> Result<Option<v1::CertificateRecord>, StoreError> {
+    ) -> Result<Option<(v1::CertificateRecord, Vec<String>)>, StoreError> {
+        let mut tx = self.write_transaction().await?;
         sqlx::query("UPDATE certificates SET revoked_at = ?, revoked_reason = ? WHERE serial = ? AND revoked_at IS NULL")
             .bind(now_ms)
             .bind(reason)
             .bind(serial)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        let renewals: Vec<String> = sqlx::query(
+            "WITH RECURSIVE lineage (serial) AS (
+                 SELECT serial FROM certificates WHERE parent_serial = ?1
+                 UNION SELECT c.serial FROM certificates c JOIN lineage l ON c.parent_serial = l.serial
+             )
+             UPDATE certificates SET revoked_at = ?2, revoked_reason = ?3
+             WHERE serial IN (SELECT serial FROM lineage) AND revoked_at IS NULL
+             RETURNING serial",
+        )
+        .bind(serial)
+        .bind(now_ms)
+        .bind(format!("renewed from revoked certificate {serial}: {reason}"))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("serial"))
+        .collect::<Result<_, _>>()?;
         let row = sqlx::query("SELECT * FROM certificates WHERE serial = ?")
             .bind(serial)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-        row.as_ref().map(certificate_from_row).transpose()
+        tx.commit().await?;
+        Ok(row.as_ref().map(certificate_from_row).transpose()?.map(|record| (record, renewals)))
     }
 
     /// Revokes every unrevoked certificate of a principal; returns how many.
@@ -683,10 +759,11 @@ impl Store {
         row.as_ref().map(host_from_row).transpose()
     }
 
-    /// A host by name or id.
+    /// A host by id or name.
     pub async fn find_host(&self, name_or_id: &str) -> Result<Option<v1::Host>, StoreError> {
-        let row = sqlx::query("SELECT * FROM hosts WHERE id = ? OR name = ?")
-            .bind(name_or_id)
+        // An id match wins: a host enrolled before names were kept apart from ids may be named
+        // like another host's id, and must not be mistaken for it.
+        let row = sqlx::query("SELECT * FROM hosts WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1")
             .bind(name_or_id)
             .fetch_optional(&self.pool)
             .await?;

@@ -37,6 +37,11 @@ macro_rules! rollup_sql {
 
 /// Facts that change in the normal course of things (a count of peers that are online right
 /// now): kept current, but not recorded as inventory changes, which would drown the real ones.
+/// What one host's stored facts may hold: its facts are answered in one message, which has to
+/// fit well inside the clients' 4 MiB decode limit.
+pub const MAX_HOST_FACTS: usize = 20_000;
+pub const MAX_HOST_FACT_BYTES: usize = 2 * 1024 * 1024;
+
 pub const VOLATILE_FACTS: &[&str] = &["tailscale.online_peers"];
 
 /// A metrics table: raw samples or one of the rollups.
@@ -328,6 +333,23 @@ impl Store {
             }
         }
 
+        // Updates are diffs, so a per-update limit alone would let a host grow its facts without
+        // bound across updates: the stored result is limited too.
+        let mut after: HashMap<&str, &str> = current.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        for (key, _, new) in &changes {
+            match new {
+                Some(value) => after.insert(key, value),
+                None => after.remove(key),
+            };
+        }
+        let bytes: usize = after.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if after.len() > MAX_HOST_FACTS || bytes > MAX_HOST_FACT_BYTES {
+            return Err(StoreError::Limit(format!(
+                "the host would hold {} facts of {bytes} bytes; at most {MAX_HOST_FACTS} facts and \
+                 {MAX_HOST_FACT_BYTES} bytes per host",
+                after.len()
+            )));
+        }
         for (key, _, new) in &changes {
             match new {
                 Some(value) => {

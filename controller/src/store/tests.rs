@@ -32,12 +32,7 @@ async fn create_token(store: &Store) {
 }
 
 async fn enroll(store: &Store, id: &str, name: &str) {
-    let host = NewHost {
-        id: id.into(),
-        name: name.into(),
-        labels: Labels::from([("role".to_owned(), "web".to_owned())]),
-        principal_uri: format!("spiffe://t/host/{id}"),
-    };
+    let host = NewHost { id: id.into(), name: name.into(), principal_uri: format!("spiffe://t/host/{id}") };
     let cert =
         IssuedCertificate { pem: String::new(), serial: format!("serial-{id}"), not_after_ms: i64::MAX };
     store
@@ -59,7 +54,6 @@ async fn host_keys_follow_enrollments_and_deletions() {
     let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(names, ["web-a", "web-b"], "ordered by name");
     assert_eq!(keys[0].id, "h-a");
-    assert_eq!(keys[0].label("role"), Some("web"), "the agent's labels");
     assert_eq!(keys[0].label("site"), Some("lab"), "the token's labels");
     assert!(Arc::ptr_eq(&keys, &store.host_keys().await.expect("keys")), "unchanged hosts come from memory");
 
