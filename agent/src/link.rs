@@ -63,8 +63,12 @@ impl LinkOptions {
 }
 
 /// Runs the agent until `shutdown` is cancelled. Fails only if the state directory is unusable.
-pub async fn run(options: LinkOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(mut options: LinkOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
     let state = AgentState::load(&options.state_dir).await?;
+    // The agent's own key and certificate are never readable through its file operations.
+    let mut ops = (*options.ops).clone();
+    ops.files.deny_also(&state.dir).await;
+    options.ops = Arc::new(ops);
     run_with_state(state, options, shutdown).await;
     Ok(())
 }

@@ -113,7 +113,8 @@ struct OpsArgs {
     /// replaces the default /var/log). Keep it narrow: observe must never reach credentials.
     #[arg(long = "files-observe-root", value_name = "DIR")]
     files_observe_roots: Vec<PathBuf>,
-    /// Path file operations may never read, on top of the built-in deny list (repeatable).
+    /// Path file operations may never read, on top of the built-in deny list and the agent's own
+    /// state directory, which is always denied (repeatable; absolute).
     #[arg(long = "files-deny", value_name = "PATH")]
     files_deny: Vec<PathBuf>,
     /// Where a tool lives, NAME=PATH (repeatable), e.g. docker=/usr/local/bin/podman.
@@ -131,7 +132,7 @@ impl OpsArgs {
             config.files.observe_roots =
                 canonical_dirs("--files-observe-root", &self.files_observe_roots).await?;
         }
-        config.files.deny = self.files_deny;
+        config.files.deny = deny_paths(&self.files_deny).await?;
         for (name, path) in self.tools {
             config.set_tool(&name, path).map_err(anyhow::Error::msg)?;
         }
@@ -150,6 +151,24 @@ async fn canonical_dirs(flag: &str, dirs: &[PathBuf]) -> anyhow::Result<Vec<Path
         );
     }
     Ok(canonical)
+}
+
+/// Denied paths are compared with the paths file operations open, which never pass through a
+/// symlink: so each is denied as given and, where it exists, as its canonical path.
+async fn deny_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut denied = Vec::with_capacity(paths.len());
+    for path in paths {
+        if !path.is_absolute() {
+            anyhow::bail!("--files-deny {}: give an absolute path", path.display());
+        }
+        denied.push(path.clone());
+        if let Ok(canonical) = tokio::fs::canonicalize(path).await
+            && canonical != *path
+        {
+            denied.push(canonical);
+        }
+    }
+    Ok(denied)
 }
 
 fn parse_tool(s: &str) -> Result<(String, PathBuf), String> {

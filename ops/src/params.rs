@@ -11,8 +11,8 @@ pub enum ParamKind {
     Unit,
     /// A container name or id.
     Container,
-    /// An absolute filesystem path (policy checks such as base directories come later, on the
-    /// host, against the canonical path).
+    /// An absolute filesystem path (policy checks such as allowed roots come later, on the
+    /// host, against the path as written, which is opened without following symlinks).
     Path,
     /// A file-name pattern with `*`, `?` and `[...]`, without `/`.
     Glob,
@@ -61,6 +61,8 @@ pub enum Value {
 
 const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
+/// Groups of `*` a file-name pattern may hold (see [`ParamKind::Glob`]).
+pub const MAX_GLOB_STARS: usize = 16;
 /// How many names one `Packages` value may hold.
 pub const MAX_PACKAGES: usize = 100;
 /// Prefixes Trivy and Grype read as "not a registry image"; an image reference may not use them.
@@ -85,7 +87,7 @@ impl ParamKind {
             Self::Unit => "systemd unit name".into(),
             Self::Container => "container name or id".into(),
             Self::Path => "absolute path".into(),
-            Self::Glob => "file name pattern (* ? [...])".into(),
+            Self::Glob => format!("file name pattern (* ? [...]; at most {MAX_GLOB_STARS} groups of *)"),
             Self::Host => "DNS name or IP address".into(),
             Self::Port => "port 1-65535".into(),
             Self::Url => "http(s) URL".into(),
@@ -138,6 +140,15 @@ impl ParamKind {
             }
             Self::Glob => {
                 name_like(raw, MAX_NAME, |c| c != '/' && c != '\0')?;
+                // Each group of `*` is a point the matcher may restart from; bounding them keeps
+                // a match cheap on the host (a run like `***` counts once).
+                let stars = raw.split(|c| c != '*').filter(|run| !run.is_empty()).count();
+                if stars > MAX_GLOB_STARS {
+                    return Err(format!(
+                        "{stars} groups of '*' in the pattern; at most {MAX_GLOB_STARS} are allowed: \
+                         merge them or search more broadly and narrow down the results"
+                    ));
+                }
                 Ok(text())
             }
             Self::Host => host(raw).map(|()| text()),
@@ -365,6 +376,18 @@ mod tests {
         assert!(ParamKind::Path.parse("relative/path").is_err());
         assert!(ParamKind::Glob.parse("*.log").is_ok());
         assert!(ParamKind::Glob.parse("../*.log").is_err());
+    }
+
+    #[test]
+    fn glob_patterns_are_bounded() {
+        // A run of stars is one group, however long.
+        assert!(ParamKind::Glob.parse(&format!("{}#", "*".repeat(30))).is_ok());
+        let sixteen = "*a".repeat(MAX_GLOB_STARS);
+        assert!(ParamKind::Glob.parse(&sixteen).is_ok());
+        let err = ParamKind::Glob.parse(&format!("{sixteen}*")).unwrap_err();
+        assert!(err.contains("at most 16"), "{err}");
+        let err = ParamKind::Glob.parse(&"a".repeat(256)).unwrap_err();
+        assert!(err.contains("longer than 255 bytes"), "{err}");
     }
 
     #[test]

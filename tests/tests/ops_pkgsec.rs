@@ -383,8 +383,11 @@ async fn the_secrets_scan_finds_each_kind_redacts_it_and_stays_inside_the_policy
     let password = "Tr0ub4dor&3-horse";
     let outside_key = "AKIAZZZZZZZZZZZZZZZZ";
     let write = |p: PathBuf, t: String| async move { tokio::fs::write(p, t).await.expect("write") };
-    write(base.join("app/.env"), format!("# settings\nAWS_ACCESS_KEY_ID={aws}\nDB_PASSWORD={password}\n"))
-        .await;
+    write(
+        base.join("app/settings.ini"),
+        format!("# settings\nAWS_ACCESS_KEY_ID={aws}\nDB_PASSWORD={password}\n"),
+    )
+    .await;
     write(base.join("app/deep/tokens.yml"), format!("github: {ghp}\nfine: {pat}\n\nslack: {slack}\n")).await;
     write(base.join("app/notes.txt"), "keys:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n".into())
         .await;
@@ -420,11 +423,11 @@ async fn the_secrets_scan_finds_each_kind_redacts_it_and_stays_inside_the_policy
         .collect();
     let row = |f: &str, l: &str, k: &str, e: &str| (f.to_owned(), l.to_owned(), k.to_owned(), e.to_owned());
     for expected in [
-        row("app/.env", "2", "aws access key", "AKIA…"),
-        row("app/.env", "3", "password assignment", "DB_PASSWORD=Tr0u…"),
+        row("app/settings.ini", "2", "aws access key", "AKIA…"),
+        row("app/settings.ini", "3", "password assignment", "DB_PASSWORD=…"),
         row("app/deep/tokens.yml", "1", "github token", "ghp_…"),
-        row("app/deep/tokens.yml", "2", "github token", "gith…"),
-        row("app/deep/tokens.yml", "4", "slack token", "xoxp…"),
+        row("app/deep/tokens.yml", "2", "github token", "github_pat_…"),
+        row("app/deep/tokens.yml", "4", "slack token", "xoxp-…"),
         row("app/notes.txt", "2", "private key", "-----BEGIN RSA PRIVATE KEY-----"),
         row("app/server.pem", "", "denied file (not read)", ""),
         row("home/.ssh", "", "denied directory (not read)", ""),

@@ -1,10 +1,9 @@
-//! Logs: the systemd journal through `journalctl`, and allowlisted log files read with
-//! `tokio::fs`. Both can follow: new lines stream through [`LiveOutput`] as the job's stdout
+//! Logs: the systemd journal through `journalctl`, and allowlisted log files opened through the
+//! file policy ([`super::files`]: beneath an allowed root, no symlink followed). Both can follow: new lines stream through [`LiveOutput`] as the job's stdout
 //! until shortly before the job's deadline (so the result still arrives and says how many
 //! lines streamed), until nobody listens any more, or until the job is cancelled (the future is
 //! dropped; `journalctl` runs with `kill_on_drop`, so it dies with it).
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +13,7 @@ use tailops_proto::v1;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio::time::Instant;
 
-use super::files::{last_lines, open_file, tail};
+use super::files::{self, KeyRedactor, OpenError, Want};
 use super::output::{Cell, Table};
 use super::{FilePolicy, LiveOutput, OpError, OpsConfig, Reach, tool};
 
@@ -41,8 +40,8 @@ pub async fn run(
             if op.flag("follow") {
                 follow_file(&config.files, reach, path, lines, follow_budget(timeout), live).await
             } else {
-                let canonical = config.files.check(path, reach).await?;
-                tail(&canonical, lines).await
+                let target = config.files.allow(path, reach)?;
+                files::blocking(move |_| files::tail(&target, lines)).await
             }
         }
         other => Err(OpError::NotAvailable(format!("{other} is not implemented by this agent"))),
@@ -256,8 +255,10 @@ async fn follow_journal(
 
 /// Streams the last `lines` lines of the file at `requested`, then every line appended to it,
 /// looking every [`POLL`]. A file that shrinks (truncated) is read again from its start; one
-/// replaced by another (rotated: a new inode at the path) is finished and the new one read from
-/// its start, after checking the path against the policy again.
+/// replaced by another (rotated: a different file at the path) is finished and the new one read
+/// from its start. Every look at the path and every re-open goes through the same checked open
+/// as the first (beneath its root, no symlink followed, a regular file), and compares the
+/// opened file's device and inode: it never opens a path other than the one it checked.
 async fn follow_file(
     policy: &FilePolicy,
     reach: Reach,
@@ -267,97 +268,122 @@ async fn follow_file(
     live: &LiveOutput,
 ) -> Result<v1::OperationOutput, OpError> {
     let deadline = Instant::now() + budget;
-    let path = policy.check(requested, reach).await?;
-    let mut file = open_file(&path).await?;
-    let meta = file.metadata().await.map_err(|e| OpError::Failed(e.to_string()))?;
-    let (mut inode, mut offset) = (meta.ino(), meta.len());
+    let target = policy.allow(requested, reach)?;
+    let first = target.clone();
+    let (file, mut current, initial) = files::blocking(move |_| {
+        let (fd, meta) = first.open(Want::File)?;
+        let mut file = std::fs::File::from(fd);
+        let initial = files::checked_tail(&first, &mut file, meta.size, lines)?;
+        Ok((file, meta, initial))
+    })
+    .await?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut offset = current.size;
     let mut streamed = 0u64;
     let mut reopened = 0u64;
     let mut listening = true;
-    for line in last_lines(&mut file, offset, lines).await? {
+    for line in &initial {
         streamed += 1;
-        if !live.line(&line).await {
+        if !live.line(line).await {
             listening = false;
             break;
         }
     }
+    let mut redactor = KeyRedactor::default();
     let mut partial: Vec<u8> = Vec::new();
     while listening && Instant::now() < deadline {
         tokio::time::sleep_until((Instant::now() + POLL).min(deadline)).await;
+        let look = target.clone();
         // Gone for a moment (rotation in progress): look again next time.
-        let Ok(now) = tokio::fs::metadata(&path).await else { continue };
-        let rotated = now.ino() != inode;
-        if rotated {
+        let Ok(now) = files::blocking(move |_| look.open(Want::Entry).map(|(_, meta)| meta)).await else {
+            continue;
+        };
+        let mut end = now.size;
+        if !now.same_file(&current) {
             // What was appended to the old file before it moved away still counts.
-            listening = read_new(&mut file, &mut offset, u64::MAX, &mut partial, &mut streamed, live).await?;
+            let mut old = Drain { offset: &mut offset, partial: &mut partial, redactor: &mut redactor };
+            listening = read_new(&mut file, u64::MAX, &mut old, &mut streamed, live).await?;
             if !listening {
                 break;
             }
-            policy.check(requested, reach).await?;
-            file = open_file(&path).await?;
-            (inode, offset) = (now.ino(), 0);
+            let again = target.clone();
+            match files::blocking(move |_| Ok(again.open_raw(Want::File))).await? {
+                Ok((fd, meta)) => {
+                    file = tokio::fs::File::from_std(std::fs::File::from(fd));
+                    (current, offset, end) = (meta, 0, meta.size);
+                }
+                Err(OpenError::Missing) => continue,
+                Err(e) => return Err(target.refuse(e, Want::File)),
+            }
             partial.clear();
+            redactor = KeyRedactor::default();
             reopened += 1;
-        } else if now.len() < offset {
+        } else if now.size < offset {
             (offset, reopened) = (0, reopened + 1);
             partial.clear();
+            redactor = KeyRedactor::default();
         }
-        listening = read_new(&mut file, &mut offset, now.len(), &mut partial, &mut streamed, live).await?;
+        let mut new = Drain { offset: &mut offset, partial: &mut partial, redactor: &mut redactor };
+        listening = read_new(&mut file, end, &mut new, &mut streamed, live).await?;
     }
     let stopped = if listening { "until the job's deadline" } else { "until nobody listened any more" };
+    let path = target.path.display().to_string();
     let mut table = Table::new(&["path", "streamed_lines", "reopened", "stopped"]);
-    table.row([
-        Cell::from(path.display().to_string()),
-        Cell::from(streamed),
-        Cell::from(reopened),
-        Cell::from(stopped),
-    ]);
+    table.row([Cell::from(path.clone()), Cell::from(streamed), Cell::from(reopened), Cell::from(stopped)]);
     table.summary(format!(
-        "followed {}: {streamed} line(s) streamed {stopped}{}",
-        path.display(),
+        "followed {path}: {streamed} line(s) streamed {stopped}{}",
         if reopened > 0 { format!(" (truncated or rotated {reopened} time(s))") } else { String::new() }
     ));
     Ok(table.finish())
 }
 
-/// Reads `file` from `offset` up to `end` (or its end), streaming complete lines; an incomplete
-/// last line waits in `partial` for the rest. `false` once nobody listens.
+/// Where reading a followed file stands: the next offset, an incomplete last line, and the
+/// key redaction state (a key's body spans lines).
+#[derive(Debug)]
+struct Drain<'a> {
+    offset: &'a mut u64,
+    partial: &'a mut Vec<u8>,
+    redactor: &'a mut KeyRedactor,
+}
+
+/// Reads `file` from the drain's offset up to `end` (or its end), streaming complete lines with
+/// key material redacted; an incomplete last line waits in `partial` for the rest. `false` once
+/// nobody listens.
 async fn read_new(
     file: &mut tokio::fs::File,
-    offset: &mut u64,
     end: u64,
-    partial: &mut Vec<u8>,
+    at: &mut Drain<'_>,
     streamed: &mut u64,
     live: &LiveOutput,
 ) -> Result<bool, OpError> {
-    file.seek(std::io::SeekFrom::Start(*offset)).await.map_err(|e| OpError::Failed(e.to_string()))?;
-    while *offset < end {
+    file.seek(std::io::SeekFrom::Start(*at.offset)).await.map_err(|e| OpError::Failed(e.to_string()))?;
+    while *at.offset < end {
         let mut buf = Vec::new();
         let n = (&mut *file)
-            .take(READ_CHUNK.min(end - *offset))
+            .take(READ_CHUNK.min(end - *at.offset))
             .read_to_end(&mut buf)
             .await
             .map_err(|e| OpError::Failed(e.to_string()))?;
         if n == 0 {
             break;
         }
-        *offset += n as u64;
-        partial.extend_from_slice(&buf);
+        *at.offset += n as u64;
+        at.partial.extend_from_slice(&buf);
         let mut start = 0;
-        while let Some(pos) = partial[start..].iter().position(|b| *b == b'\n') {
-            let line = String::from_utf8_lossy(&partial[start..start + pos]);
+        while let Some(pos) = at.partial[start..].iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&at.partial[start..start + pos]);
             *streamed += 1;
-            if !live.line(line.trim_end_matches('\r')).await {
+            if !live.line(&at.redactor.line(line.trim_end_matches('\r'))).await {
                 return Ok(false);
             }
             start += pos + 1;
         }
-        partial.drain(..start);
-        if partial.len() > MAX_LINE {
-            let line = String::from_utf8_lossy(partial).into_owned();
-            partial.clear();
+        at.partial.drain(..start);
+        if at.partial.len() > MAX_LINE {
+            let line = String::from_utf8_lossy(at.partial.as_slice()).into_owned();
+            at.partial.clear();
             *streamed += 1;
-            if !live.line(&line).await {
+            if !live.line(&at.redactor.line(&line)).await {
                 return Ok(false);
             }
         }
@@ -430,13 +456,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tail_returns_the_last_lines() {
+    async fn log_tails_return_the_last_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("app.log");
+        let root = dir.path().canonicalize().expect("canonical");
         let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
-        tokio::fs::write(&path, &text).await.expect("write");
-        let mut file = open_file(&path).await.expect("open");
-        let lines = last_lines(&mut file, text.len() as u64, 3).await.expect("tail");
+        tokio::fs::write(root.join("app.log"), &text).await.expect("write");
+        let policy = FilePolicy { observe_roots: vec![root.clone()], base_dirs: vec![], deny: vec![] };
+        let target =
+            policy.allow(&root.join("app.log").display().to_string(), Reach::Observe).expect("allowed");
+        let out = files::blocking(move |_| files::tail(&target, 3)).await.expect("tail");
+        let lines: Vec<String> = out
+            .records
+            .iter()
+            .map(|r| match &r.fields["line"].value {
+                Some(v1::scalar::Value::Text(t)) => t.clone(),
+                _ => String::new(),
+            })
+            .collect();
         assert_eq!(lines, vec!["line 19997", "line 19998", "line 19999"]);
     }
 }

@@ -3,22 +3,26 @@
 //! - `security.checks`: CIS-style basics read from the host's own files under
 //!   [`OpsConfig::security_root`] (the agent's own reads, not file operations, so the deny list
 //!   that keeps `/etc/ssh` from `file.read` does not apply), plus the firewall front end's view.
-//! - `security.secrets`: a bounded scan of files under a path the [`FilePolicy`] allows. Files
-//!   on the deny list (`*.pem`, `.ssh/`...) are reported as present but never read; symlinks are
-//!   not followed. Findings show at most the first 4 characters of a secret.
+//! - `security.secrets`: a bounded scan of files under a path the [`FilePolicy`] allows, walked
+//!   through directory descriptors like `file.search` (no symlink is followed, not even one
+//!   swapped in mid-scan). Files on the deny list (`*.pem`, `.ssh/`...) are reported as present
+//!   but never read. Findings name the file, line and kind; no character of a secret's value is
+//!   shown (a token's fixed type prefix, such as `ghp_`, is not secret).
 //! - `security.vulnscan`: Trivy or Grype, whichever is installed, summarised.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde_json::Value;
 use tailops_ops::Validated;
 use tailops_proto::v1;
 
-use super::files::glob_match;
+use super::files::{self, Allowed, Kind, Node, Step, Want, glob_match};
 use super::output::{Cell, Table};
 use super::{FilePolicy, OpError, OpsConfig, Reach, tool};
 
@@ -413,80 +417,30 @@ struct ScanStats {
 }
 
 async fn secrets(policy: &FilePolicy, reach: Reach, requested: &str) -> Result<v1::OperationOutput, OpError> {
-    let start = policy.check(requested, reach).await?;
+    let start = policy.allow(requested, reach)?;
+    let policy = policy.clone();
+    files::blocking(move |stop| scan(&policy, &start, stop)).await
+}
+
+type Row = (String, Option<u64>, &'static str, String);
+
+/// Scans the file or tree at `start` (blocking).
+fn scan(policy: &FilePolicy, start: &Allowed, stop: &AtomicBool) -> Result<v1::OperationOutput, OpError> {
     let mut stats = ScanStats::default();
-    let mut rows: Vec<(String, Option<u64>, &'static str, String)> = Vec::new();
-    let mut pending = vec![(start.clone(), 0usize)];
-    while let Some((path, depth)) = pending.pop() {
-        let Ok(meta) = tokio::fs::symlink_metadata(&path).await else {
-            stats.unreadable += 1;
-            continue;
-        };
-        if meta.file_type().is_symlink() {
-            // Never followed: where it leads may be outside the allowed directories.
-            stats.symlinks += 1;
-            continue;
-        }
-        if path != start {
-            match policy.check(&path.display().to_string(), reach).await {
-                Ok(_) => {}
-                Err(OpError::Refused(why)) if why.contains("deny list") => {
-                    stats.denied += 1;
-                    let kind =
-                        if meta.is_dir() { "denied directory (not read)" } else { "denied file (not read)" };
-                    rows.push((path.display().to_string(), None, kind, String::new()));
-                    continue;
-                }
-                Err(_) => {
-                    stats.unreadable += 1;
-                    continue;
-                }
-            }
-        }
-        if meta.is_dir() {
-            if depth >= MAX_SCAN_DEPTH {
-                continue;
-            }
-            let Ok(mut entries) = tokio::fs::read_dir(&path).await else {
-                stats.unreadable += 1;
-                continue;
-            };
-            let mut children = Vec::new();
-            while let Ok(Some(e)) = entries.next_entry().await {
-                children.push(e.path());
-            }
-            children.sort();
-            pending.extend(children.into_iter().rev().map(|c| (c, depth + 1)));
-            continue;
-        }
-        if !meta.is_file() {
-            continue;
-        }
-        if stats.files == MAX_SCAN_FILES {
-            stats.truncated = true;
-            break;
-        }
+    let mut rows: Vec<Row> = Vec::new();
+    let (_, meta) = start.open(Want::Entry)?;
+    if meta.kind == Kind::Dir {
+        let (dir, _) = start.open(Want::Dir)?;
+        let walked = files::walk(dir, &start.path, MAX_SCAN_DEPTH, stop, |node| {
+            visit(policy, node, &mut stats, &mut rows)
+        })?;
+        stats.unreadable += walked.unreadable;
+        stats.truncated |= walked.capped;
+    } else {
+        // A single file: refused as a symlink or a non-regular file like any other read.
+        let (fd, meta) = start.open(Want::File)?;
         stats.files += 1;
-        if meta.len() > MAX_SCAN_FILE {
-            stats.large += 1;
-            continue;
-        }
-        let Ok(bytes) = tokio::fs::read(&path).await else {
-            stats.unreadable += 1;
-            continue;
-        };
-        if bytes[..bytes.len().min(8192)].contains(&0) {
-            stats.binary += 1;
-            continue;
-        }
-        let text = String::from_utf8_lossy(&bytes);
-        for (n, line) in text.lines().enumerate() {
-            for (kind, excerpt) in find_secrets(line) {
-                if rows.len() < MAX_FINDINGS {
-                    rows.push((path.display().to_string(), Some(n as u64 + 1), kind, excerpt));
-                }
-            }
-        }
+        scan_file(fd, meta.size, &start.path, &mut stats, &mut rows);
     }
     let mut table = Table::new(&["file", "line", "kind", "excerpt"]);
     let findings = rows.iter().filter(|r| r.1.is_some()).count();
@@ -497,7 +451,7 @@ async fn secrets(policy: &FilePolicy, reach: Reach, requested: &str) -> Result<v
     table.summary(format!(
         "{findings} finding(s) in {} file(s) under {}; {} denied by policy (listed, not read), skipped: {} binary, {} over 1 MiB, {} symlink(s) not followed, {} unreadable{stop}",
         stats.files,
-        start.display(),
+        start.path.display(),
         stats.denied,
         stats.binary,
         stats.large,
@@ -507,9 +461,74 @@ async fn secrets(policy: &FilePolicy, reach: Reach, requested: &str) -> Result<v
     Ok(table.finish())
 }
 
-/// At most the first 4 characters of a secret, then `…`.
-fn redact(secret: &str) -> String {
-    format!("{}…", secret.chars().take(4).collect::<String>())
+fn visit(policy: &FilePolicy, node: &Node<'_>, stats: &mut ScanStats, rows: &mut Vec<Row>) -> Step {
+    let shown = || node.path.display().to_string();
+    if node.meta.kind == Kind::Symlink {
+        // Never followed: where it leads may be outside the allowed directories.
+        stats.symlinks += 1;
+        return Step::Skip;
+    }
+    if policy.is_denied(node.path) {
+        stats.denied += 1;
+        let kind = if node.meta.kind == Kind::Dir {
+            "denied directory (not read)"
+        } else {
+            "denied file (not read)"
+        };
+        rows.push((shown(), None, kind, String::new()));
+        return Step::Skip;
+    }
+    match node.meta.kind {
+        Kind::Dir => Step::Descend,
+        Kind::File => {
+            if stats.files == MAX_SCAN_FILES {
+                stats.truncated = true;
+                return Step::Stop;
+            }
+            stats.files += 1;
+            if node.meta.size > MAX_SCAN_FILE {
+                stats.large += 1;
+                return Step::Skip;
+            }
+            match files::open::open_entry(node.dir, node.name, Want::File) {
+                Ok((fd, meta)) => scan_file(fd, meta.size, node.path, stats, rows),
+                Err(_) => stats.unreadable += 1,
+            }
+            Step::Skip
+        }
+        Kind::Symlink | Kind::Other => Step::Skip,
+    }
+}
+
+/// Looks for secrets in the open regular file `fd` (at `path`), reading at most
+/// [`MAX_SCAN_FILE`] bytes.
+fn scan_file(fd: std::os::fd::OwnedFd, size: u64, path: &Path, stats: &mut ScanStats, rows: &mut Vec<Row>) {
+    if size > MAX_SCAN_FILE {
+        stats.large += 1;
+        return;
+    }
+    let mut bytes = Vec::new();
+    if std::fs::File::from(fd).take(MAX_SCAN_FILE).read_to_end(&mut bytes).is_err() {
+        stats.unreadable += 1;
+        return;
+    }
+    if bytes[..bytes.len().min(8192)].contains(&0) {
+        stats.binary += 1;
+        return;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    for (n, line) in text.lines().enumerate() {
+        for (kind, excerpt) in find_secrets(line) {
+            if rows.len() < MAX_FINDINGS {
+                rows.push((path.display().to_string(), Some(n as u64 + 1), kind, excerpt));
+            }
+        }
+    }
+}
+
+/// A secret shown without any of its value: its fixed type prefix (if it has one), then `…`.
+fn redact(prefix: &str) -> String {
+    format!("{prefix}…")
 }
 
 /// The run of bytes at the start of `s` that satisfy `ok`.
@@ -525,7 +544,7 @@ fn find_secrets(line: &str) -> Vec<(&'static str, String)> {
     for (i, _) in line.match_indices("AKIA") {
         let before_ok = i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric();
         if before_ok && run_of(&line[i + 4..], upper_or_digit).len() >= 16 {
-            found.push(("aws access key", redact(&line[i..])));
+            found.push(("aws access key", redact("AKIA")));
         }
     }
     if line.contains("-----BEGIN ") && line.contains("PRIVATE KEY-----") {
@@ -538,19 +557,19 @@ fn find_secrets(line: &str) -> Vec<(&'static str, String)> {
     for prefix in ["ghp_", "gho_", "ghu_", "ghs_", "ghr_"] {
         for (i, _) in line.match_indices(prefix) {
             if run_of(&line[i + 4..], |b| b.is_ascii_alphanumeric()).len() >= 36 {
-                found.push(("github token", redact(&line[i..])));
+                found.push(("github token", redact(prefix)));
             }
         }
     }
     for (i, _) in line.match_indices("github_pat_") {
         if run_of(&line[i + 11..], |b| b.is_ascii_alphanumeric() || b == b'_').len() >= 22 {
-            found.push(("github token", redact(&line[i..])));
+            found.push(("github token", redact("github_pat_")));
         }
     }
     for prefix in ["xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-"] {
         for (i, _) in line.match_indices(prefix) {
             if run_of(&line[i + 5..], |b| b.is_ascii_alphanumeric() || b == b'-').len() >= 10 {
-                found.push(("slack token", redact(&line[i..])));
+                found.push(("slack token", redact(prefix)));
             }
         }
     }
@@ -580,7 +599,7 @@ fn assignment(line: &str) -> Option<String> {
             .iter()
             .any(|p| value.eq_ignore_ascii_case(p));
         if value.len() >= 4 && !value.starts_with(['$', '{', '<', '%', '*']) && !placeholder {
-            return Some(format!("{key}{sep}{}", redact(value)));
+            return Some(format!("{key}{sep}{}", redact("")));
         }
         return None;
     }
@@ -791,15 +810,15 @@ mod tests {
         let cases: Vec<(String, &str, String)> = vec![
             (format!("aws_access_key_id = {aws}"), "aws access key", "AKIA…".into()),
             (format!("token: {gh}"), "github token", "ghp_…".into()),
-            (format!("GH={pat}"), "github token", "gith…".into()),
-            (format!("SLACK={slack}"), "slack token", "xoxb…".into()),
+            (format!("GH={pat}"), "github token", "github_pat_…".into()),
+            (format!("SLACK={slack}"), "slack token", "xoxb-…".into()),
             (
                 "-----BEGIN OPENSSH PRIVATE KEY-----".into(),
                 "private key",
                 "-----BEGIN OPENSSH PRIVATE KEY-----".into(),
             ),
-            ("DB_PASSWORD=hunter2hunter2".into(), "password assignment", "DB_PASSWORD=hunt…".into()),
-            ("  client_secret: \"s3cr3tvalue\"".into(), "password assignment", "client_secret:s3cr…".into()),
+            ("DB_PASSWORD=hunter2hunter2".into(), "password assignment", "DB_PASSWORD=…".into()),
+            ("  client_secret: \"s3cr3tvalue\"".into(), "password assignment", "client_secret:…".into()),
         ];
         for (line, kind, excerpt) in &cases {
             let found = find_secrets(line);

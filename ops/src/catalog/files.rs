@@ -1,8 +1,16 @@
-//! Files (read-only, under allowed base directories, never the deny list).
+//! Files (read-only). Observe-tier jobs read under the host's observe roots (default
+//! `/var/log`); jobs authorised at control tier (an operator, or an elevated request a human
+//! approved) read under its wider base directories. The deny list (credentials, keys, TailOps
+//! data) and the private-key content check apply at every tier, and symlinks are never followed.
 
 use super::{K, OperationSpec, ParamSpec, RiskTier, optional, param};
 
-const PATH: ParamSpec = param("path", K::Path, "an absolute path under the host's allowed base directories");
+const PATH: ParamSpec = param(
+    "path",
+    K::Path,
+    "an absolute path under the host's observe roots (default /var/log); its other base directories \
+     need control tier (an operator, or --elevate with approval); symlinks are not followed",
+);
 
 pub(super) static OPS: &[OperationSpec] = &[
     OperationSpec {
@@ -44,7 +52,7 @@ pub(super) static OPS: &[OperationSpec] = &[
         mutating: false,
         params: &[
             PATH,
-            param("pattern", K::Glob, "file name pattern, e.g. *.log"),
+            param("pattern", K::Glob, "file name pattern, e.g. *.log (at most 16 groups of *)"),
             optional("max_depth", K::Int { min: 1, max: 32 }, "8", "how deep to descend"),
             optional("limit", K::Int { min: 1, max: 10_000 }, "500", "stop after this many matches"),
         ],
