@@ -266,7 +266,7 @@ mod tests {
         });
         reveal_format_characters(&mut value);
         let text = serde_json::to_string(&value).expect("json");
-        assert!(!text.chars().any(|c| tailops_proto::text::is_hidden(c)), "{text}");
+        assert!(!text.chars().any(tailops_proto::text::is_hidden), "{text}");
         assert_eq!(value["lines"][1], "rm -rf /\\u{202e}gnp.exe");
         assert!(text.contains("\\u001b[2J"), "{text}");
     }
