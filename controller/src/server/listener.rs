@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::{Either, Ready, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -147,6 +148,7 @@ impl ConnectionGuard {
             evicted: Box::pin(conn.evict.clone().cancelled_owned()),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             deadline_armed: true,
+            deadline_is_expiry: false,
             closed: None,
             inner: stream,
             conn,
@@ -156,22 +158,30 @@ impl ConnectionGuard {
 
     /// A call on the connection from `peer` passed the auth layer with a certificate:
     /// the connection leaves the unauthenticated limits and lives until the certificate, whose
-    /// expiry `cert_expiry_ms` reads (once per connection), expires.
-    fn authenticated(&self, peer: SocketAddr, cert_expiry_ms: impl FnOnce() -> Option<i64>) {
-        let Some(conn) = self.lock().by_peer.get(&peer).cloned() else { return };
+    /// expiry `cert_expiry_ms` reads (once per connection), expires. Returns false, and closes
+    /// the connection, when that certificate has already expired: TLS 1.3 session resumption
+    /// restores the certificate of the original handshake without checking its validity again.
+    fn authenticated(&self, peer: SocketAddr, cert_expiry_ms: impl FnOnce() -> Option<i64>) -> bool {
+        let Some(conn) = self.lock().by_peer.get(&peer).cloned() else { return true };
         if conn.authenticated.load(Ordering::Acquire) {
-            return;
+            return true;
         }
-        let Some(expiry_ms) = cert_expiry_ms() else { return };
+        let Some(expiry_ms) = cert_expiry_ms() else { return true };
+        if expiry_ms <= now_ms() {
+            conn.cert_expiry_ms.store(expiry_ms, Ordering::Release);
+            conn.evict.cancel();
+            return false;
+        }
         // The expiry first: the stream reads it once it sees the flag.
         conn.cert_expiry_ms.store(expiry_ms, Ordering::Release);
         if conn.authenticated.swap(true, Ordering::AcqRel) {
-            return;
+            return true;
         }
         let mut state = self.lock();
         if state.unauthenticated.remove(&conn.id).is_some() {
             state.forget_unauthenticated(&conn);
         }
+        true
     }
 
     fn closed(&self, conn: &Conn) {
@@ -277,6 +287,8 @@ pub(crate) struct GuardedStream {
     evicted: Pin<Box<WaitForCancellationFutureOwned>>,
     deadline: Pin<Box<Sleep>>,
     deadline_armed: bool,
+    /// Whether `deadline` is the certificate's expiry rather than the authentication deadline.
+    deadline_is_expiry: bool,
     closed: Option<&'static str>,
 }
 
@@ -294,8 +306,23 @@ impl GuardedStream {
             return self.closed;
         }
         if self.evicted.as_mut().poll(cx).is_ready() {
-            self.closed = Some("closed to make room for newer connections");
+            let expiry_ms = self.conn.cert_expiry_ms.load(Ordering::Acquire);
+            self.closed = Some(if expiry_ms != 0 && expiry_ms <= now_ms() {
+                "the client certificate expired"
+            } else {
+                "closed to make room for newer connections"
+            });
             return self.closed;
+        }
+        if !self.deadline_is_expiry && self.conn.authenticated.load(Ordering::Acquire) {
+            // Authenticated before the first deadline: from now on the certificate's expiry counts.
+            self.deadline_is_expiry = true;
+            let left_ms = self.conn.cert_expiry_ms.load(Ordering::Acquire).saturating_sub(now_ms());
+            let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
+            match Instant::now().checked_add(left) {
+                Some(at) => self.deadline.as_mut().reset(at),
+                None => self.deadline_armed = false,
+            }
         }
         while self.deadline_armed && self.deadline.as_mut().poll(cx).is_ready() {
             if !self.conn.authenticated.load(Ordering::Acquire) {
@@ -412,11 +439,11 @@ pub(crate) struct AuthenticatedConnection<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for AuthenticatedConnection<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -427,12 +454,19 @@ where
             && let Some(info) = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()
             && let Some(peer) = info.get_ref().remote_addr()
         {
-            self.guard.authenticated(peer, || {
+            let valid = self.guard.authenticated(peer, || {
                 let certs = info.peer_certs()?;
                 let leaf = tailops_pki::CertificateInfo::from_der(certs.first()?).ok()?;
                 Some(leaf.not_after_ms)
             });
+            if !valid {
+                tracing::info!(%peer, "call on a resumed TLS session with an expired certificate refused");
+                let status = tonic::Status::unauthenticated(
+                    "the client certificate has expired; renew it (tailopsctl login with a new invite)",
+                );
+                return Either::Right(ready(Ok(status.into_http())));
+            }
         }
-        self.inner.call(request)
+        Either::Left(self.inner.call(request))
     }
 }
