@@ -470,3 +470,67 @@ where
         Either::Left(self.inner.call(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Reads from a connection the guard closed on the client side: end of file or reset.
+    async fn closed_by_server(client: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 8];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn the_oldest_unauthenticated_goes_first_and_places_are_given_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let guard = ConnectionGuard::new(GuardLimits {
+            max_connections: 100,
+            max_per_address: 3,
+            max_unauthenticated: 2,
+            max_unauthenticated_per_address: 3,
+            unauthenticated_timeout: Duration::from_secs(60),
+        });
+        let shutdown = CancellationToken::new();
+        let incoming = guarded_incoming(TcpIncoming::from(listener), guard.clone(), shutdown.clone());
+        let mut incoming = std::pin::pin!(incoming);
+        let mut accept = async || {
+            let client = TcpStream::connect(addr).await.expect("connect");
+            let server = incoming.next().await.expect("a connection").expect("accepted");
+            (client, server)
+        };
+
+        let (_c1, mut s1) = accept().await;
+        let (_c2, s2) = accept().await;
+        // A third unauthenticated connection pushes the first, the oldest, out.
+        let (_c3, s3) = accept().await;
+        let mut buf = [0u8; 8];
+        let evicted = s1.read(&mut buf).await.expect_err("the oldest was closed");
+        assert_eq!(evicted.kind(), io::ErrorKind::ConnectionAborted);
+        drop(s1);
+
+        // Three per address: with two open, one more fits and the next is closed at once.
+        let (_c4, s4) = accept().await;
+        let mut refused = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_by_server(&mut refused).await, "a fourth connection from one address was kept");
+
+        drop((s2, s3, s4));
+        {
+            let state = guard.lock();
+            assert_eq!((state.total, state.unauthenticated_total), (0, 0));
+            assert!(
+                state.per_address.is_empty() && state.by_peer.is_empty() && state.unauthenticated.is_empty()
+            );
+        }
+        // Everything given back: the address is served again.
+        let (_c5, _s5) = accept().await;
+        shutdown.cancel();
+    }
+}
