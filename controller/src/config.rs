@@ -33,6 +33,67 @@ pub struct ControllerConfig {
     /// How long job history, certificates and join tokens are kept.
     #[serde(default)]
     pub retention: crate::retention::RetentionConfig,
+    /// Connection limits of the gRPC listener.
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// How the gRPC listener protects itself from peers that connect and never get anywhere: every
+/// connection costs a file descriptor and memory before its certificate is even seen.
+///
+/// A connection is *authenticated* once it has made a call with a client certificate that the
+/// auth layer accepted. Until then (TLS handshake, enrollment, health checks) it counts against
+/// the `unauthenticated` limits and lives at most `unauthenticated_timeout_secs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    /// A TLS handshake that takes longer than this is abandoned.
+    pub tls_handshake_timeout_secs: u64,
+    /// A connection that has not made an authenticated call this long after it was accepted is
+    /// closed, whatever it is doing (enrollment and health checks take well under a second).
+    pub unauthenticated_timeout_secs: u64,
+    /// Open connections in total; beyond it new connections are closed at once. The controller
+    /// also keeps it below its file-descriptor limit.
+    pub max_connections: usize,
+    /// Open connections from one source address (agents use one each; users' CLIs and bridges
+    /// behind one address share it).
+    pub max_connections_per_address: usize,
+    /// Connections not yet authenticated, in total. When full, the oldest one is closed to make
+    /// room, so a flood of idle connections cannot lock out an admin or an agent that completes
+    /// its handshake in milliseconds.
+    pub max_unauthenticated: usize,
+    /// Connections not yet authenticated from one source address; beyond it new ones are closed.
+    pub max_unauthenticated_per_address: usize,
+    /// HTTP/2 ping interval; a peer that does not answer within the timeout is dropped.
+    pub http2_keepalive_interval_secs: u64,
+    pub http2_keepalive_timeout_secs: u64,
+    /// Concurrent calls on one connection.
+    pub max_concurrent_streams: u32,
+    /// A connection is asked to close (HTTP/2 GOAWAY) this long after it was accepted, and
+    /// closed `max_connection_age_grace_secs` later. Never longer than the shortest certificate
+    /// lifetime in `[timing]`, so no connection outlives a whole certificate generation; a
+    /// connection is also closed when the certificate it authenticated with expires. Agents
+    /// reconnect within a second.
+    pub max_connection_age_secs: u64,
+    pub max_connection_age_grace_secs: u64,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout_secs: 10,
+            unauthenticated_timeout_secs: 30,
+            max_connections: 16_384,
+            max_connections_per_address: 256,
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_address: 64,
+            http2_keepalive_interval_secs: 30,
+            http2_keepalive_timeout_secs: 10,
+            max_concurrent_streams: 256,
+            max_connection_age_secs: 24 * 3600,
+            max_connection_age_grace_secs: 300,
+        }
+    }
 }
 
 /// Metric retention, rollup cadence and the thresholds behind host health.
@@ -204,6 +265,30 @@ impl Default for Limits {
     }
 }
 
+impl Network {
+    /// Refuses limits that would make the listener useless; says which field to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("tls_handshake_timeout_secs", self.tls_handshake_timeout_secs),
+            ("unauthenticated_timeout_secs", self.unauthenticated_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_address", self.max_connections_per_address as u64),
+            ("max_unauthenticated", self.max_unauthenticated as u64),
+            ("max_unauthenticated_per_address", self.max_unauthenticated_per_address as u64),
+            ("http2_keepalive_interval_secs", self.http2_keepalive_interval_secs),
+            ("http2_keepalive_timeout_secs", self.http2_keepalive_timeout_secs),
+            ("max_concurrent_streams", u64::from(self.max_concurrent_streams)),
+            ("max_connection_age_secs", self.max_connection_age_secs),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!(
+                "{name} must be at least 1; remove it from [network] in controller.toml to use the default"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ControllerConfig {
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.timing.heartbeat_interval_ms.max(100))
@@ -218,5 +303,26 @@ impl ControllerConfig {
     pub fn public_url(&self, port: u16) -> String {
         let host = self.advertise.first().map_or("localhost", String::as_str);
         if host.contains(':') { format!("https://[{host}]:{port}") } else { format!("https://{host}:{port}") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_defaults_are_valid_and_zero_limits_are_explained() {
+        assert_eq!(Network::default().validate(), Ok(()));
+        let zero = Network { max_unauthenticated_per_address: 0, ..Network::default() };
+        let error = zero.validate().expect_err("a zero cap is refused");
+        assert!(error.contains("max_unauthenticated_per_address must be at least 1"), "{error}");
+        let zero = Network { tls_handshake_timeout_secs: 0, ..Network::default() };
+        assert!(zero.validate().is_err());
+        // A section with only some fields takes the rest from the defaults.
+        let partial: Network = toml::from_str("max_connections = 10").expect("parse");
+        assert_eq!(partial.max_connections, 10);
+        assert_eq!(partial.tls_handshake_timeout_secs, Network::default().tls_handshake_timeout_secs);
+        // A misspelt field is an error, not silently ignored.
+        assert!(toml::from_str::<Network>("max_conections = 10").is_err());
     }
 }

@@ -144,6 +144,7 @@ pub async fn initialize(dir: &DataDir, options: InitOptions) -> Result<Initializ
         monitoring: Default::default(),
         prometheus: Default::default(),
         retention: Default::default(),
+        network: Default::default(),
     };
     // Validate the trust domain before creating anything that depends on it.
     let admin = PrincipalId::new(&config.trust_domain, PrincipalKind::User, FIRST_ADMIN)?;

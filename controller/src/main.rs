@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     tailops_pki::install_crypto_provider();
     let cli = Cli::parse();
     init_tracing(cli.log.as_deref());
+    raise_fd_limit();
     match cli.command {
         Command::Init { data_dir, trust_domain, listen, advertise } => {
             let dir = DataDir::new(data_dir);
@@ -132,6 +133,20 @@ async fn warn_if_server_certificate_ends_soon(dir: &DataDir) {
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read the server certificate's validity"),
+    }
+}
+
+/// Every connection costs a file descriptor, and the usual soft limit (1024) is far below what a
+/// fleet plus a flood of idle peers needs; the hard limit is what the administrator allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
 }
 

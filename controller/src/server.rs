@@ -1,5 +1,7 @@
 //! Wires the services into one TLS-only gRPC server behind the authorization layer.
 
+mod listener;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,11 +33,14 @@ use crate::services::{agent_link::AgentLinkService, enrollment::EnrollmentServic
 use crate::store::Store;
 use crate::telemetry::{self, FleetSnapshot, HostGauges, SnapshotSource, Telemetry};
 use crate::{ControllerError, now_ms};
+use listener::{AuthenticatedConnectionLayer, ConnectionGuard, GuardLimits};
 
 /// Largest gRPC message accepted from any peer.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long in-flight calls get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// File descriptors kept out of the connection cap: the database, the metrics endpoint, logs.
+const FD_RESERVE: u64 = 128;
 
 /// Everything the services share, injected as one value.
 #[derive(Debug, Clone)]
@@ -106,6 +111,10 @@ impl Controller {
         let local = listener
             .local_addr()
             .map_err(|source| ControllerError::Listen { addr: "listener".into(), source })?;
+        self.config
+            .network
+            .validate()
+            .map_err(|message| ControllerError::Config { path: "[network]".into(), message })?;
         let agents = Arc::new(AgentRegistry::default());
         let telemetry = Telemetry::new();
         let metrics_listener = telemetry::bind(&self.config.prometheus)
@@ -153,7 +162,8 @@ impl Controller {
             .client_ca_root(Certificate::from_pem(state.ca.cert_pem()))
             // A client certificate is optional at the TLS layer only so that enrollment and health
             // checks work without one; the auth layer requires it for every other method.
-            .client_auth_optional(true);
+            .client_auth_optional(true)
+            .timeout(Duration::from_secs(state.config.network.tls_handshake_timeout_secs));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<FleetServer<FleetService>>().await;
@@ -188,14 +198,21 @@ impl Controller {
         }
 
         let authorizer = Authorizer::new(&state);
+        let network = &state.config.network;
+        let guard = ConnectionGuard::new(guard_limits(&state.config));
+        let max_age = max_connection_age(&state.config);
         let router = Server::builder()
             .tls_config(tls)?
             .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .http2_keepalive_interval(Some(Duration::from_secs(network.http2_keepalive_interval_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(network.http2_keepalive_timeout_secs)))
+            .max_concurrent_streams(network.max_concurrent_streams)
+            .max_connection_age(max_age)
+            .max_connection_age_grace(Duration::from_secs(network.max_connection_age_grace_secs))
             // Outermost first: refused calls are counted too.
             .layer(state.telemetry.rpc_layer())
             .layer(AuthLayer::new(authorizer))
+            .layer(AuthenticatedConnectionLayer::new(guard.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -232,6 +249,7 @@ impl Controller {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
+        let incoming = listener::guarded_incoming(incoming, guard, shutdown.clone());
         let serve = router.serve_with_incoming_shutdown(incoming, async move {
             stop.cancelled().await;
             // Agent streams never end on their own; close them so the graceful shutdown can finish.
@@ -250,6 +268,50 @@ impl Controller {
         sweeper.abort();
         result
     }
+}
+
+/// The listener's limits from `[network]`, kept below the process's file-descriptor limit so that
+/// accepting never fails for lack of descriptors, with at most half of the connections
+/// unauthenticated so that authenticated peers always find room.
+fn guard_limits(config: &ControllerConfig) -> GuardLimits {
+    let network = &config.network;
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _hard)| soft);
+    let by_fds = usize::try_from(fd_limit.saturating_sub(FD_RESERVE).max(FD_RESERVE)).unwrap_or(usize::MAX);
+    let max_connections = network.max_connections.min(by_fds);
+    if max_connections < network.max_connections {
+        tracing::warn!(
+            configured = network.max_connections,
+            effective = max_connections,
+            fd_limit,
+            "the file-descriptor limit caps the connection limit; raise LimitNOFILE to allow more"
+        );
+    }
+    let limits = GuardLimits {
+        max_connections,
+        max_per_address: network.max_connections_per_address,
+        max_unauthenticated: network.max_unauthenticated.min(max_connections / 2).max(1),
+        max_unauthenticated_per_address: network.max_unauthenticated_per_address,
+        unauthenticated_timeout: Duration::from_secs(network.unauthenticated_timeout_secs),
+    };
+    tracing::debug!(?limits, "connection limits");
+    limits
+}
+
+/// `[network] max_connection_age_secs`, but never longer than the shortest client certificate
+/// lifetime.
+fn max_connection_age(config: &ControllerConfig) -> Duration {
+    let timing = &config.timing;
+    let shortest = [
+        timing.agent_cert_lifetime_secs,
+        timing.user_cert_lifetime_secs,
+        timing.bridge_cert_lifetime_secs,
+        timing.admin_cert_lifetime_secs,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(u64::MAX);
+    Duration::from_secs(config.network.max_connection_age_secs.min(shortest).max(1))
 }
 
 /// The fleet as a Prometheus scrape sees it: every host, unscoped (the endpoint is for the

@@ -42,6 +42,23 @@ struct Cli {
     /// loopback address. Prefer the environment variable: argv is visible to other users.
     #[arg(long, env = "TAILOPS_MCP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve HTTP on a loopback address without a bearer token. Every local user, process and
+    /// host-network container can then act as the bridge: only for single-user machines.
+    #[arg(long)]
+    allow_unauthenticated_loopback: bool,
+    /// Most HTTP connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    http_max_connections: u32,
+    /// Most HTTP connections from one address; more are closed at once. Behind `tailscale
+    /// serve` every client arrives from loopback and shares this.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    http_max_connections_per_address: u32,
+    /// A request's headers must arrive within this; it also closes idle keep-alive connections.
+    #[arg(long, default_value = "10s", value_parser = parse_http_timeout)]
+    http_header_timeout: Duration,
+    /// A request's body must arrive within this after its headers.
+    #[arg(long, default_value = "30s", value_parser = parse_http_timeout)]
+    http_body_timeout: Duration,
     /// Longest tool result, in characters; longer results are cut with a note on how to narrow them.
     #[arg(long, default_value_t = 16_000, value_parser = clap::value_parser!(u32).range(1000..=1_000_000))]
     max_result_chars: u32,
@@ -61,6 +78,14 @@ fn parse_max_wait(text: &str) -> Result<Duration, String> {
     Ok(wait)
 }
 
+fn parse_http_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(600) {
+        return Err("must be between 100ms and 10m".to_owned());
+    }
+    Ok(timeout)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // stdout belongs to the MCP protocol when serving stdio: logs go to stderr, always.
@@ -73,7 +98,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     if let Some(addr) = cli.listen {
-        check_http_exposure(addr, &cli.allowed_hosts, cli.token.as_deref())?;
+        check_http_exposure(
+            addr,
+            &cli.allowed_hosts,
+            cli.token.as_deref(),
+            cli.allow_unauthenticated_loopback,
+        )?;
     }
     let shutdown = CancellationToken::new();
     let profile = tailopsctl::Profile::resolve_path(cli.profile.as_deref())?;
@@ -106,6 +136,12 @@ async fn main() -> anyhow::Result<()> {
                 allowed_origins: cli.allowed_origins,
                 token: cli.token,
                 session_idle: cli.max_wait + Duration::from_secs(300),
+                limits: tailops_mcp::http::HttpLimits {
+                    max_connections: cli.http_max_connections as usize,
+                    max_connections_per_address: cli.http_max_connections_per_address as usize,
+                    header_timeout: cli.http_header_timeout,
+                    body_timeout: cli.http_body_timeout,
+                },
             };
             // Tests and wrappers read the bound address (port 0 picks one) from this line.
             eprintln!("tailops-mcp listening on http://{local}/mcp");
@@ -122,13 +158,15 @@ async fn main() -> anyhow::Result<()> {
 /// Shortest bearer token accepted: a guessable token is no guard.
 const MIN_TOKEN_LEN: usize = 16;
 
-/// HTTP reachable from anywhere but this machine's own programs needs a bearer token: a
-/// non-loopback address, or a loopback one behind a proxy such as `tailscale serve` (which the
-/// extra `--allow-host` names give away). A token, when given, must not be guessable.
+/// HTTP needs a bearer token: a non-loopback address, or a loopback one behind a proxy such as
+/// `tailscale serve` (which the extra `--allow-host` names give away), is reachable from other
+/// machines, and plain loopback from every local user and process; the last may go without a
+/// token only when asked for explicitly. A token, when given, must not be guessable.
 fn check_http_exposure(
     addr: SocketAddr,
     allowed_hosts: &[String],
     token: Option<&str>,
+    allow_unauthenticated_loopback: bool,
 ) -> anyhow::Result<()> {
     if let Some(token) = token
         && token.trim().len() < MIN_TOKEN_LEN
@@ -148,6 +186,16 @@ fn check_http_exposure(
             "--allow-host means requests arrive through a proxy (such as `tailscale serve`) from \
              other machines: set a bearer token (TAILOPS_MCP_TOKEN)"
         );
+    }
+    if token.is_none() && !allow_unauthenticated_loopback {
+        anyhow::bail!(
+            "--listen {addr} without a bearer token lets every local user, process and host-network \
+             container act as the bridge: set a bearer token (TAILOPS_MCP_TOKEN, e.g. from \
+             `openssl rand -hex 32`), or pass --allow-unauthenticated-loopback on a single-user machine"
+        );
+    }
+    if token.is_none() {
+        tracing::warn!(%addr, "serving HTTP without a bearer token: every local process can use the bridge");
     }
     Ok(())
 }

@@ -1,8 +1,14 @@
 //! The `/metrics` endpoint: a small HTTP/1.1 server on its own listener, so that a scraper needs
 //! neither a client certificate nor gRPC.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::Future as _;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -11,9 +17,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::{SnapshotSource, Telemetry, fleet};
@@ -28,6 +36,11 @@ pub(crate) struct Limits {
     pub(crate) header_read_timeout: Duration,
     /// How long open connections get to finish their response after shutdown.
     pub(crate) shutdown_grace: Duration,
+    /// A response write that makes no progress for this long (the client stopped reading)
+    /// closes the connection, so clients that never read cannot hold the slots.
+    pub(crate) write_stall_timeout: Duration,
+    /// Connections from one source address; beyond it new ones are closed at once.
+    pub(crate) max_per_address: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +49,8 @@ impl Default for Limits {
             scrape_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
+            write_stall_timeout: Duration::from_secs(10),
+            max_per_address: 8,
         }
     }
 }
@@ -75,6 +90,7 @@ pub(crate) async fn serve_with(
     }
     let ctx = Arc::new(Ctx { telemetry, source, limits });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let mut connections = JoinSet::new();
     loop {
         // Waiting for a free slot before accepting leaves excess connections in the kernel's
@@ -91,11 +107,17 @@ pub(crate) async fn serve_with(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
+                let Some(place) = AddressPlace::take(&per_address, peer.ip(), limits.max_per_address) else {
+                    // One address holding every slot would lock out the real scraper.
+                    tracing::debug!(%peer, "too many metrics connections from one address; closed");
+                    continue;
+                };
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
                 connections.spawn(async move {
                     connection(stream, ctx, shutdown).await;
+                    drop(place);
                     drop(permit);
                 });
             }
@@ -121,9 +143,105 @@ pub(crate) async fn serve_with(
     // Dropping the set aborts whatever is left.
 }
 
+/// A connection's place in the per-address count; given back on drop.
+struct AddressPlace {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressPlace {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let ip = ip.to_canonical();
+        let mut map = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = map.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self { counts: counts.clone(), ip })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream whose writes fail once they have made no progress for `limit`: hyper has no
+    /// write timeout, and a response larger than the socket buffers waits on the client.
+    struct WriteStallLimit<S> {
+        #[pin]
+        inner: S,
+        limit: Duration,
+        stalled: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<S> WriteStallLimit<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self { inner, limit, stalled: None }
+    }
+
+    /// Turns a pending write into an error once it has been pending for too long.
+    fn check<T>(
+        stalled: &mut Option<Pin<Box<Sleep>>>,
+        limit: Duration,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            *stalled = None;
+            return poll;
+        }
+        let timer = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading the response",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for WriteStallLimit<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for WriteStallLimit<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let poll = this.inner.poll_write(cx, buf);
+        Self::check(this.stalled, *this.limit, cx, poll)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let poll = this.inner.poll_flush(cx);
+        Self::check(this.stalled, *this.limit, cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let poll = this.inner.poll_shutdown(cx);
+        Self::check(this.stalled, *this.limit, cx, poll)
+    }
+}
+
 async fn connection(stream: TcpStream, ctx: Arc<Ctx>, shutdown: CancellationToken) {
     // Responses are written in one go; no reason to wait for delayed ACKs.
     let _ = stream.set_nodelay(true);
+    let stream = WriteStallLimit::new(stream, ctx.limits.write_stall_timeout);
     let header_read_timeout = ctx.limits.header_read_timeout;
     let service = service_fn(move |request| {
         let ctx = ctx.clone();

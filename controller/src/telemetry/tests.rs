@@ -128,6 +128,7 @@ fn fast() -> Limits {
         scrape_timeout: Duration::from_millis(300),
         header_read_timeout: Duration::from_secs(2),
         shutdown_grace: Duration::from_secs(1),
+        ..Limits::default()
     }
 }
 
@@ -428,6 +429,90 @@ async fn shutdown_closes_idle_connections_and_stops_listening() {
     let read = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf)).await.expect("idle closed");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(TcpStream::connect(server.addr).await.is_err(), "still listening after shutdown");
+}
+
+/// A connection from `source` (a 127.0.0.x address) to `addr`, with a small receive buffer.
+async fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    socket.bind(SocketAddr::from((source, 0))).expect("bind the source address");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Whether the server closed `stream` within `wait` (end of file or reset; data counts as open).
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(wait, stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// L10: silent connections from one address take at most its share of the slots, so the real
+/// scraper (another address) is answered at once even with a long header timeout.
+#[tokio::test]
+async fn one_address_cannot_take_every_slot() {
+    let limits = Limits { header_read_timeout: Duration::from_secs(120), max_per_address: 4, ..fast() };
+    let server = start(Telemetry::new(), Arc::new(Fixed(fleet())), limits).await;
+    let mut flood = Vec::new();
+    for _ in 0..80 {
+        flood.push(connect_from([127, 0, 0, 2], server.addr).await);
+    }
+    let reply = request(server.addr, "GET", "/metrics").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Beyond its share, the flooding address's connections were closed at once.
+    let mut closed = 0;
+    for stream in &mut flood {
+        if closed_within(stream, Duration::from_millis(200)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 80 - 4, "only {closed} of 80 connections from one address were refused");
+    server.stop().await;
+}
+
+/// L10: a client that asks for a large scrape and never reads it loses its connection once the
+/// write stalls for the limit, so it cannot hold a slot.
+#[tokio::test]
+async fn a_client_that_never_reads_loses_its_slot() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(120),
+        write_stall_timeout: Duration::from_secs(1),
+        max_per_address: 1,
+        ..fast()
+    };
+    // Several megabytes of exposition: more than the socket buffers hold.
+    let template = fleet().hosts.remove(0);
+    let hosts = (0..3_000)
+        .map(|i| HostGauges { host_id: format!("h-{i}"), name: format!("host-{i}"), ..template.clone() })
+        .collect();
+    let snapshot = FleetSnapshot { hosts, ..FleetSnapshot::default() };
+    let server = start(Telemetry::new(), Arc::new(Fixed(snapshot)), limits).await;
+
+    let source = [127, 0, 0, 3];
+    let mut stalled = connect_from(source, server.addr).await;
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    stalled.write_all(head.as_bytes()).await.expect("send the request");
+    // While the stalled response holds the address's one slot, another connection is refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = connect_from(source, server.addr).await;
+    assert!(closed_within(&mut second, Duration::from_secs(5)).await, "the address's slot was not taken");
+
+    // Once the write has stalled for the limit, the slot is free again (generous bound).
+    let mut served = false;
+    for _ in 0..40 {
+        let mut next = connect_from(source, server.addr).await;
+        let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.addr);
+        if next.write_all(head.as_bytes()).await.is_ok() {
+            let mut reply = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), next.read_to_end(&mut reply)).await;
+            if matches!(read, Ok(Ok(_))) && reply.starts_with(b"HTTP/1.1 200") {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(served, "the client that never reads kept its slot");
+    drop(stalled);
+    server.stop().await;
 }
 
 #[tokio::test]
