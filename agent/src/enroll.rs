@@ -10,7 +10,7 @@ use tailops_proto::v1::{self, enrollment_client::EnrollmentClient};
 use crate::AgentError;
 use crate::state::{AgentConfig, AgentState};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EnrollOptions {
     pub controller_url: String,
     pub token: String,
@@ -20,6 +20,20 @@ pub struct EnrollOptions {
     pub name: Option<String>,
     /// Sent for older controllers; current ones take a host's labels only from its join token.
     pub labels: BTreeMap<String, String>,
+}
+
+/// Without the token: a log line or a panic message must never carry it.
+impl std::fmt::Debug for EnrollOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollOptions")
+            .field("controller_url", &self.controller_url)
+            .field("token", &"[redacted]")
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("state_dir", &self.state_dir)
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .finish()
+    }
 }
 
 pub async fn enroll(options: EnrollOptions) -> Result<AgentState, AgentError> {

@@ -14,11 +14,22 @@ pub enum LoginError {
     Refused(tonic::Status),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoginOptions {
     pub controller_url: String,
     pub token: String,
     pub ca_fingerprint: Fingerprint,
+}
+
+/// Without the invite token: a log line or a panic message must never carry it.
+impl std::fmt::Debug for LoginOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginOptions")
+            .field("controller_url", &self.controller_url)
+            .field("token", &"[redacted]")
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .finish()
+    }
 }
 
 /// Redeems the invite and returns the new profile (not yet saved).

@@ -25,6 +25,11 @@ pub enum ProfileError {
     Exists(PathBuf),
     #[error("cannot find a home directory for the default profile; pass --profile PATH")]
     NoHome,
+    #[error(
+        "profile {path} holds a private key but others may read it (mode {mode:04o}); \
+         run `chmod 600 {path}` and consider the key exposed if others could read it"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -67,6 +72,16 @@ impl Profile {
     }
 
     pub async fn load(path: &Path) -> Result<Self, ProfileError> {
+        use std::os::unix::fs::PermissionsExt;
+        // As ssh does with keys: a profile others can read is refused, not silently used.
+        if let Ok(meta) = tokio::fs::metadata(path).await
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            return Err(ProfileError::Exposed {
+                path: path.to_owned(),
+                mode: meta.permissions().mode() & 0o777,
+            });
+        }
         let text = tokio::fs::read_to_string(path).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 ProfileError::Missing(path.to_owned())
@@ -107,5 +122,30 @@ impl Profile {
             )?;
         file.write_all(text.as_bytes()).await.map_err(write_err)?;
         file.sync_all().await.map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_profile_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        let profile = Profile {
+            endpoint: "https://127.0.0.1:1".into(),
+            principal: "spiffe://t/user/admin".into(),
+            ca_pem: String::new(),
+            cert_pem: String::new(),
+            key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+        };
+        profile.save_new(&path).await.expect("save");
+        Profile::load(&path).await.expect("0600 loads");
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).await.expect("chmod");
+        let err = Profile::load(&path).await.expect_err("world-readable");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

@@ -236,6 +236,23 @@ impl HostIdentity for HostKey {
 /// Every host's [`HostKey`], loaded on first use after a change. Ids, names and labels change
 /// only when a host is enrolled or deleted, and reading every host row for each job cost about
 /// 5 µs per host (50 ms of a 10,000-host fan-out).
+/// The database holds every job's output and the audit log: readable by the controller's user
+/// only, whatever the umask (SQLite gives its -wal and -shm files the database's mode).
+async fn restrict_to_owner(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match tokio::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = ?file, error = %e, "cannot make the database private (chmod 600)")
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct HostKeyCache {
     /// Bumped by every change, so a load that raced a change is not kept.
@@ -259,6 +276,7 @@ impl Store {
             .connect_with(options.clone().create_if_missing(true))
             .await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
+        restrict_to_owner(path).await;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
         Ok(Self { pool, writer, host_keys: Arc::default() })
     }
