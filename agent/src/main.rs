@@ -197,6 +197,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+// One thread carries the link, heartbeats, cancels and exec jobs' I/O, all of it light; typed
+// operations, whose cost grows with their input, each run on a thread of their own (see
+// `link::Workers`), so none of them can hold this one up. A worker per core would cost about
+// 1 MiB of idle RSS for nothing (docs/BENCHMARKS.md).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tailops_pki::install_crypto_provider();

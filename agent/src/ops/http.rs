@@ -3,8 +3,11 @@
 //!
 //! The policy: a name is resolved once and the connection goes to the checked address (no
 //! second lookup a rebinding DNS server could answer differently). Link-local addresses
-//! (169.254.0.0/16 with the cloud metadata service, fe80::/10), unspecified, multicast and
-//! broadcast addresses are refused. Loopback and private ranges are allowed (homelab targets),
+//! (169.254.0.0/16 with the cloud metadata service, fe80::/10), the metadata services outside it
+//! (Alibaba Cloud's 100.100.100.200, AWS's fd00:ec2::254), unspecified, multicast and broadcast
+//! addresses are refused; an IPv4 address inside IPv6 (`::ffff:a.b.c.d`, NAT64's
+//! `64:ff9b::a.b.c.d`) is judged as the IPv4 address it reaches. `net.port`, `net.ping` and
+//! `net.traceroute` resolve through [`resolve_checked`] and go to the checked address. Loopback and private ranges are allowed (homelab targets),
 //! but a redirect from a public address to a loopback or private one is refused: that is how a
 //! public URL is turned against the host's own network. Redirects are followed by hand, at most
 //! [`MAX_REDIRECTS`], each hop checked like the first.
@@ -12,7 +15,7 @@
 //! HTTP is hyper's HTTP/1 client over a tokio `TcpStream` (and tokio-rustls for https, verified
 //! against Mozilla's roots from `webpki-roots`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,16 +46,30 @@ pub enum Reach {
     Internal,
 }
 
+/// Cloud metadata services outside the link-local range: Alibaba Cloud's (inside CGNAT space,
+/// which is otherwise internal) and AWS's IPv6 one (inside the ULA range).
+const METADATA_V4: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
+const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+/// The IPv4 address a NAT64 address (well-known prefix `64:ff9b::/96`, RFC 6052) reaches.
+fn nat64_target(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let octets = v6.octets();
+    (octets[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0])
+        .then(|| Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]))
+}
+
 /// Whether `ip` may be connected to, and where it is; `Err` says why not.
 pub fn classify(ip: IpAddr) -> Result<Reach, &'static str> {
     match ip {
         IpAddr::V4(v4) => classify_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = v6.to_ipv4_mapped().or_else(|| nat64_target(v6)) {
                 return classify_v4(v4);
             }
             let first = v6.segments()[0];
-            if v6.is_unspecified() {
+            if v6 == METADATA_V6 {
+                Err("cloud metadata service")
+            } else if v6.is_unspecified() {
                 Err("unspecified")
             } else if v6.is_multicast() {
                 Err("multicast")
@@ -71,6 +88,8 @@ fn classify_v4(v4: Ipv4Addr) -> Result<Reach, &'static str> {
     let [a, b, ..] = v4.octets();
     if v4.is_link_local() {
         Err("link-local (the cloud metadata service lives at 169.254.169.254)")
+    } else if v4 == METADATA_V4 {
+        Err("cloud metadata service")
     } else if a == 0 {
         Err("unspecified")
     } else if v4.is_multicast() {
@@ -110,6 +129,24 @@ pub fn check_addresses(host: &str, addrs: &[SocketAddr], after_public: bool) -> 
         }
     }
     Ok(reach)
+}
+
+/// Resolves `host` once and checks every address it has against the policy (loopback and
+/// private ranges are fine for checks run from the host); returns the addresses, in the
+/// resolver's order, for the caller to use instead of the name.
+pub async fn resolve_checked(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, OpError> {
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| {
+            OpError::Failed(format!(
+                "resolving {host} took longer than {}",
+                humantime::format_duration(timeout)
+            ))
+        })?
+        .map_err(|e| OpError::Failed(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    check_addresses(host, &addrs, false)?;
+    Ok(addrs)
 }
 
 /// A URL taken apart.
@@ -558,9 +595,24 @@ mod tests {
             "::",
             "ff02::1",
             "::ffff:169.254.169.254",
+            // Metadata services outside link-local, and metadata reached through NAT64.
+            "100.100.100.200",
+            "::ffff:100.100.100.200",
+            "fd00:ec2::254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::100.100.100.200",
+            "64:ff9b::",
+            "64:ff9b::224.0.0.1",
         ] {
             assert!(classify(bad.parse().expect("ip")).is_err(), "{bad}");
         }
+        assert_eq!(classify("fd00:ec2::254".parse().expect("ip")), Err("cloud metadata service"));
+        assert_eq!(classify("100.100.100.200".parse().expect("ip")), Err("cloud metadata service"));
+        // NAT64 reaches what its embedded address is; its neighbours are ordinary.
+        assert_eq!(classify("64:ff9b::1.1.1.1".parse().expect("ip")), Ok(Reach::Public));
+        assert_eq!(classify("64:ff9b::10.0.0.1".parse().expect("ip")), Ok(Reach::Internal));
+        assert_eq!(classify("100.100.100.201".parse().expect("ip")), Ok(Reach::Internal));
+        assert_eq!(classify("fd00:ec2::253".parse().expect("ip")), Ok(Reach::Internal));
         for internal in [
             "127.0.0.1",
             "10.1.2.3",
@@ -582,6 +634,19 @@ mod tests {
         assert!(check_addresses("nas.lan", &[sock("192.168.1.5")], false).is_ok());
         let e = check_addresses("meta", &[sock("1.1.1.1"), sock("169.254.169.254")], false).unwrap_err();
         assert!(matches!(e, OpError::Refused(ref m) if m.contains("link-local")), "{e}");
+    }
+
+    #[tokio::test]
+    async fn resolving_refuses_what_the_policy_refuses_and_names_the_address() {
+        let addrs = resolve_checked("127.0.0.1", 22, Duration::from_secs(5)).await.expect("loopback");
+        assert_eq!(addrs, vec![SocketAddr::new("127.0.0.1".parse().expect("ip"), 22)]);
+        for bad in ["169.254.169.254", "100.100.100.200", "fd00:ec2::254", "64:ff9b::a9fe:a9fe", "0.0.0.0"] {
+            let e = resolve_checked(bad, 80, Duration::from_secs(5)).await.expect_err(bad);
+            assert!(
+                matches!(e, OpError::Refused(ref m) if m.contains("address policy does not allow")),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -243,19 +243,41 @@ pub async fn run(
 }
 
 /// The result of an operation for the job protocol: exit code 0 with the output on success,
-/// otherwise the error (and whether the host simply lacks what the operation needs).
-pub fn command_result(outcome: Result<v1::OperationOutput, OpError>) -> v1::CommandResult {
+/// otherwise the error (and whether the host simply lacks what the operation needs). The output
+/// is fitted under `limit` encoded bytes ([`output::fit`]; `stdout_truncated` then says it was
+/// cut), so no result can exceed what the controller accepts on the link.
+pub fn command_result(
+    op: &Validated,
+    outcome: Result<v1::OperationOutput, OpError>,
+    limit: usize,
+) -> v1::CommandResult {
     match outcome {
-        Ok(output) => v1::CommandResult {
-            exit_code: Some(0),
-            output: Some(v1::ActionOutput { kind: Some(v1::action_output::Kind::Operation(output)) }),
-            ..Default::default()
-        },
-        Err(e) => v1::CommandResult {
-            not_available: matches!(e, OpError::NotAvailable(_)),
-            error: e.to_string(),
-            ..Default::default()
-        },
+        Ok(mut output) => {
+            let truncated = output::fit(&mut output, limit, kept_end(op));
+            v1::CommandResult {
+                exit_code: Some(0),
+                stdout_truncated: truncated,
+                output: Some(v1::ActionOutput { kind: Some(v1::action_output::Kind::Operation(output)) }),
+                ..Default::default()
+            }
+        }
+        Err(e) => {
+            // Errors quote tool output, which can be one endless line.
+            let error = e.to_string();
+            v1::CommandResult {
+                not_available: matches!(e, OpError::NotAvailable(_)),
+                error: output::cut_text(&error, output::MAX_TEXT_BYTES / 16).unwrap_or(error),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// Logs and tails list the newest line last: when they must be cut, the newest lines stay.
+fn kept_end(op: &Validated) -> output::Keep {
+    match op.spec.name {
+        "file.tail" | "log.journal" | "log.file" | "container.logs" => output::Keep::Last,
+        _ => output::Keep::First,
     }
 }
 

@@ -149,11 +149,8 @@ fn parse_endpoint(field: &str) -> Option<SocketAddr> {
 }
 
 async fn port_check(host: &str, port: u16, timeout: Duration) -> Result<v1::OperationOutput, OpError> {
-    let addrs: Vec<SocketAddr> = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| OpError::Failed(format!("resolving {host} took longer than {timeout:?}")))?
-        .map_err(|e| OpError::Failed(format!("cannot resolve {host}: {e}")))?
-        .collect();
+    // The address policy of net.http applies: no probing the metadata service or link-local.
+    let addrs = super::http::resolve_checked(host, port, timeout).await?;
     let mut table = Table::new(&["address", "open", "millis", "error"]);
     let mut open = 0;
     for addr in &addrs {
@@ -234,8 +231,10 @@ async fn ping(
     timeout: Duration,
 ) -> Result<v1::OperationOutput, OpError> {
     let ping = tool::locate(&config.ping, "ping").await?;
+    // ping gets the checked address, not the name: a second lookup could answer differently.
+    let address = checked_address(host, timeout).await?;
     let count = count.to_string();
-    let args = ["-n", "-c", count.as_str(), "-W", "2", "--", host];
+    let args = ["-n", "-c", count.as_str(), "-W", "2", "--", address.as_str()];
     let ran = tool::run(&ping, &args, timeout).await?;
     let stats = parse_ping(&ran.stdout);
     if stats.is_none() && !ran.success() {
@@ -256,6 +255,16 @@ async fn ping(
     table.step(&[&["ping"][..], &args[..]].concat());
     table.summary(format!("{host}: {} of {} replies", stats.received, stats.sent));
     Ok(table.finish())
+}
+
+/// The first address `host` resolves to, once the address policy allows all of them, as text
+/// for a tool's argv.
+pub(super) async fn checked_address(host: &str, timeout: Duration) -> Result<String, OpError> {
+    let addrs = super::http::resolve_checked(host, 0, timeout).await?;
+    addrs
+        .first()
+        .map(|a| a.ip().to_string())
+        .ok_or_else(|| OpError::Failed(format!("{host} resolves to no address")))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

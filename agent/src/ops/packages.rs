@@ -10,7 +10,6 @@
 //!   says what would run.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tailops_ops::Validated;
@@ -196,30 +195,11 @@ async fn change(
     Ok(table.finish())
 }
 
-/// Like [`tool::run`], with apt's non-interactive frontend.
+/// Like [`tool::run`] (its own process group, killed with everything in it on timeout or
+/// cancel), with apt's non-interactive frontend.
 async fn apt_run(program: &Path, args: &[String], timeout: Duration) -> Result<Ran, OpError> {
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("LC_ALL", "C")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(timeout, child).await {
-        Ok(Ok(output)) => Ok(Ran {
-            status: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }),
-        Ok(Err(e)) => Err(OpError::Failed(format!("cannot run {}: {e}", program.display()))),
-        Err(_) => Err(OpError::Failed(format!(
-            "{} did not finish within {}",
-            program.display(),
-            humantime::format_duration(timeout)
-        ))),
-    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tool::run_with_env(program, &args, &[("DEBIAN_FRONTEND", "noninteractive")], timeout).await
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,13 +28,16 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<v1::OperationOutput, OpError> {
     let host = op.text("host").unwrap_or_default();
+    // The tool gets the address the policy checked (not the name, which could resolve anew).
+    let address = super::net::checked_address(host, timeout).await?;
+    let target = address.as_str();
     let max_hops = op.int("max_hops").unwrap_or(30).to_string();
     let (name, program, args, hops_of): (&str, _, Vec<&str>, Parser) =
         match tool::locate(&config.traceroute, "traceroute").await {
             Ok(program) => (
                 "traceroute",
                 program,
-                vec!["-n", "-q", "1", "-w", "2", "-m", &max_hops, "--", host],
+                vec!["-n", "-q", "1", "-w", "2", "-m", &max_hops, "--", target],
                 parse_traceroute,
             ),
             Err(_) => {
@@ -44,7 +47,7 @@ pub async fn run(
                         .into(),
                 )
                 })?;
-                ("tracepath", program, vec!["-n", "-m", &max_hops, "--", host], parse_tracepath)
+                ("tracepath", program, vec!["-n", "-m", &max_hops, "--", target], parse_tracepath)
             }
         };
     let ran = tool::run(&program, &args, timeout).await?;
