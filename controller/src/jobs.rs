@@ -220,12 +220,16 @@ pub fn risk_of(action: &v1::JobAction) -> Risk {
     }
 }
 
-/// Whether a network check aims at one of the fleet's own hosts (by its name), which keeps it
-/// inside the fleet whoever asks.
+/// Whether a network check aims at one of the fleet's own hosts (by its name) or at the host
+/// it runs on (loopback), which keeps it inside the fleet whoever asks.
 fn aims_at_fleet(action: &v1::JobAction, hosts: &[HostKey]) -> bool {
     let Some(v1::job_action::Kind::Operation(op)) = &action.kind else { return false };
-    op.name.starts_with("net.")
-        && op.params.get("host").is_some_and(|target| hosts.iter().any(|h| h.name == *target))
+    let inside = |target: &String| {
+        target == "localhost"
+            || target.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || hosts.iter().any(|h| h.name == *target)
+    };
+    op.name.starts_with("net.") && op.params.get("host").is_some_and(inside)
 }
 
 /// What an action risks once its `elevated` flag is counted: an elevated action is authorised
