@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long a group gets between SIGTERM and SIGKILL on timeout or cancel.
-pub const TERM_GRACE: Duration = Duration::from_secs(2);
+/// How long a group gets between SIGTERM and SIGKILL on timeout or cancel: short, because a
+/// deadline or a cancel must end the job within a second of its time.
+pub const TERM_GRACE: Duration = Duration::from_millis(750);
 /// How long output may keep arriving after the process group is gone (pipes inherited by a
 /// process that escaped the group, e.g. through `setsid`, are abandoned after this).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);

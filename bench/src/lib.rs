@@ -160,6 +160,7 @@ async fn initialize_data_dir(data: &DataDir, heartbeat: Duration) -> anyhow::Res
     config.rate_limits.control_per_minute = 1_000_000;
     config.rate_limits.exec_per_minute = 1_000_000;
     config.rate_limits.enroll_per_minute_per_address = 1_000_000;
+    config.rate_limits.agent_connects_per_minute = 1_000_000;
     // Every simulated agent connects from 127.0.0.1, thousands at once.
     config.network.max_connections = 1_000_000;
     config.network.max_connections_per_address = 1_000_000;

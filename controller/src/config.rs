@@ -186,6 +186,12 @@ pub struct RateLimits {
     /// Refusals recorded one by one in the audit log, per principal (or source address for
     /// callers without a certificate); past it they are counted and recorded as one row a minute.
     pub refusals_per_minute: u32,
+    /// Agent link streams one agent identity may open; past it, Connect is refused and the agent
+    /// backs off.
+    pub agent_connects_per_minute: u32,
+    /// Messages the controller reads from one agent's stream per second (twice that in a
+    /// burst); past it, it reads more slowly and the agent's own queue holds the rest.
+    pub agent_messages_per_second: u32,
 }
 
 impl Default for RateLimits {
@@ -197,6 +203,8 @@ impl Default for RateLimits {
             exec_per_minute: 10,
             enroll_per_minute_per_address: 20,
             refusals_per_minute: 30,
+            agent_connects_per_minute: 30,
+            agent_messages_per_second: 2000,
         }
     }
 }

@@ -18,6 +18,8 @@ pub enum Bucket {
     Enroll,
     /// Refusals audited one by one, per principal or source address.
     Refused,
+    /// Agent link streams opened, per agent identity.
+    AgentConnect,
 }
 
 impl Bucket {
@@ -29,6 +31,7 @@ impl Bucket {
             Self::Exec => "exec",
             Self::Enroll => "enrollment",
             Self::Refused => "refusal",
+            Self::AgentConnect => "agent connection",
         }
     }
 }
@@ -37,6 +40,38 @@ impl Bucket {
 struct State {
     tokens: f64,
     updated: Instant,
+}
+
+/// A budget of messages per second for one stream, with a burst of two seconds' worth. It
+/// paces instead of refusing: [`MessagePacer::admit`] waits until the next message may be read,
+/// so an agent that sends too much is slowed by backpressure, not cut off.
+#[derive(Debug)]
+pub struct MessagePacer {
+    per_second: f64,
+    tokens: f64,
+    updated: tokio::time::Instant,
+}
+
+impl MessagePacer {
+    pub fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self { per_second, tokens: 2.0 * per_second, updated: tokio::time::Instant::now() }
+    }
+
+    /// Takes one message's token, waiting for it if the budget is spent.
+    pub async fn admit(&mut self) {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.updated).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(2.0 * self.per_second);
+        self.updated = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.per_second);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.updated = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
 }
 
 /// Refused: try again after this long.
@@ -89,6 +124,7 @@ impl RateLimiter {
             Bucket::Exec => self.limits.exec_per_minute,
             Bucket::Enroll => self.limits.enroll_per_minute_per_address,
             Bucket::Refused => self.limits.refusals_per_minute,
+            Bucket::AgentConnect => self.limits.agent_connects_per_minute,
         }
     }
 
@@ -154,6 +190,22 @@ mod tests {
         // Other principals and buckets are independent.
         limiter.check("bob", Bucket::Exec).expect("bob has his own bucket");
         limiter.check("alice", Bucket::Observe).expect("observe is separate");
+    }
+
+    #[tokio::test]
+    async fn a_chatty_stream_is_paced_not_cut() {
+        let mut pacer = MessagePacer::new(100);
+        let started = tokio::time::Instant::now();
+        for _ in 0..200 {
+            pacer.admit().await;
+        }
+        let burst = started.elapsed();
+        for _ in 0..20 {
+            pacer.admit().await;
+        }
+        // Every message is admitted; the twenty past the burst wait their turn (0.2 s at 100/s).
+        let paced = started.elapsed() - burst;
+        assert!(paced >= Duration::from_millis(150), "past the burst, reading slows down: {paced:?}");
     }
 
     #[test]

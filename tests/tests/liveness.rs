@@ -22,9 +22,11 @@ async fn a_disconnected_agent_goes_offline_and_comes_back() {
 #[tokio::test]
 async fn a_silent_agent_process_is_marked_offline_and_recovers() {
     let controller = TestController::start().await;
+    // Built before the token's minute starts: a cold build can take longer than that.
+    let agent = binary("tailops-agent").await;
     let token = controller.token(&[("role", "proc")], 1, Duration::from_secs(60)).await;
     let state = tempfile::tempdir().expect("dir");
-    let enroll = tokio::process::Command::new(binary("tailops-agent").await)
+    let enroll = tokio::process::Command::new(&agent)
         .args([
             "enroll",
             "--controller",
@@ -41,7 +43,7 @@ async fn a_silent_agent_process_is_marked_offline_and_recovers() {
     assert!(enroll.status.success(), "{}", String::from_utf8_lossy(&enroll.stderr));
     assert!(String::from_utf8_lossy(&enroll.stdout).contains("Enrolled as sleeper"));
 
-    let mut child = tokio::process::Command::new(binary("tailops-agent").await)
+    let mut child = tokio::process::Command::new(&agent)
         .args(["run", "--state-dir"])
         .arg(state.path())
         .kill_on_drop(true)

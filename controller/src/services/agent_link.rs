@@ -17,6 +17,7 @@ use crate::audit::AuditRecord;
 use crate::auth::Principal;
 use crate::jobs::AgentJobMessage;
 use crate::monitoring::ingest::{MAX_HELLO_FIELD, clean_text};
+use crate::rate_limit::{Bucket, MessagePacer};
 use crate::revocation::Revoked;
 use crate::store::CertStanding;
 use crate::store::HostReport;
@@ -63,6 +64,11 @@ impl AgentLink for AgentLinkService {
             Box::pin(self.state.revocations.until_revoked(principal.uri(), principal.serial.clone()));
         if principal.id.kind != PrincipalKind::Agent {
             return Err(Status::permission_denied("only agents may use the agent link"));
+        }
+        // Each stream costs database writes and an audit row: a copied or broken agent in a
+        // reconnect loop is refused (and backs off) instead of costing them without bound.
+        if let Err(retry) = self.state.limiter.check(&principal.uri(), Bucket::AgentConnect) {
+            return Err(retry.into_status(Bucket::AgentConnect));
         }
         let host_id = principal.id.name.clone();
         let remote = request.remote_addr().map(|a| a.ip());
@@ -201,7 +207,9 @@ async fn read_agent_stream(
     // agent renews at 70% of the lifetime and uses the new certificate when it reconnects.
     let left = u64::try_from(principal.not_after_ms.saturating_sub(now_ms())).unwrap_or(0);
     let expires = tokio::time::Instant::now() + Duration::from_millis(left);
+    let mut pacer = MessagePacer::new(state.config.rate_limits.agent_messages_per_second);
     loop {
+        pacer.admit().await;
         let message = tokio::select! {
             () = conn.closed.cancelled() => break,
             _ = &mut revoked => {

@@ -197,8 +197,11 @@ fn result_text(state: v1::TargetState, result: Option<&v1::CommandResult>) -> St
     for (name, truncated, total) in
         [("stdout", r.stdout_truncated, r.stdout_bytes), ("stderr", r.stderr_truncated, r.stderr_bytes)]
     {
-        if truncated {
-            text.push_str(&format!("; {name} truncated ({total} bytes produced)"));
+        match (truncated, total) {
+            // A typed result cut to fit carries no byte count: its summary says what was kept.
+            (true, 0) => text.push_str("; result truncated"),
+            (true, total) => text.push_str(&format!("; {name} truncated ({total} bytes produced)")),
+            (false, _) => {}
         }
     }
     text

@@ -368,19 +368,21 @@ pub(crate) fn checked_tail(
 /// Reads `file` (of `size` bytes) backwards in chunks until more than `lines` newlines (or the
 /// cap) are in hand; returns where the bytes read start, and the bytes.
 fn last_lines(file: &mut std::fs::File, size: u64, lines: usize) -> std::io::Result<(u64, Vec<u8>)> {
+    // Chunks are read backwards and joined once at the end, and newlines are counted per chunk,
+    // so a tail of the whole window costs linear time, not a recount and a copy per chunk.
     let mut start = size;
-    let mut data: Vec<u8> = Vec::new();
-    while start > 0 && size - start < MAX_TAIL_BYTES && data.iter().filter(|b| **b == b'\n').count() <= lines
-    {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut newlines = 0;
+    while start > 0 && size - start < MAX_TAIL_BYTES && newlines <= lines {
         let chunk = TAIL_CHUNK.min(start);
         start -= chunk;
         file.seek(SeekFrom::Start(start))?;
         let mut buf = vec![0; usize::try_from(chunk).unwrap_or(0)];
         file.read_exact(&mut buf)?;
-        buf.extend_from_slice(&data);
-        data = buf;
+        newlines += buf.iter().filter(|b| **b == b'\n').count();
+        chunks.push(buf);
     }
-    Ok((start, data))
+    Ok((start, chunks.into_iter().rev().flatten().collect()))
 }
 
 /// One entry met by [`walk`].
