@@ -151,16 +151,32 @@ impl JobRequest {
         if timeout > Duration::from_secs(timeout_secs_max) {
             return Err(invalid(format!("timeout {timeout:?} exceeds the limit of {timeout_secs_max} s")));
         }
+        // Below the control tier a job's output and a follow's duration are bounded tighter:
+        // the lowest roles must not be able to hold the controller's memory for a day (M5).
+        let observe_only = !requester.holds(Tier::Control);
+        let max_cap = if observe_only {
+            limits.max_output_cap_bytes.min(OBSERVE_MAX_OUTPUT_CAP)
+        } else {
+            limits.max_output_cap_bytes
+        };
         let output_cap = match req.output_cap_bytes {
-            0 => limits.default_output_cap_bytes,
-            n if n > limits.max_output_cap_bytes => {
+            0 => limits.default_output_cap_bytes.min(max_cap),
+            n if n > max_cap => {
                 return Err(invalid(format!(
-                    "output cap {n} exceeds the limit of {} bytes",
-                    limits.max_output_cap_bytes
+                    "output cap {n} exceeds the limit of {max_cap} bytes{}",
+                    if observe_only { " for roles without the control tier" } else { "" }
                 )));
             }
             n => n,
         };
+        let follows = matches!(&action.kind, Some(v1::job_action::Kind::Operation(op))
+            if op.params.get("follow").is_some_and(|f| matches!(f.as_str(), "true" | "yes" | "1" | "on")));
+        if observe_only && follows && timeout > OBSERVE_MAX_FOLLOW {
+            return Err(invalid(format!(
+                "a follow job runs at most {} for roles without the control tier; start a new one to go on",
+                humantime::format_duration(OBSERVE_MAX_FOLLOW)
+            )));
+        }
         check_reason(&req.reason)?;
         Ok(Self {
             requester,
@@ -188,6 +204,11 @@ fn check_reason(reason: &str) -> Result<(), JobError> {
     }
     Ok(())
 }
+
+/// The largest output cap (per stream and host) a principal without the control tier may ask for.
+pub const OBSERVE_MAX_OUTPUT_CAP: u64 = 4 * 1024 * 1024;
+/// The longest a principal without the control tier may follow a log or a container.
+pub const OBSERVE_MAX_FOLLOW: Duration = Duration::from_secs(3600);
 
 /// The most arguments one exec may carry: the byte limit alone would let millions of empty
 /// strings through.

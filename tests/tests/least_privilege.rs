@@ -336,3 +336,31 @@ async fn actions_are_refused_while_the_audit_log_cannot_be_written() {
     assert!(rows.len() >= 2, "the job created while the log failed was recorded after all: {}", rows.len());
     controller.stop().await;
 }
+
+/// M5: the lowest roles cannot make the controller hold a day of output.
+#[tokio::test]
+async fn observe_roles_get_smaller_output_caps_and_shorter_follows() {
+    let controller = TestController::start().await;
+    let _a = controller.agent("a", &[]).await;
+    let viewer = controller.principal("user", "vic", "viewer", None).await;
+    let mut as_viewer = controller.fleet_as(&viewer).await;
+
+    let mut big = op_request("a", "log.journal", &[("lines", "10")], false);
+    big.output_cap_bytes = 64 * 1024 * 1024;
+    let err = as_viewer.run_job(big.clone()).await.expect_err("64 MiB cap as a viewer");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("without the control tier"), "{}", err.message());
+
+    let follow = op_request_with("a", "log.journal", &[("follow", "true")], false, Duration::from_secs(7200));
+    let err = as_viewer.run_job(follow.clone()).await.expect_err("a two-hour follow as a viewer");
+    assert!(err.message().contains("follow job runs at most 1h"), "{}", err.message());
+
+    // An operator may (the limits are the configured ones); checked without running the job.
+    let operator = controller.principal("user", "olga", "operator", None).await;
+    let mut as_operator = controller.fleet_as(&operator).await;
+    let mut job = as_operator.run_job(big).await.expect("an operator's cap").into_inner();
+    let first = job.message().await.expect("stream").expect("event");
+    let id = first.job_id;
+    controller.fleet().await.cancel_job(v1::CancelJobRequest { job_id: id }).await.expect("cancel");
+    controller.stop().await;
+}
