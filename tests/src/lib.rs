@@ -361,6 +361,16 @@ pub async fn tailopsctl(profile: &Path, args: &[&str]) -> std::process::Output {
         .expect("run tailopsctl")
 }
 
+/// Reads a job's events until it asks for approval; returns the job id.
+pub async fn until_approval_required(stream: &mut tonic::Streaming<v1::JobEvent>) -> u64 {
+    loop {
+        let event = stream.message().await.expect("stream").expect("event");
+        if matches!(event.kind, Some(v1::job_event::Kind::ApprovalRequired(_))) {
+            return event.job_id;
+        }
+    }
+}
+
 /// Lossy UTF-8 of a process's output.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -9,16 +9,6 @@ fn decide(job_id: u64, approve: bool, reason: &str) -> v1::DecideApprovalRequest
     v1::DecideApprovalRequest { job_id, approve, reason: reason.to_owned() }
 }
 
-/// Reads events until the job asks for approval; returns the job id.
-async fn until_approval_required(stream: &mut tonic::Streaming<v1::JobEvent>) -> u64 {
-    loop {
-        let event = stream.message().await.expect("stream").expect("event");
-        if matches!(event.kind, Some(v1::job_event::Kind::ApprovalRequired(_))) {
-            return event.job_id;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_bridge_exec_waits_for_a_human_and_then_runs() {
     let controller = TestController::start().await;

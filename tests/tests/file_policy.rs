@@ -105,8 +105,9 @@ fn profile_text(key: &str) -> String {
     )
 }
 
-/// Reads events until the job asks for approval; returns the job id and the stream.
-async fn until_approval_required(
+/// Runs `request` as `profile` and reads events until the job asks for approval (failing if it
+/// ran instead); returns the job id and the stream.
+async fn request_pending_approval(
     controller: &TestController,
     profile: &tailopsctl::Profile,
     request: v1::RunJobRequest,
@@ -227,7 +228,7 @@ async fn c1_the_mcp_role_cannot_read_a_profile_or_key_anywhere() {
 
     // Not even an approved elevated request reads the profile: the deny list wins at every tier.
     let request = elevated(op_request(HOST, "file.read", &[("path", &in_control)], false));
-    let (job_id, stream) = until_approval_required(&controller, &bridge, request).await;
+    let (job_id, stream) = request_pending_approval(&controller, &bridge, request).await;
     let finished = approve(&controller, job_id, stream).await;
     let result = finished.result.clone().unwrap_or_default();
     assert_refused(finished.state(), &result, "deny list");
@@ -248,7 +249,7 @@ async fn an_elevated_mcp_read_waits_for_approval_and_then_reads_only_what_contro
     assert_refused(state, &result, "an operator can read it, or ask with --elevate (needs approval)");
 
     let request = elevated(op_request(HOST, "file.read", &[("path", &config)], false));
-    let (job_id, stream) = until_approval_required(&controller, &bridge, request).await;
+    let (job_id, stream) = request_pending_approval(&controller, &bridge, request).await;
     let pending =
         controller.fleet().await.list_approvals(v1::ListApprovalsRequest {}).await.expect("ls").into_inner();
     assert_eq!(
@@ -263,7 +264,7 @@ async fn an_elevated_mcp_read_waits_for_approval_and_then_reads_only_what_contro
     let key_file = tree.control.join("deploy.txt");
     tokio::fs::write(&key_file, format!("deploy key:\n{}", controller.admin.key_pem)).await.expect("write");
     let request = elevated(op_request(HOST, "file.read", &[("path", &at(&key_file))], false));
-    let (job_id, stream) = until_approval_required(&controller, &bridge, request).await;
+    let (job_id, stream) = request_pending_approval(&controller, &bridge, request).await;
     let finished = approve(&controller, job_id, stream).await;
     let result = finished.result.clone().unwrap_or_default();
     assert_refused(finished.state(), &result, "private key material");

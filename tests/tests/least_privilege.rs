@@ -10,16 +10,6 @@ fn decide(job_id: u64, approve: bool) -> v1::DecideApprovalRequest {
     v1::DecideApprovalRequest { job_id, approve, reason: String::new() }
 }
 
-/// Reads events until the job asks for approval; returns the job id.
-async fn until_approval_required(stream: &mut tonic::Streaming<v1::JobEvent>) -> u64 {
-    loop {
-        let event = stream.message().await.expect("stream").expect("event");
-        if matches!(event.kind, Some(v1::job_event::Kind::ApprovalRequired(_))) {
-            return event.job_id;
-        }
-    }
-}
-
 /// M2: an approver can never be shown a different command from the one that would run.
 #[tokio::test]
 async fn commands_and_reasons_that_could_hide_what_runs_are_refused() {
