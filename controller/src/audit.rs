@@ -398,9 +398,20 @@ pub async fn list(store: &Store, req: &v1::ListAuditRequest) -> Result<Vec<v1::A
 
 /// Recomputes the chain over every row and compares its end with `head`.
 async fn verify(store: &Store, head: Head) -> Result<v1::VerifyAuditResponse, StoreError> {
-    let rows = sqlx::query("SELECT * FROM audit ORDER BY seq").fetch_all(store.pool()).await?;
-    let mut prev_seq = 0u64;
-    let mut prev_hash = [0u8; 32];
+    // One read transaction: the anchor and the rows after it are one snapshot, even if retention
+    // prunes meanwhile.
+    let mut snapshot = store.pool().begin().await?;
+    let anchor =
+        sqlx::query("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetch_optional(&mut *snapshot).await?;
+    let rows = sqlx::query("SELECT * FROM audit ORDER BY seq").fetch_all(&mut *snapshot).await?;
+    snapshot.commit().await?;
+    let (mut prev_seq, mut prev_hash) = match anchor {
+        Some(row) => {
+            let hash: Vec<u8> = row.try_get("hash")?;
+            (u64::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0), hash.try_into().unwrap_or([0; 32]))
+        }
+        None => (0u64, [0u8; 32]),
+    };
     let bad = |seq: u64, checked: u64, problem: String| v1::VerifyAuditResponse {
         intact: false,
         rows_checked: checked,

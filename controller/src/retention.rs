@@ -1,6 +1,6 @@
-//! How long the controller keeps job history, certificates and join tokens, and the task that
-//! enforces it. Metrics have their own retention (`[monitoring]`); the audit log is kept whole
-//! (see `docs/security.md`: pruning it needs an anchored checkpoint so verification still holds).
+//! How long the controller keeps job history, audit rows, certificates and join tokens, and the
+//! task that enforces it. Metrics have their own retention (`[monitoring]`). Pruning the audit log
+//! moves its anchor (the last pruned row's hash), so the rest of the chain still verifies.
 
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use crate::store::{Store, StoreError};
 pub struct RetentionConfig {
     /// Ended jobs, with each host's result and output, are deleted this long after they ended.
     pub job_days: u64,
+    /// Audit rows are deleted this long after they were recorded (the newest row always stays).
+    pub audit_days: u64,
     /// Certificate records are deleted this long after the certificate expired.
     pub certificate_days_after_expiry: u64,
     /// Join tokens and invites are deleted this long after they expired.
@@ -27,6 +29,7 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             job_days: 90,
+            audit_days: 365,
             certificate_days_after_expiry: 30,
             token_days_after_expiry: 30,
             every_secs: 3600,
@@ -38,6 +41,7 @@ impl Default for RetentionConfig {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub jobs: u64,
+    pub audit_rows: u64,
     pub certificates: u64,
     pub tokens: u64,
 }
@@ -51,6 +55,9 @@ pub async fn prune_once(store: &Store, config: &RetentionConfig, now_ms: i64) ->
     let mut pruned = Pruned::default();
     if config.job_days > 0 {
         pruned.jobs = store.prune_jobs(cutoff(config.job_days)).await?;
+    }
+    if config.audit_days > 0 {
+        pruned.audit_rows = store.prune_audit(cutoff(config.audit_days)).await?;
     }
     if config.certificate_days_after_expiry > 0 {
         pruned.certificates = store.prune_certificates(cutoff(config.certificate_days_after_expiry)).await?;

@@ -354,3 +354,49 @@ async fn observe_roles_get_smaller_output_caps_and_shorter_follows() {
     controller.fleet().await.cancel_job(v1::CancelJobRequest { job_id: id }).await.expect("cancel");
     controller.stop().await;
 }
+
+/// Audit retention moves the chain's anchor: the rows kept still verify, and an edit or a gap
+/// after the anchor is still found.
+#[tokio::test]
+async fn pruning_the_audit_log_keeps_the_rest_of_the_chain_verifiable() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Executor};
+    use tailops_controller::retention::{RetentionConfig, prune_once};
+    let controller = TestController::start().await;
+    let _a = controller.agent("a", &[]).await;
+    for word in ["one", "two", "three"] {
+        run_request(&controller, "a", exec_request(all_hosts(), &["echo", word], Duration::from_secs(10)))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let db = controller.data_dir().file(tailops_controller::data_dir::DATABASE);
+    let store = tailops_controller::store::Store::open(&db).await.expect("open the store");
+    // Only the audit log is pruned here, so every live certificate stays usable.
+    let config = RetentionConfig {
+        job_days: 0,
+        audit_days: 1,
+        certificate_days_after_expiry: 0,
+        token_days_after_expiry: 0,
+        ..RetentionConfig::default()
+    };
+    let pruned = prune_once(&store, &config, tailops_proto::time::now_ms() + 2 * 24 * 3600 * 1000)
+        .await
+        .expect("prune");
+    assert!(pruned.audit_rows >= 3, "{pruned:?}");
+    let verify = || async {
+        controller.audit().await.verify_audit(v1::VerifyAuditRequest {}).await.expect("verify").into_inner()
+    };
+    assert!(verify().await.intact, "the rows after the anchor verify");
+    run_request(&controller, "a", exec_request(all_hosts(), &["echo", "after"], Duration::from_secs(10)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(verify().await.intact, "and go on verifying as rows are added");
+
+    // An edit after the anchor is still found.
+    let mut sql = SqliteConnectOptions::new().filename(&db).connect().await.expect("open the database");
+    sql.execute("UPDATE audit SET outcome = 'forged' WHERE seq = (SELECT MAX(seq) FROM audit)")
+        .await
+        .expect("tamper");
+    assert!(!verify().await.intact, "a forged row after the anchor is found");
+    controller.stop().await;
+}

@@ -70,6 +70,40 @@ impl Store {
         Ok(tokens + invites)
     }
 
+    /// Deletes audit rows recorded before `before_ms`, always keeping the newest row, and moves
+    /// the chain's anchor to the last row deleted (its sequence number and hash), in the same
+    /// transaction: verification then starts from the anchor, and a gap or an edit after it is
+    /// still found.
+    pub async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let last = sqlx::query(
+            "SELECT seq, hash FROM audit WHERE at < ? AND seq < (SELECT MAX(seq) FROM audit)
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(before_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(last) = last else { return Ok(0) };
+        let seq: i64 = sqlx::Row::try_get(&last, "seq")?;
+        let hash: Vec<u8> = sqlx::Row::try_get(&last, "hash")?;
+        let deleted = sqlx::query("DELETE FROM audit WHERE seq <= ?")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "INSERT INTO audit_anchor (id, seq, hash, at) VALUES (1, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at",
+        )
+        .bind(seq)
+        .bind(hash)
+        .bind(crate::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
     async fn prune_sliced(&self, statement: &'static str, before_ms: i64) -> Result<u64, StoreError> {
         let mut deleted = 0;
         loop {
