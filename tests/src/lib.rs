@@ -361,6 +361,38 @@ pub async fn tailopsctl(profile: &Path, args: &[&str]) -> std::process::Output {
         .expect("run tailopsctl")
 }
 
+/// Starts `tailops-mcp --profile PROFILE --listen 127.0.0.1:0 EXTRA...` (no token from this
+/// process's environment) and waits until it says where it listens; returns the child (killed
+/// when dropped) and the URL it printed (`http://ADDR/mcp`).
+pub async fn mcp_http_bridge(profile: &Path, extra: &[&str]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(binary("tailops-mcp").await)
+        .arg("--profile")
+        .arg(profile)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("TAILOPS_MCP_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tailops-mcp");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(url) = line.strip_prefix("tailops-mcp listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("tailops-mcp exited before listening");
+    })
+    .await
+    .expect("tailops-mcp did not start listening");
+    // Keep draining stderr so the bridge never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
 /// Reads a job's events until it asks for approval; returns the job id.
 pub async fn until_approval_required(stream: &mut tonic::Streaming<v1::JobEvent>) -> u64 {
     loop {

@@ -5,7 +5,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -13,9 +12,10 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::socket::{MsgFlags, recv};
 use tailops_proto::v1::{self, identity_client::IdentityClient};
 use tailops_tests::{
-    TestController, all_hosts, binary, collect_events, completed, exec_request, tailopsctl, text,
+    TestController, all_hosts, binary, collect_events, completed, exec_request, mcp_http_bridge, tailopsctl,
+    text,
 };
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::Child;
 
@@ -240,29 +240,8 @@ async fn http_bridge(controller: &TestController, dir: &Path, extra: &[&str]) ->
     let profile = controller.principal("bridge", "flooded", "mcp", None).await;
     let path = dir.join("flooded.profile.toml");
     profile.save_new(&path).await.expect("save the bridge profile");
-    let mut child = tokio::process::Command::new(binary("tailops-mcp").await)
-        .arg("--profile")
-        .arg(&path)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env_remove("TAILOPS_MCP_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tailops-mcp");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(url) = line.strip_prefix("tailops-mcp listening on http://") {
-                return url.trim_end_matches("/mcp").parse::<SocketAddr>().expect("address");
-            }
-        }
-        panic!("tailops-mcp exited before listening");
-    })
-    .await
-    .expect("tailops-mcp did not start listening");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, url) = mcp_http_bridge(&path, extra).await;
+    let addr = url.trim_start_matches("http://").trim_end_matches("/mcp").parse().expect("address");
     (child, addr)
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tailops_proto::v1;
 use tailops_tests::mcp_client::McpClient;
-use tailops_tests::{TestController, binary, tailopsctl, text};
+use tailops_tests::{TestController, binary, mcp_http_bridge, tailopsctl, text};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const CLIENT: &str = "pytest-assistant";
@@ -346,34 +346,6 @@ async fn a_scoped_bridge_cannot_reach_other_hosts() {
     }
 }
 
-/// `tailops-mcp --listen 127.0.0.1:0 ...`, and the URL it prints.
-async fn http_bridge(profile: &Path, extra: &[&str]) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(binary("tailops-mcp").await)
-        .arg("--profile")
-        .arg(profile)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tailops-mcp");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(url) = line.strip_prefix("tailops-mcp listening on ") {
-                return url.to_owned();
-            }
-        }
-        panic!("tailops-mcp exited before listening");
-    })
-    .await
-    .expect("tailops-mcp did not start listening");
-    // Keep draining stderr so the bridge never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
-}
-
 /// The status code of a raw `initialize` POST with `headers`.
 async fn raw_status(url: &str, headers: &[(&str, &str)]) -> u16 {
     let address = url.trim_start_matches("http://").split('/').next().expect("address").to_owned();
@@ -406,7 +378,7 @@ async fn streamable_http_with_token_host_and_origin_guards() {
     let _web = controller.agent("web1", &[]).await;
     let dir = tempfile::tempdir().expect("dir");
     let profile = bridge_profile(&controller, dir.path(), "remote", "mcp", None).await;
-    let (_bridge, url) = http_bridge(&profile, &["--token", "s3cret-token-of-32-characters-xx"]).await;
+    let (_bridge, url) = mcp_http_bridge(&profile, &["--token", "s3cret-token-of-32-characters-xx"]).await;
 
     // The official client, with the token, works end to end.
     let mut mcp = McpClient::http(
