@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tailops_proto::v1;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,12 @@ pub struct OutputChunk {
     pub data: Vec<u8>,
 }
 
+/// Sent as soon as a command is spawned, so the agent can journal its process group.
+#[derive(Debug, Clone, Copy)]
+pub struct Spawned {
+    pub pgid: i32,
+}
+
 /// Runs the commands of jobs. The agent uses [`ProcessExecutor`]; the benchmark harness swaps in
 /// an instant one to measure everything else with the same link code.
 pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
@@ -49,6 +55,7 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
         spec: ExecSpec,
         cancel: CancellationToken,
         output: mpsc::Sender<OutputChunk>,
+        spawned: oneshot::Sender<Spawned>,
     ) -> BoxFuture<'static, v1::CommandResult>;
 }
 
@@ -62,8 +69,9 @@ impl Executor for ProcessExecutor {
         spec: ExecSpec,
         cancel: CancellationToken,
         output: mpsc::Sender<OutputChunk>,
+        spawned: oneshot::Sender<Spawned>,
     ) -> BoxFuture<'static, v1::CommandResult> {
-        Box::pin(execute(spec, cancel, output))
+        Box::pin(async move { execute_notifying(spec, cancel, output, Some(spawned)).await })
     }
 }
 
@@ -73,6 +81,16 @@ pub async fn execute(
     spec: ExecSpec,
     cancel: CancellationToken,
     output: mpsc::Sender<OutputChunk>,
+) -> v1::CommandResult {
+    execute_notifying(spec, cancel, output, None).await
+}
+
+/// [`execute`], telling `spawned` the command's process group as soon as it exists.
+async fn execute_notifying(
+    spec: ExecSpec,
+    cancel: CancellationToken,
+    output: mpsc::Sender<OutputChunk>,
+    spawned: Option<oneshot::Sender<Spawned>>,
 ) -> v1::CommandResult {
     let started = Instant::now();
     let deadline = started + spec.timeout;
@@ -94,6 +112,9 @@ pub async fn execute(
     let Some(group) = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw) else {
         return failed("the process exited before it could be tracked", started);
     };
+    if let Some(spawned) = spawned {
+        let _ = spawned.send(Spawned { pgid: group.as_raw() });
+    }
 
     let stdout = Pump::spawn(child.stdout.take(), v1::OutputStream::Stdout, spec.output_cap, output.clone());
     let stderr = Pump::spawn(child.stderr.take(), v1::OutputStream::Stderr, spec.output_cap, output);

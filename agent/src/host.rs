@@ -3,8 +3,10 @@
 
 use tailops_proto::v1;
 
-pub async fn hello() -> v1::Hello {
+/// The hello for a session, saying which jobs run now (they go on across reconnects).
+pub async fn hello(running_jobs: Vec<u64>) -> v1::Hello {
     v1::Hello {
+        running_jobs,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         hostname: hostname(),
         os: os_name().await,

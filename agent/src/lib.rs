@@ -4,7 +4,8 @@
 //! - [`state`]: the state directory (identity, controller address, pinned CA).
 //! - [`enroll`]: join-token enrollment with CA pinning; the key never leaves the host.
 //! - [`link`]: the long-lived stream, heartbeats, reconnects, certificate renewal.
-//! - [`executor`]: running one command safely.
+//! - [`jobs`]: running each job at most once, across reconnects and restarts (journal, held
+//!   results); [`executor`]: running one command safely.
 //! - [`host`]: what the agent says about its host in its hello.
 //! - [`monitor`]: resource samples and facts pushed over the link; [`facts`]: the inventory
 //!   sources; [`mounts`]: which filesystems count as disks.
@@ -14,6 +15,7 @@ pub mod enroll;
 pub mod executor;
 pub mod facts;
 pub mod host;
+pub mod jobs;
 pub mod link;
 pub mod monitor;
 pub mod mounts;

@@ -45,6 +45,7 @@ impl Executor for InstantExecutor {
         _spec: ExecSpec,
         _cancel: CancellationToken,
         _output: tokio::sync::mpsc::Sender<OutputChunk>,
+        _spawned: tokio::sync::oneshot::Sender<tailops_agent::executor::Spawned>,
     ) -> BoxFuture<'static, v1::CommandResult> {
         Box::pin(async { v1::CommandResult { exit_code: Some(0), ..Default::default() } })
     }

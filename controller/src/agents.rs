@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use tailops_proto::v1::ControllerMessage;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -64,6 +64,8 @@ pub struct AgentRegistry {
     connections: Mutex<HashMap<String, AgentConnection>>,
     /// Host id -> until when (unix ms) it stays contested.
     contested: Mutex<HashMap<String, i64>>,
+    /// Host id -> bumped whenever a stream of that host registers (for [`Self::until_connected`]).
+    arrivals: Mutex<HashMap<String, watch::Sender<u64>>>,
     next_conn_id: AtomicU64,
 }
 
@@ -114,6 +116,9 @@ impl AgentRegistry {
             }
             connections.insert(host_id.to_owned(), conn.clone())
         };
+        if let Some(arrived) = self.lock_arrivals().get(host_id) {
+            arrived.send_modify(|n| *n += 1);
+        }
         let still_open = previous.filter(|p| !p.closed.is_cancelled());
         if let Some(previous) = &still_open {
             tracing::info!(host = host_name, "agent reconnected; closing its previous stream");
@@ -160,6 +165,25 @@ impl AgentRegistry {
 
     pub fn get(&self, host_id: &str) -> Option<AgentConnection> {
         self.lock().get(host_id).cloned()
+    }
+
+    /// Resolves once `host_id` has an open stream: at once if it has one now.
+    pub async fn until_connected(&self, host_id: &str) {
+        let mut arrivals = self
+            .lock_arrivals()
+            .entry(host_id.to_owned())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe();
+        // Subscribed before looking, so a stream that registers in between still wakes us.
+        while self.get(host_id).is_none_or(|c| c.closed.is_cancelled()) {
+            if arrivals.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    fn lock_arrivals(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        self.arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// All current connections (a snapshot; cheap clones).

@@ -227,6 +227,10 @@ pub struct Timing {
     pub invite_default_ttl_secs: u64,
     /// Jobs waiting for approval expire after this long.
     pub approval_ttl_secs: u64,
+    /// After a restart, how long the hosts of jobs that were running get to reconnect and
+    /// report (results they kept, or that the job still runs) before their part is recorded
+    /// interrupted.
+    pub recovery_window_secs: u64,
 }
 
 impl Default for Timing {
@@ -242,6 +246,9 @@ impl Default for Timing {
             server_cert_lifetime_secs: 365 * 24 * 3600,
             join_token_default_ttl_secs: 15 * 60,
             join_token_max_ttl_secs: 7 * 24 * 3600,
+            // Longer than the agents' largest reconnect backoff (30 s), so every agent that is
+            // up tries at least once.
+            recovery_window_secs: 60,
             invite_default_ttl_secs: 3600,
             approval_ttl_secs: 3600,
         }
@@ -258,6 +265,8 @@ pub struct Limits {
     pub max_output_cap_bytes: u64,
     pub max_argv_bytes: usize,
     pub max_join_token_uses: u32,
+    /// The longest a job may wait for offline hosts (`--queue-for`).
+    pub max_queue_for_secs: u64,
 }
 
 impl Default for Limits {
@@ -269,6 +278,7 @@ impl Default for Limits {
             max_output_cap_bytes: 64 * 1024 * 1024,
             max_argv_bytes: 128 * 1024,
             max_join_token_uses: 10_000,
+            max_queue_for_secs: 7 * 24 * 3600,
         }
     }
 }

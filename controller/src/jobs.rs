@@ -79,6 +79,8 @@ pub struct JobRequest {
     pub concurrency: u32,
     pub output_cap: u64,
     pub reason: String,
+    /// How long hosts that are offline are waited for (zero: not at all).
+    pub queue_for: Duration,
 }
 
 impl JobRequest {
@@ -178,6 +180,14 @@ impl JobRequest {
             )));
         }
         check_reason(&req.reason)?;
+        let queue_for = Duration::from_millis(req.queue_for_ms);
+        if queue_for > Duration::from_secs(limits.max_queue_for_secs) {
+            return Err(invalid(format!(
+                "queue-for {} exceeds the limit of {}",
+                humantime::format_duration(queue_for),
+                humantime::format_duration(Duration::from_secs(limits.max_queue_for_secs))
+            )));
+        }
         Ok(Self {
             requester,
             selector,
@@ -186,6 +196,7 @@ impl JobRequest {
             concurrency: req.concurrency,
             output_cap,
             reason: req.reason,
+            queue_for,
         })
     }
 }
@@ -282,6 +293,17 @@ pub fn selector_matches(selector: &v1::HostSelector, host: &impl HostIdentity) -
     explicit && labels_match && named
 }
 
+/// How long the manager waits for hosts that went away.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryTiming {
+    /// A host silent this long is offline; a job that reached it is lost once the host has been
+    /// away so long.
+    pub offline_after: Duration,
+    /// After a restart, how long the hosts of jobs that were running get to reconnect and
+    /// report before their part is recorded interrupted.
+    pub recovery_window: Duration,
+}
+
 #[derive(Debug)]
 pub struct JobManager {
     store: Store,
@@ -289,6 +311,10 @@ pub struct JobManager {
     audit: AuditLog,
     results: ResultWriter,
     approval_ttl: Duration,
+    timing: DeliveryTiming,
+    /// Cancelled when the controller stops: watchers are told to come back, and nothing that
+    /// is in flight is recorded as finished (the next start resumes it).
+    shutdown: CancellationToken,
     live: Mutex<HashMap<u64, Arc<LiveJob>>>,
 }
 
@@ -298,16 +324,41 @@ impl JobManager {
         agents: Arc<AgentRegistry>,
         audit: AuditLog,
         approval_ttl: Duration,
+        timing: DeliveryTiming,
         telemetry: Telemetry,
+        shutdown: CancellationToken,
     ) -> Self {
         let results = ResultWriter::start(store.clone(), telemetry);
-        Self { store, agents, audit, results, approval_ttl, live: Mutex::default() }
+        Self { store, agents, audit, results, approval_ttl, timing, shutdown, live: Mutex::default() }
     }
 
-    /// Re-arms jobs that were waiting for approval when the controller stopped.
-    pub async fn resume_pending_approvals(self: &Arc<Self>) -> Result<usize, JobError> {
-        let pending = self.store.pending_approvals().await?;
-        let count = pending.len();
+    /// Replaces the stored states of `job_id`'s unfinished hosts with their live ones (queued,
+    /// running), if the job runs.
+    pub fn overlay_live_states(&self, job_id: u64, targets: &mut [v1::TargetDetail]) {
+        let Some(job) = self.lock_live().get(&job_id).cloned() else { return };
+        let live = job.lock();
+        for detail in targets.iter_mut().filter(|t| is_unfinished(t.state())) {
+            if let Some(run) = detail.target.as_ref().and_then(|t| live.targets.get(&t.host_id)) {
+                detail.state = run.state as i32;
+                detail.started_at_ms = run.started_at_ms;
+            }
+        }
+    }
+
+    /// Cancelled when the controller stops.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Re-arms what the previous run left unfinished, and returns how many jobs wait for
+    /// approval and how many resumed running. Jobs waiting for approval wait again. Running jobs
+    /// resume: hosts that finished keep their stored results; the others are asked again once
+    /// they reconnect (an agent runs a job id at most once and keeps its result until the
+    /// controller has stored it) and are recorded interrupted if they do not report within the
+    /// recovery window.
+    pub async fn resume(self: &Arc<Self>) -> Result<(usize, usize), JobError> {
+        let pending = self.store.jobs_in_state(v1::JobState::PendingApproval).await?;
+        let pending_count = pending.len();
         for p in pending {
             let targets: Vec<v1::JobTarget> = p.targets.iter().filter_map(|t| t.target.clone()).collect();
             let action = p.job.action.clone().unwrap_or_default();
@@ -321,6 +372,7 @@ impl JobManager {
                     reach: read_reach(authorised_risk(&action), false),
                     output_cap: p.output_cap,
                     timeout: Duration::from_millis(p.timeout_ms),
+                    queue_for: Duration::from_millis(p.queue_for_ms),
                 },
                 targets.clone(),
             ));
@@ -329,6 +381,7 @@ impl JobManager {
                 deadline_ms: 0,
                 action: Some(action),
                 out_of_scope: Vec::new(),
+                queue_until_ms: 0,
             }));
             job.push(job_event::Kind::ApprovalRequired(approval_required(
                 p.job.id,
@@ -340,7 +393,55 @@ impl JobManager {
             let expires = p.approval_expires_at_ms;
             tokio::spawn(async move { manager.await_approval(job, concurrency, expires).await });
         }
-        Ok(count)
+
+        let running = self.store.jobs_in_state(v1::JobState::Running).await?;
+        let running_count = running.len();
+        for r in running {
+            let targets: Vec<v1::JobTarget> = r.targets.iter().filter_map(|t| t.target.clone()).collect();
+            let action = r.job.action.clone().unwrap_or_default();
+            let job = Arc::new(LiveJob::new(
+                r.job.id,
+                r.job.requested_by.clone(),
+                Some(r.job.requested_via.clone()).filter(|via| !via.is_empty()),
+                HostWork {
+                    action: action.clone(),
+                    // Stored before reaches were recorded: observe, the narrowest (fails closed).
+                    reach: r.reach,
+                    output_cap: r.output_cap,
+                    timeout: Duration::from_millis(r.timeout_ms),
+                    queue_for: Duration::from_millis(r.queue_for_ms),
+                },
+                targets.clone(),
+            ));
+            job.resume_clock(r.job.deadline_ms, r.job.queue_until_ms);
+            job.push(job_event::Kind::Accepted(v1::JobAccepted {
+                targets,
+                deadline_ms: r.job.deadline_ms,
+                action: Some(action),
+                out_of_scope: Vec::new(),
+                queue_until_ms: r.job.queue_until_ms,
+            }));
+            let mut unfinished = Vec::new();
+            for detail in &r.targets {
+                let Some(target) = detail.target.clone() else { continue };
+                match detail.state() {
+                    // Queued: it never reached its host, which is waited for as before.
+                    v1::TargetState::Queued => unfinished.push((target, Resumed::No)),
+                    state if is_unfinished(state) => unfinished.push((target, Resumed::Yes)),
+                    _ => job.restore_finished(detail),
+                }
+            }
+            tracing::info!(
+                job = r.job.id,
+                hosts = unfinished.len(),
+                "resuming a job the previous run left running"
+            );
+            self.lock_live().insert(r.job.id, job.clone());
+            let manager = self.clone();
+            let concurrency = r.job.concurrency;
+            tokio::spawn(async move { manager.run_targets(job, concurrency, unfinished).await });
+        }
+        Ok((pending_count, running_count))
     }
 
     /// Records the job, starts dispatching it in the background and returns its live handle.
@@ -387,7 +488,16 @@ impl JobManager {
         } else {
             0
         };
-        let deadline_ms = if needs_approval { 0 } else { created_at_ms.saturating_add(timeout_ms) };
+        let queue_for_ms = i64::try_from(req.queue_for.as_millis()).unwrap_or(i64::MAX);
+        // A queued job's deadline covers its queue window: a host that arrives at the end of it
+        // still gets the whole timeout.
+        let deadline_ms = if needs_approval {
+            0
+        } else {
+            created_at_ms.saturating_add(queue_for_ms).saturating_add(timeout_ms)
+        };
+        let queue_until_ms =
+            if needs_approval || queue_for_ms == 0 { 0 } else { created_at_ms.saturating_add(queue_for_ms) };
         let id = self
             .store
             .create_job(&NewJob {
@@ -402,6 +512,8 @@ impl JobManager {
                 timeout_ms,
                 reason: req.reason.clone(),
                 approval_expires_at_ms,
+                queue_for_ms,
+                reach,
                 targets: targets.clone(),
             })
             .await?;
@@ -411,7 +523,13 @@ impl JobManager {
             id,
             requested_by,
             requested_via,
-            HostWork { action: req.action.clone(), reach, output_cap: req.output_cap, timeout: req.timeout },
+            HostWork {
+                action: req.action.clone(),
+                reach,
+                output_cap: req.output_cap,
+                timeout: req.timeout,
+                queue_for: req.queue_for,
+            },
             targets.clone(),
         ));
         job.push(job_event::Kind::Accepted(v1::JobAccepted {
@@ -419,6 +537,7 @@ impl JobManager {
             deadline_ms,
             action: Some(req.action.clone()),
             out_of_scope: out_of_scope.clone(),
+            queue_until_ms,
         }));
         self.lock_live().insert(id, job.clone());
         let manager = self.clone();
@@ -444,6 +563,7 @@ impl JobManager {
                         "timeout_ms": timeout_ms,
                         "reason": req.reason,
                         "out_of_scope": out_of_scope,
+                        "queue_for_ms": queue_for_ms,
                     }),
                     if needs_approval { "pending approval" } else { "dispatched" },
                 )
@@ -503,8 +623,7 @@ impl JobManager {
     /// is recorded cancelled.
     async fn end_unrun(&self, job: &LiveJob, state: v1::JobState, why: &str) {
         for target in job.targets() {
-            let outcome = job.finish(&target.host_id, Finish::cancelled(why));
-            self.results.write(HostResult { job_id: job.id, host_id: target.host_id.clone(), outcome }).await;
+            self.finish_target(job, &target, Finish::cancelled(why)).await;
         }
         let summary = job.final_state().1;
         self.close(job, state, summary).await;
@@ -570,7 +689,8 @@ impl JobManager {
             (v1::JobState::Rejected, "approval.reject")
         };
         let deadline_ms = if approve {
-            now_ms().saturating_add(i64::try_from(job.timeout.as_millis()).unwrap_or(i64::MAX))
+            now_ms()
+                .saturating_add(i64::try_from((job.queue_for + job.timeout).as_millis()).unwrap_or(i64::MAX))
         } else {
             0
         };
@@ -703,38 +823,89 @@ impl JobManager {
     }
 
     /// Handles a job message from the agent of `host_id` (taken from its certificate). Messages
-    /// about jobs this host was not given are dropped: an agent cannot report for another.
-    pub fn on_agent_message(&self, host_id: &str, message: AgentJobMessage) {
+    /// about jobs this host was not given are dropped: an agent cannot report for another. A
+    /// result for a job that is over (a repeat sent after a reconnect) is confirmed as stored
+    /// once the store has it, so the agent forgets it.
+    pub fn on_agent_message(self: &Arc<Self>, host_id: &str, message: AgentJobMessage) {
         let job_id = message.job_id();
-        let Some(job) = self.lock_live().get(&job_id).cloned() else {
-            tracing::debug!(job = job_id, host = host_id, "message for a job that is not running; dropped");
-            return;
-        };
-        let accepted = match message {
+        let is_result = matches!(message, AgentJobMessage::Finished(_));
+        let job = self.lock_live().get(&job_id).cloned();
+        let accepted = job.is_some_and(|job| match message {
             AgentJobMessage::Started(_) => job.mark_started(host_id),
             AgentJobMessage::Output(out) => job.append_output(host_id, out.stream(), out.data),
             AgentJobMessage::Finished(done) => job.report_finished(host_id, done.result.unwrap_or_default()),
-        };
-        if !accepted {
-            tracing::warn!(
+        });
+        if accepted {
+            return;
+        }
+        if is_result {
+            let manager = self.clone();
+            let host_id = host_id.to_owned();
+            tokio::spawn(async move {
+                match manager.store.result_settled(job_id, &host_id).await {
+                    Ok(true) => manager.confirm_stored(&host_id, job_id),
+                    Ok(false) => {
+                        tracing::debug!(job = job_id, host = %host_id, "repeated result for a part still in flight; not confirmed yet")
+                    }
+                    Err(e) => tracing::warn!(job = job_id, error = %e, "could not look up a repeated result"),
+                }
+            });
+        } else {
+            tracing::debug!(
                 job = job_id,
                 host = host_id,
-                "agent sent a result for a job it was not running; dropped"
+                "message for a job this host is not running; dropped"
             );
         }
     }
 
+    /// Compares the jobs an agent says it runs (in its hello) with what this controller expects
+    /// of that host, and returns those to cancel there: jobs that are over, or that this
+    /// controller does not know.
+    pub fn unexpected_jobs(&self, host_id: &str, running: &[u64]) -> Vec<u64> {
+        let live = self.lock_live();
+        running
+            .iter()
+            .take(MAX_REPORTED_RUNNING)
+            .filter(|id| !live.get(id).is_some_and(|job| job.expects(host_id)))
+            .copied()
+            .collect()
+    }
+
+    /// Tells the agent of `host_id` that job `job_id`'s result is stored (if it is connected;
+    /// otherwise it sends the result again on its next connection and hears it then).
+    fn confirm_stored(&self, host_id: &str, job_id: u64) {
+        if let Some(agent) = self.agents.get(host_id) {
+            let stored = v1::ControllerMessage {
+                kind: Some(controller_message::Kind::ResultsStored(v1::ResultsStored {
+                    job_ids: vec![job_id],
+                })),
+            };
+            let _ = agent.outbox.try_send(Ok(stored));
+        }
+    }
+
     async fn run(self: Arc<Self>, job: Arc<LiveJob>, concurrency: u32) {
-        // The deadline starts when the job may run (after approval, if it needed one).
+        // The clock starts when the job may run (after approval, if it needed one).
+        job.start_clock();
+        let targets = job.targets().into_iter().map(|t| (t, Resumed::No)).collect();
+        self.run_targets(job, concurrency, targets).await;
+    }
+
+    async fn run_targets(
+        self: Arc<Self>,
+        job: Arc<LiveJob>,
+        concurrency: u32,
+        targets: Vec<(v1::JobTarget, Resumed)>,
+    ) {
         let deadline = job.deadline();
-        let targets = job.targets();
         let permits = match concurrency {
             0 => targets.len().max(1),
             n => usize::try_from(n).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
         };
         let semaphore = Arc::new(Semaphore::new(permits));
         let mut running = JoinSet::new();
-        for target in targets {
+        for (target, resumed) in targets {
             let permit = tokio::select! {
                 permit = semaphore.clone().acquire_owned() => permit.ok(),
                 () = job.cancel.cancelled() => None,
@@ -744,7 +915,7 @@ impl JobManager {
             let job = job.clone();
             running.spawn(async move {
                 let outcome = match permit {
-                    Some(_permit) => manager.run_target(&job, &target).await,
+                    Some(_permit) => manager.run_target(&job, &target, resumed).await,
                     None if job.cancel.is_cancelled() => Finish::cancelled("cancelled before it started"),
                     None => Finish::timed_out("the deadline passed before this host's turn came"),
                 };
@@ -755,62 +926,160 @@ impl JobManager {
         self.complete(&job).await;
     }
 
-    async fn run_target(&self, job: &LiveJob, target: &v1::JobTarget) -> Finish {
+    /// One host's part: deliver the job (waiting for the host while the job queues), then wait
+    /// for its result. A host that goes away after the job may have reached it is waited for
+    /// (the offline window, or the queue window if longer) and asked again when it is back; the
+    /// agent runs a job id at most once and answers a repeat with what it knows.
+    async fn run_target(&self, job: &LiveJob, target: &v1::JobTarget, resumed: Resumed) -> Finish {
+        let host_id = target.host_id.as_str();
         if job.cancel.is_cancelled() {
             return Finish::cancelled("cancelled before it started");
         }
-        let Some(agent) = self.agents.get(&target.host_id) else {
-            return Finish::unreachable("host is offline");
-        };
-        let (report_tx, report_rx) = oneshot::channel();
-        job.mark_dispatched(&target.host_id, report_tx);
         let deadline = job.deadline();
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let run = v1::ControllerMessage {
-            kind: Some(controller_message::Kind::RunJob(v1::RunJob {
-                job_id: job.id,
-                action: Some(job.action.clone()),
-                timeout_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
-                output_cap_bytes: job.output_cap,
-                reach: job.reach as i32,
-            })),
-        };
-        // An agent that stops reading its stream must not hold the job past its deadline.
-        tokio::select! {
-            sent = agent.outbox.send(Ok(run)) => {
-                if sent.is_err() {
+        let queue_until = job.queue_until();
+        let (report_tx, mut report) = oneshot::channel();
+        job.mark_dispatched(host_id, report_tx);
+        // Whether the job may have reached the host (after a restart: it may have, before).
+        let mut reached = resumed == Resumed::Yes;
+        // Whether the host was connected since this controller started waiting for it.
+        let mut seen = false;
+        // Until when a host that may have the job is waited for once it is away.
+        let mut away_until = Instant::now() + self.timing.recovery_window;
+        loop {
+            let Some(agent) = self.agents.get(host_id).filter(|a| !a.closed.is_cancelled()) else {
+                if self.shutdown.is_cancelled() {
+                    // Stopping: the next start resumes this host's part.
+                    return std::future::pending().await;
+                }
+                let until = if reached {
+                    queue_until.map_or(away_until, |q| q.max(away_until))
+                } else {
+                    match queue_until {
+                        Some(q) if q > Instant::now() => {
+                            if job.mark_queued(host_id, wall_clock(q))
+                                && let Err(e) = self.store.mark_target_queued(job.id, host_id).await
+                            {
+                                // Only a restart's view of it suffers: it would count as delivered.
+                                tracing::warn!(job = job.id, host = host_id, error = %e, "could not record a queued host");
+                            }
+                            q
+                        }
+                        _ => return Finish::unreachable("host is offline"),
+                    }
+                };
+                let until = until.min(deadline + REPORT_GRACE);
+                tokio::select! {
+                    r = &mut report => return Finish::from_report(r.ok()),
+                    () = self.agents.until_connected(host_id) => continue,
+                    () = job.cancel.cancelled() => {
+                        return Finish::cancelled(if reached {
+                            "cancelled while the host was away; its agent is told when it reconnects"
+                        } else {
+                            "cancelled while queued for the host"
+                        });
+                    }
+                    () = tokio::time::sleep_until(until) => {
+                        return match (reached, seen) {
+                            (false, _) => Finish::expired("the host stayed offline until the job's queue expired"),
+                            (true, false) => Finish::interrupted(
+                                "the controller restarted while this host's part was in flight, and the host \
+                                 did not report within the recovery window",
+                            ),
+                            (true, true) => Finish::lost(
+                                "the host went away while the job ran and did not come back within the offline window",
+                            ),
+                        };
+                    }
+                }
+            };
+            seen = true;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                // Too late to start; a result the agent kept arrives on its own after a reconnect.
+                return tokio::select! {
+                    r = &mut report => Finish::from_report(r.ok()),
+                    () = tokio::time::sleep(REPORT_GRACE) => if reached {
+                        Finish::interrupted("the deadline passed while the host was away, and it had no result to report")
+                    } else {
+                        Finish::timed_out("the deadline passed before the host took the job")
+                    },
+                };
+            }
+            let run = v1::ControllerMessage {
+                kind: Some(controller_message::Kind::RunJob(v1::RunJob {
+                    job_id: job.id,
+                    action: Some(job.action.clone()),
+                    timeout_ms: u64::try_from(remaining.min(job.timeout).as_millis()).unwrap_or(u64::MAX),
+                    output_cap_bytes: job.output_cap,
+                    reach: job.reach as i32,
+                })),
+            };
+            // An agent that stops reading its stream must not hold the job past its deadline.
+            let sent = tokio::select! {
+                sent = agent.outbox.send(Ok(run)) => sent.is_ok(),
+                () = agent.closed.cancelled() => false,
+                () = job.cancel.cancelled() => return Finish::cancelled("cancelled before it reached the host"),
+                () = tokio::time::sleep_until(deadline) => {
+                    return Finish::timed_out("the host did not take the job before the deadline");
+                }
+            };
+            if !sent {
+                if !reached && queue_until.is_none() {
                     return Finish::unreachable("agent disconnected before the job reached it");
                 }
+                continue;
             }
-            () = agent.closed.cancelled() => return Finish::unreachable("agent disconnected before the job reached it"),
-            () = job.cancel.cancelled() => return Finish::cancelled("cancelled before it reached the host"),
-            () = tokio::time::sleep_until(deadline) => return Finish::timed_out("the host did not take the job before the deadline"),
-        }
-        let mut report_rx = report_rx;
-        tokio::select! {
-            report = &mut report_rx => return Finish::from_report(report.ok()),
-            () = agent.closed.cancelled() => return Finish::unreachable("agent disconnected while the job ran"),
-            () = tokio::time::sleep_until(deadline + REPORT_GRACE) => {
-                return Finish::timed_out("the host did not report before the deadline");
+            reached = true;
+            job.mark_delivered(host_id);
+            tokio::select! {
+                r = &mut report => return Finish::from_report(r.ok()),
+                () = agent.closed.cancelled() => {
+                    away_until = self.offline_deadline(agent.last_seen_ms());
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline + REPORT_GRACE) => {
+                    return Finish::timed_out("the host did not report before the deadline");
+                }
+                () = job.cancel.cancelled() => {}
             }
-            () = job.cancel.cancelled() => {}
-        }
-        // Cancelled while running: ask the agent to kill the process group and wait briefly for
-        // its confirmation, which carries whatever output was produced.
-        let cancel = v1::ControllerMessage {
-            kind: Some(controller_message::Kind::CancelJob(v1::CancelJob { job_id: job.id })),
-        };
-        let _ = agent.outbox.try_send(Ok(cancel));
-        tokio::select! {
-            report = report_rx => Finish::from_report(report.ok()),
-            () = agent.closed.cancelled() => Finish::cancelled("agent disconnected after the cancel"),
-            () = tokio::time::sleep(CANCEL_GRACE) => Finish::cancelled("the host did not confirm the cancel"),
+            // Cancelled while running: ask the agent to kill the process group and wait briefly
+            // for its confirmation, which carries whatever output was produced.
+            let cancel = v1::ControllerMessage {
+                kind: Some(controller_message::Kind::CancelJob(v1::CancelJob { job_id: job.id })),
+            };
+            let _ = agent.outbox.try_send(Ok(cancel));
+            return tokio::select! {
+                r = report => Finish::from_report(r.ok()),
+                () = agent.closed.cancelled() => Finish::cancelled("agent disconnected after the cancel"),
+                () = tokio::time::sleep(CANCEL_GRACE) => Finish::cancelled("the host did not confirm the cancel"),
+            };
         }
     }
 
+    /// When a host last seen at `last_seen_ms` (wall clock) has been away for the offline window.
+    fn offline_deadline(&self, last_seen_ms: i64) -> Instant {
+        let window = i64::try_from(self.timing.offline_after.as_millis()).unwrap_or(i64::MAX);
+        let left = last_seen_ms.saturating_add(window).saturating_sub(now_ms());
+        Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
+    }
+
+    /// Records one host's outcome, and once it is stored tells the job's watchers (what a
+    /// watcher saw finish is in the database, whatever happens to this process next) and, for
+    /// a result the agent reported, the agent (which keeps it until then).
     async fn finish_target(&self, job: &LiveJob, target: &v1::JobTarget, finish: Finish) {
-        let outcome = job.finish(&target.host_id, finish);
-        self.results.write(HostResult { job_id: job.id, host_id: target.host_id.clone(), outcome }).await;
+        let reported = finish.reported;
+        let (outcome, finished) = job.settle(&target.host_id, finish);
+        let stored =
+            self.results.write(HostResult { job_id: job.id, host_id: target.host_id.clone(), outcome }).await;
+        let stored = stored.await.unwrap_or(false);
+        if self.shutdown.is_cancelled() && !stored {
+            // Stopping: the next start resumes this host's part from what is stored.
+            return;
+        }
+        job.push(job_event::Kind::Finished(finished));
+        if stored && reported {
+            self.confirm_stored(&target.host_id, job.id);
+        }
     }
 
     async fn complete(&self, job: &LiveJob) {
@@ -860,19 +1129,61 @@ impl AgentJobMessage {
     }
 }
 
+/// Whether a job's hosts are taken up again after a restart of the controller (so the job may
+/// already have reached them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resumed {
+    No,
+    Yes,
+}
+
+/// Job ids of one agent's hello that are looked at; an agent runs far fewer at once.
+const MAX_REPORTED_RUNNING: usize = 4096;
+
+/// The wall-clock time (unix ms) of `instant`.
+fn wall_clock(instant: Instant) -> i64 {
+    let now = Instant::now();
+    let offset = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    if instant >= now {
+        now_ms().saturating_add(offset(instant - now))
+    } else {
+        now_ms().saturating_sub(offset(now - instant))
+    }
+}
+
+/// The instant of wall-clock time `ms` (unix ms); now, if that has passed.
+fn instant_of(ms: i64) -> Instant {
+    Instant::now() + Duration::from_millis(u64::try_from(ms.saturating_sub(now_ms())).unwrap_or(0))
+}
+
 /// How one host's part of a job ended, before it is recorded.
 #[derive(Debug)]
 struct Finish {
     state: v1::TargetState,
     result: v1::CommandResult,
+    /// The agent reported it (and keeps it until told it is stored).
+    reported: bool,
 }
 
 impl Finish {
     fn with_error(state: v1::TargetState, error: &str) -> Self {
-        Self { state, result: v1::CommandResult { error: error.to_owned(), ..Default::default() } }
+        Self {
+            state,
+            result: v1::CommandResult { error: error.to_owned(), ..Default::default() },
+            reported: false,
+        }
     }
     fn unreachable(why: &str) -> Self {
         Self::with_error(v1::TargetState::Unreachable, why)
+    }
+    fn lost(why: &str) -> Self {
+        Self::with_error(v1::TargetState::Lost, why)
+    }
+    fn expired(why: &str) -> Self {
+        Self::with_error(v1::TargetState::Expired, why)
+    }
+    fn interrupted(why: &str) -> Self {
+        Self::with_error(v1::TargetState::Interrupted, why)
     }
     fn cancelled(why: &str) -> Self {
         let mut f = Self::with_error(v1::TargetState::Cancelled, why);
@@ -888,7 +1199,9 @@ impl Finish {
         let Some(result) = report else {
             return Self::unreachable("the job's report channel closed");
         };
-        let state = if result.cancelled {
+        let state = if result.lost {
+            v1::TargetState::Lost
+        } else if result.cancelled {
             v1::TargetState::Cancelled
         } else if result.timed_out {
             v1::TargetState::TimedOut
@@ -897,7 +1210,7 @@ impl Finish {
         } else {
             v1::TargetState::Failed
         };
-        Self { state, result }
+        Self { state, result, reported: true }
     }
 }
 
@@ -913,6 +1226,10 @@ pub struct LiveJob {
     reach: v1::ReadReach,
     output_cap: u64,
     timeout: Duration,
+    /// How long offline hosts are waited for (zero: not at all).
+    queue_for: Duration,
+    /// Set when the job starts running: until when offline hosts are waited for.
+    queue_until: OnceLock<Option<Instant>>,
     /// Set when the job starts running.
     deadline: OnceLock<Instant>,
     decision: watch::Sender<Option<Decision>>,
@@ -929,6 +1246,7 @@ struct HostWork {
     reach: v1::ReadReach,
     output_cap: u64,
     timeout: Duration,
+    queue_for: Duration,
 }
 
 #[derive(Debug)]
@@ -960,9 +1278,28 @@ enum Next {
 }
 
 impl LiveJob {
-    /// The running deadline, fixed the first time it is asked for (when the job starts).
+    /// Starts the job's clock: its queue window and its deadline count from now. The deadline
+    /// covers the queue window, so a host that comes at its end still gets the whole timeout.
+    fn start_clock(&self) {
+        let now = Instant::now();
+        let _ = self.queue_until.set((!self.queue_for.is_zero()).then(|| now + self.queue_for));
+        let _ = self.deadline.set(now + self.queue_for + self.timeout);
+    }
+
+    /// Sets the clock of a job resumed after a restart from its stored wall-clock times.
+    fn resume_clock(&self, deadline_ms: i64, queue_until_ms: i64) {
+        let _ = self.queue_until.set((queue_until_ms > 0).then(|| instant_of(queue_until_ms)));
+        let _ = self.deadline.set(instant_of(deadline_ms));
+    }
+
+    /// The running deadline (see [`Self::start_clock`]).
     fn deadline(&self) -> Instant {
-        *self.deadline.get_or_init(|| Instant::now() + self.timeout)
+        *self.deadline.get_or_init(|| Instant::now() + self.queue_for + self.timeout)
+    }
+
+    /// Until when offline hosts are waited for, if the job queues.
+    fn queue_until(&self) -> Option<Instant> {
+        self.queue_until.get().copied().flatten()
     }
 
     fn is_waiting_for_approval(&self) -> bool {
@@ -976,7 +1313,7 @@ impl LiveJob {
         work: HostWork,
         targets: Vec<v1::JobTarget>,
     ) -> Self {
-        let HostWork { action, reach, output_cap, timeout } = work;
+        let HostWork { action, reach, output_cap, timeout, queue_for } = work;
         let order = targets.iter().map(|t| t.host_id.clone()).collect();
         let targets = targets
             .into_iter()
@@ -1002,6 +1339,8 @@ impl LiveJob {
             reach,
             output_cap,
             timeout,
+            queue_for,
+            queue_until: OnceLock::new(),
             deadline: OnceLock::new(),
             decision: watch::Sender::new(None),
             cancel: CancellationToken::new(),
@@ -1042,6 +1381,64 @@ impl LiveJob {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
+    /// Whether `host_id`'s part of this job is still expected to run or report.
+    fn expects(&self, host_id: &str) -> bool {
+        self.lock().targets.get(host_id).is_some_and(|t| is_unfinished(t.state))
+    }
+
+    /// The host is offline; its part waits for it until `until_ms`. Told once; returns whether
+    /// this call did.
+    fn mark_queued(&self, host_id: &str, until_ms: i64) -> bool {
+        {
+            let mut state = self.lock();
+            let Some(t) = state.targets.get_mut(host_id).filter(|t| t.state == v1::TargetState::Pending)
+            else {
+                return false;
+            };
+            t.state = v1::TargetState::Queued;
+            let target = Some(t.target.clone());
+            self.record(&mut state, job_event::Kind::Queued(v1::TargetQueued { target, until_ms }));
+        }
+        self.notify();
+        true
+    }
+
+    /// The job was handed to the host's stream: a queued part is pending again.
+    fn mark_delivered(&self, host_id: &str) {
+        if let Some(t) = self.lock().targets.get_mut(host_id).filter(|t| t.state == v1::TargetState::Queued) {
+            t.state = v1::TargetState::Pending;
+        }
+    }
+
+    /// A host's part that finished before the controller restarted, replayed from the store.
+    fn restore_finished(&self, detail: &v1::TargetDetail) {
+        let Some(target) = detail.target.clone() else { return };
+        {
+            let mut state = self.lock();
+            let Some(t) = state.targets.get_mut(&target.host_id) else { return };
+            t.state = detail.state();
+            for (stream, data) in
+                [(v1::OutputStream::Stdout, &detail.stdout), (v1::OutputStream::Stderr, &detail.stderr)]
+            {
+                if !data.is_empty() {
+                    let output = v1::TargetOutput {
+                        target: Some(target.clone()),
+                        stream: stream as i32,
+                        data: data.clone(),
+                    };
+                    self.record(&mut state, job_event::Kind::Output(output));
+                }
+            }
+            let finished = v1::TargetFinished {
+                target: Some(target),
+                state: detail.state,
+                result: detail.result.clone(),
+            };
+            self.record(&mut state, job_event::Kind::Finished(finished));
+        }
+        self.notify();
+    }
+
     fn mark_dispatched(&self, host_id: &str, report: oneshot::Sender<v1::CommandResult>) {
         if let Some(t) = self.lock().targets.get_mut(host_id) {
             t.dispatched = true;
@@ -1064,7 +1461,11 @@ impl LiveJob {
 
     /// Marks a pending target running since `started_at_ms` and emits its `started` event.
     fn start_pending(&self, state: &mut LiveState, host_id: &str, started_at_ms: i64) {
-        let Some(t) = state.targets.get_mut(host_id).filter(|t| t.state == v1::TargetState::Pending) else {
+        let Some(t) = state
+            .targets
+            .get_mut(host_id)
+            .filter(|t| matches!(t.state, v1::TargetState::Pending | v1::TargetState::Queued))
+        else {
             return;
         };
         t.state = v1::TargetState::Running;
@@ -1117,43 +1518,33 @@ impl LiveJob {
         true
     }
 
-    /// Records the host's final state and emits its `finished` event.
-    fn finish(&self, host_id: &str, finish: Finish) -> TargetOutcome {
-        let outcome = {
-            let mut state = self.lock();
-            let Some(t) = state.targets.get_mut(host_id) else {
-                return TargetOutcome {
-                    state: finish.state,
-                    result: finish.result,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    started_at_ms: 0,
-                    finished_at_ms: now_ms(),
-                };
-            };
-            t.state = finish.state;
-            t.report = None;
-            let (indices, started_at_ms) = (std::mem::take(&mut t.output_events), t.started_at_ms);
-            let (stdout, stderr) = collect_output(&state.events, &indices);
-            let Some(t) = state.targets.get_mut(host_id) else { unreachable!("looked up above") };
-            let outcome = TargetOutcome {
-                state: finish.state,
-                result: finish.result,
-                stdout,
-                stderr,
-                started_at_ms,
-                finished_at_ms: now_ms(),
-            };
-            let finished = v1::TargetFinished {
-                target: Some(t.target.clone()),
-                state: finish.state as i32,
-                result: Some(outcome.result.clone()),
-            };
-            self.record(&mut state, job_event::Kind::Finished(finished));
-            outcome
+    /// Records the host's final state; returns what to store and the event that tells
+    /// watchers (sent once it is stored).
+    fn settle(&self, host_id: &str, finish: Finish) -> (TargetOutcome, v1::TargetFinished) {
+        let mut state = self.lock();
+        let (target, indices, started_at_ms) = match state.targets.get_mut(host_id) {
+            Some(t) => {
+                t.state = finish.state;
+                t.report = None;
+                (t.target.clone(), std::mem::take(&mut t.output_events), t.started_at_ms)
+            }
+            None => (v1::JobTarget { host_id: host_id.to_owned(), host_name: String::new() }, Vec::new(), 0),
         };
-        self.notify();
-        outcome
+        let (stdout, stderr) = collect_output(&state.events, &indices);
+        let finished = v1::TargetFinished {
+            target: Some(target),
+            state: finish.state as i32,
+            result: Some(finish.result.clone()),
+        };
+        let outcome = TargetOutcome {
+            state: finish.state,
+            result: finish.result,
+            stdout,
+            stderr,
+            started_at_ms,
+            finished_at_ms: now_ms(),
+        };
+        (outcome, finished)
     }
 
     fn final_state(&self) -> (v1::JobState, v1::JobSummary) {
@@ -1215,7 +1606,7 @@ fn collect_output(events: &[v1::JobEvent], indices: &[usize]) -> (Vec<u8>, Vec<u
 }
 
 fn is_unfinished(state: v1::TargetState) -> bool {
-    matches!(state, v1::TargetState::Pending | v1::TargetState::Running)
+    matches!(state, v1::TargetState::Pending | v1::TargetState::Running | v1::TargetState::Queued)
 }
 
 /// The event sequence of a job that finished before this watcher arrived, rebuilt from SQLite.
@@ -1226,6 +1617,7 @@ fn replay_finished(job: &v1::Job, targets: &[v1::TargetDetail]) -> Vec<v1::JobEv
         deadline_ms: job.deadline_ms,
         action: job.action.clone(),
         out_of_scope: Vec::new(),
+        queue_until_ms: job.queue_until_ms,
     }))];
     for t in targets {
         for (stream, data) in [(v1::OutputStream::Stdout, &t.stdout), (v1::OutputStream::Stderr, &t.stderr)] {

@@ -21,6 +21,9 @@ pub struct HostResult {
     pub outcome: TargetOutcome,
 }
 
+/// Whether a result was committed.
+pub type Stored = oneshot::Receiver<bool>;
+
 /// A job's final state.
 #[derive(Debug, Clone, Copy)]
 pub struct JobEnd {
@@ -41,7 +44,7 @@ pub enum CloseError {
 #[derive(Debug)]
 enum Command {
     // Boxed: a result with an operation's output is large, a completion is small.
-    Write(Box<HostResult>),
+    Write(Box<HostResult>, oneshot::Sender<bool>),
     Close(JobEnd, oneshot::Sender<Result<(), CloseError>>),
 }
 
@@ -57,10 +60,13 @@ impl ResultWriter {
         Self { queue }
     }
 
-    pub async fn write(&self, result: HostResult) {
-        if self.queue.send(Command::Write(Box::new(result))).await.is_err() {
+    /// Queues `result`; the returned receiver says whether it was committed.
+    pub async fn write(&self, result: HostResult) -> Stored {
+        let (stored, rx) = oneshot::channel();
+        if self.queue.send(Command::Write(Box::new(result), stored)).await.is_err() {
             tracing::error!("result writer is gone; a host result was not persisted");
         }
+        rx
     }
 
     /// Records a job's final state once every result queued before it is committed, in the
@@ -75,11 +81,15 @@ impl ResultWriter {
 async fn writer(store: Store, telemetry: Telemetry, mut rx: mpsc::Receiver<Command>) {
     while let Some(batch) = next_batch(&mut rx, BATCH).await {
         let mut results = Vec::new();
+        let mut stored = Vec::new();
         let mut ends = Vec::new();
         let mut waiting = Vec::new();
         for cmd in batch {
             match cmd {
-                Command::Write(r) => results.push(*r),
+                Command::Write(r, done) => {
+                    results.push(*r);
+                    stored.push(done);
+                }
                 Command::Close(end, done) => {
                     ends.push(end);
                     waiting.push(done);
@@ -97,6 +107,9 @@ async fn writer(store: Store, telemetry: Telemetry, mut rx: mpsc::Receiver<Comma
                 Err(CloseError::Failed(e.to_string()))
             }
         };
+        for done in stored {
+            let _ = done.send(written.is_ok());
+        }
         for done in waiting {
             let _ = done.send(written.clone());
         }

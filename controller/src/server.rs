@@ -21,7 +21,7 @@ use crate::audit::AuditLog;
 use crate::auth::{AuthLayer, Authorizer};
 use crate::config::ControllerConfig;
 use crate::data_dir::{self, DataDir};
-use crate::jobs::JobManager;
+use crate::jobs::{DeliveryTiming, JobManager};
 use crate::monitoring::Monitoring;
 use crate::rate_limit::RateLimiter;
 use crate::revocation::Revocations;
@@ -71,7 +71,7 @@ pub struct Controller {
 
 impl Controller {
     /// Loads configuration, CA and server identity, opens the database, and clears state that
-    /// cannot have survived a restart (online flags, running jobs).
+    /// cannot have survived a restart (online flags). Jobs left running resume when it serves.
     pub async fn open(dir: &DataDir) -> Result<Self, ControllerError> {
         let config = dir.load_config().await?;
         let ca = dir.load_ca(&config.trust_domain).await?;
@@ -79,10 +79,6 @@ impl Controller {
         let server_key_pem = dir.read(data_dir::SERVER_KEY).await?;
         let store = Store::open(&dir.file(data_dir::DATABASE)).await?;
         store.mark_all_offline().await?;
-        let interrupted = store.close_interrupted_jobs(now_ms()).await?;
-        if interrupted > 0 {
-            tracing::warn!(jobs = interrupted, "closed jobs left running by the previous run as failed");
-        }
         Ok(Self { config, store, ca, server_cert_pem, server_key_pem })
     }
 
@@ -122,19 +118,31 @@ impl Controller {
             .map_err(|e| ControllerError::Config { path: "[prometheus]".into(), message: e.to_string() })?;
         let audit = AuditLog::start(self.store.clone(), telemetry.clone()).await?;
         let approval_ttl = Duration::from_secs(self.config.timing.approval_ttl_secs);
+        let delivery = DeliveryTiming {
+            offline_after: self.config.offline_after(),
+            recovery_window: Duration::from_secs(self.config.timing.recovery_window_secs),
+        };
         let jobs = Arc::new(JobManager::new(
             self.store.clone(),
             agents.clone(),
             audit.clone(),
             approval_ttl,
+            delivery,
             telemetry.clone(),
+            shutdown.clone(),
         ));
-        let pending = jobs.resume_pending_approvals().await.map_err(|e| ControllerError::Config {
-            path: "pending approvals".into(),
+        let (pending, resumed) = jobs.resume().await.map_err(|e| ControllerError::Config {
+            path: "unfinished jobs".into(),
             message: e.to_string(),
         })?;
         if pending > 0 {
             tracing::info!(jobs = pending, "jobs still waiting for approval");
+        }
+        if resumed > 0 {
+            tracing::warn!(
+                jobs = resumed,
+                "jobs the previous run left running resume; their hosts report once they reconnect"
+            );
         }
         let monitoring = Monitoring::start(
             self.store.clone(),

@@ -93,6 +93,10 @@ impl v1::TargetState {
             Self::TimedOut => "timed_out",
             Self::Unreachable => "unreachable",
             Self::Cancelled => "cancelled",
+            Self::Queued => "queued",
+            Self::Lost => "lost",
+            Self::Expired => "expired",
+            Self::Interrupted => "interrupted",
             Self::Unspecified => "unknown",
         }
     }

@@ -186,6 +186,13 @@ impl AgentLink for AgentLinkService {
             return Err(Status::unauthenticated("certificate is revoked or unknown to this controller"));
         }
         tracing::info!(host = %host.name, version = %report.agent_version, "agent connected");
+        // Jobs keep running on an agent across reconnects; those this controller no longer
+        // expects there (cancelled or written off while the host was away) are stopped.
+        for job_id in self.state.jobs.unexpected_jobs(&host_id, &hello.running_jobs) {
+            tracing::info!(host = %host.name, job = job_id, "agent runs a job that is over here; cancelling it");
+            let cancel = controller_message::Kind::CancelJob(v1::CancelJob { job_id });
+            let _ = conn.outbox.try_send(Ok(v1::ControllerMessage { kind: Some(cancel) }));
+        }
 
         let state = self.state.clone();
         tokio::spawn(async move { read_agent_stream(state, conn, principal, inbound, revoked).await });

@@ -77,6 +77,28 @@ impl FleetService {
     }
 
     /// Ends the stream when the caller's credentials are revoked.
+    /// `events` until the controller stops; then one error telling the watcher how to come back
+    /// (the job goes on: agents keep running it and the next start resumes it).
+    fn until_shutdown(
+        &self,
+        job_id: u64,
+        events: impl Stream<Item = v1::JobEvent> + Send + 'static,
+    ) -> impl Stream<Item = Result<v1::JobEvent, Status>> + Send + 'static {
+        let shutdown = self.state.jobs.shutdown_token().clone();
+        let stopped = shutdown.clone();
+        events.map(Ok).take_until(shutdown.cancelled_owned()).chain(
+            futures::stream::once(async move {
+                stopped.is_cancelled().then(|| {
+                    Status::unavailable(format!(
+                        "the controller is shutting down; job {job_id} goes on and resumes when it is back: \
+                         `tailopsctl jobs watch {job_id}`"
+                    ))
+                })
+            })
+            .filter_map(|stopped| async move { stopped.map(Err) }),
+        )
+    }
+
     fn guarded(
         &self,
         principal: &Principal,
@@ -203,7 +225,7 @@ impl Fleet for FleetService {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Response::new(self.guarded(&principal, job.events().map(Ok))))
+        Ok(Response::new(self.guarded(&principal, self.until_shutdown(job.id, job.events()))))
     }
 
     type WatchJobStream = EventStream;
@@ -218,7 +240,7 @@ impl Fleet for FleetService {
             return Err(out_of_scope(id));
         }
         let events = self.state.jobs.watch(id).await?;
-        Ok(Response::new(self.guarded(&principal, events.map(Ok))))
+        Ok(Response::new(self.guarded(&principal, self.until_shutdown(id, events))))
     }
 
     async fn list_jobs(
@@ -254,9 +276,12 @@ impl Fleet for FleetService {
         if !self.may_see_job(&principal, id).await? {
             return Err(out_of_scope(id));
         }
-        let (job, targets) = self.state.store.job(id).await.map_err(internal)?.ok_or_else(|| {
+        let (job, mut targets) = self.state.store.job(id).await.map_err(internal)?.ok_or_else(|| {
             Status::not_found(format!("job {id} not found; list jobs with `tailopsctl jobs ls`"))
         })?;
+        // A running job's hosts are stored when they finish; until then the live view says
+        // which are queued or running.
+        self.state.jobs.overlay_live_states(id, &mut targets);
         Ok(Response::new(v1::GetJobResponse { job: Some(job), targets }))
     }
 
@@ -309,7 +334,8 @@ impl Fleet for FleetService {
         request: Request<v1::ListApprovalsRequest>,
     ) -> Result<Response<v1::ListApprovalsResponse>, Status> {
         let principal = Principal::of(&request)?;
-        let pending = self.state.store.pending_approvals().await.map_err(internal)?;
+        let pending =
+            self.state.store.jobs_in_state(v1::JobState::PendingApproval).await.map_err(internal)?;
         let hosts = self.state.store.host_keys().await.map_err(internal)?;
         // Hosts deleted since the job was created no longer restrict who sees it.
         let uncovered: HashSet<&str> =

@@ -158,17 +158,23 @@ pub struct NewJob {
     pub reason: String,
     /// Set (non-zero) when the job needs approval before this time.
     pub approval_expires_at_ms: i64,
+    /// How long offline hosts are waited for (0: not at all).
+    pub queue_for_ms: i64,
+    /// How far its reads reach on the hosts, fixed when it is authorised.
+    pub reach: v1::ReadReach,
     pub targets: Vec<v1::JobTarget>,
 }
 
-/// A job waiting for a human's approval.
+/// An unfinished job as stored: waiting for approval, or running when the controller stopped.
 #[derive(Debug, Clone)]
-pub struct PendingApproval {
+pub struct StoredJob {
     pub job: v1::Job,
     pub targets: Vec<v1::TargetDetail>,
     pub timeout_ms: u64,
     pub output_cap: u64,
     pub approval_expires_at_ms: i64,
+    pub queue_for_ms: u64,
+    pub reach: v1::ReadReach,
 }
 
 /// The final record of one host's part in a job.
@@ -871,8 +877,8 @@ impl Store {
         let mut tx = self.write_transaction().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO jobs (requested_by, requested_via, selector, action, concurrency, output_cap, created_at,
-                               deadline, timeout_ms, reason, approval_expires_at, state)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                               deadline, timeout_ms, reason, approval_expires_at, state, queue_for_ms, reach)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&job.requested_by)
         .bind(&job.requested_via)
@@ -890,6 +896,8 @@ impl Store {
         } else {
             v1::JobState::Running
         } as i32)
+        .bind(job.queue_for_ms)
+        .bind(job.reach as i32)
         .fetch_one(&mut *tx)
         .await?
         .try_get("id")?;
@@ -967,52 +975,59 @@ impl Store {
             > 0)
     }
 
-    /// Jobs waiting for approval, oldest first, with their targets.
-    pub async fn pending_approvals(&self) -> Result<Vec<PendingApproval>, StoreError> {
+    /// Jobs in `state` (waiting for approval, or left running by a previous run), oldest first,
+    /// with their targets.
+    pub async fn jobs_in_state(&self, state: v1::JobState) -> Result<Vec<StoredJob>, StoreError> {
         let rows = sqlx::query("SELECT * FROM jobs WHERE state = ? ORDER BY id")
-            .bind(v1::JobState::PendingApproval as i32)
+            .bind(state as i32)
             .fetch_all(&self.pool)
             .await?;
-        let mut pending = Vec::with_capacity(rows.len());
+        let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
             let id = job_from_row(row)?.id;
             let Some((job, targets)) = self.job(id).await? else { continue };
-            pending.push(PendingApproval {
+            let reach: i32 = row.try_get("reach")?;
+            jobs.push(StoredJob {
                 job,
                 targets,
                 timeout_ms: u64::try_from(row.try_get::<i64, _>("timeout_ms")?).unwrap_or(0),
                 output_cap: u64::try_from(row.try_get::<i64, _>("output_cap")?).unwrap_or(0),
                 approval_expires_at_ms: row.try_get("approval_expires_at")?,
+                queue_for_ms: u64::try_from(row.try_get::<i64, _>("queue_for_ms")?).unwrap_or(0),
+                reach: v1::ReadReach::try_from(reach).unwrap_or(v1::ReadReach::Observe),
             });
         }
-        Ok(pending)
+        Ok(jobs)
     }
 
-    /// Jobs a previous run left running can no longer finish: close them as failed, with their
-    /// unfinished targets unreachable, so nothing claims to be running when it is not.
-    pub async fn close_interrupted_jobs(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.write_transaction().await?;
-        sqlx::query(
-            "UPDATE job_targets SET state = ?, finished_at = ?
-             WHERE state IN (?, ?) AND job_id IN (SELECT id FROM jobs WHERE state != ?)",
-        )
-        .bind(v1::TargetState::Unreachable as i32)
-        .bind(now_ms)
-        .bind(v1::TargetState::Pending as i32)
-        .bind(v1::TargetState::Running as i32)
-        // Only jobs waiting for approval legitimately keep pending targets across a restart.
-        .bind(v1::JobState::PendingApproval as i32)
-        .execute(&mut *tx)
-        .await?;
-        let closed = sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE state = ?")
-            .bind(v1::JobState::Failed as i32)
-            .bind(now_ms)
-            .bind(v1::JobState::Running as i32)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(closed)
+    /// Records that `host_id`'s part of job `job_id` waits for the host, so that after a restart
+    /// it is known never to have reached it.
+    pub async fn mark_target_queued(&self, job_id: u64, host_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE job_targets SET state = ? WHERE job_id = ? AND host_id = ? AND state = ?")
+            .bind(v1::TargetState::Queued as i32)
+            .bind(job_id_sql(job_id))
+            .bind(host_id)
+            .bind(v1::TargetState::Pending as i32)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `host_id`'s part of job `job_id` has its final result stored, or the job is not
+    /// known at all: either way, an agent holding a result for it may forget it.
+    pub async fn result_settled(&self, job_id: u64, host_id: &str) -> Result<bool, StoreError> {
+        let state: Option<i32> =
+            sqlx::query_scalar("SELECT state FROM job_targets WHERE job_id = ? AND host_id = ?")
+                .bind(job_id_sql(job_id))
+                .bind(host_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(state.is_none_or(|s| {
+            !matches!(
+                v1::TargetState::try_from(s),
+                Ok(v1::TargetState::Pending | v1::TargetState::Running | v1::TargetState::Queued)
+            )
+        }))
     }
 
     /// The newest `limit` jobs; only those `requested_by` asked for, when it is given.
@@ -1087,6 +1102,10 @@ pub fn summarize(states: impl Iterator<Item = v1::TargetState>) -> v1::JobSummar
             v1::TargetState::TimedOut => s.timed_out += 1,
             v1::TargetState::Unreachable => s.unreachable += 1,
             v1::TargetState::Cancelled => s.cancelled += 1,
+            v1::TargetState::Queued => s.queued += 1,
+            v1::TargetState::Lost => s.lost += 1,
+            v1::TargetState::Expired => s.expired += 1,
+            v1::TargetState::Interrupted => s.interrupted += 1,
             v1::TargetState::Pending | v1::TargetState::Running | v1::TargetState::Unspecified => {}
         }
     }
@@ -1200,7 +1219,16 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::Job, StoreError> {
         reason: row.try_get("reason")?,
         decided_by: row.try_get("decided_by")?,
         requested_via: row.try_get("requested_via")?,
+        queue_until_ms: queue_until_ms(row)?,
     })
+}
+
+/// Until when a running job waits for offline hosts: its start plus the queue window, which is
+/// its deadline less its timeout.
+fn queue_until_ms(row: &sqlx::sqlite::SqliteRow) -> Result<i64, StoreError> {
+    let (queue_for, deadline, timeout): (i64, i64, i64) =
+        (row.try_get("queue_for_ms")?, row.try_get("deadline")?, row.try_get("timeout_ms")?);
+    Ok(if queue_for > 0 && deadline > 0 { deadline.saturating_sub(timeout) } else { 0 })
 }
 
 fn target_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<v1::TargetDetail, StoreError> {

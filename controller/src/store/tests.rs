@@ -87,6 +87,8 @@ async fn results_of_a_large_job_are_all_written_with_its_end() {
             timeout_ms: 10_000,
             reason: String::new(),
             approval_expires_at_ms: 0,
+            queue_for_ms: 0,
+            reach: v1::ReadReach::Observe,
             targets: targets.clone(),
         })
         .await

@@ -28,6 +28,11 @@ pub struct ExecArgs {
     /// Why this is needed; shown to whoever approves it, and kept in the audit log.
     #[arg(long, default_value = "")]
     reason: String,
+    /// Wait this long for hosts that are offline (or drop before the job reaches them): they run
+    /// it when they reconnect, and are reported expired after it. Without it, offline hosts are
+    /// reported unreachable at once. The timeout counts from when each host gets the job.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    queue_for: Option<Duration>,
     /// The command and its arguments, after `--`. No shell is involved.
     #[arg(last = true, required = true, value_name = "ARGV")]
     argv: Vec<String>,
@@ -48,6 +53,7 @@ pub async fn run(
         concurrency: args.concurrency,
         output_cap_bytes: args.output_cap,
         reason: args.reason,
+        queue_for_ms: args.queue_for.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     let events = fleet.run_job(request).await?.into_inner();
     follow(fleet, events, output, true).await
@@ -119,6 +125,14 @@ impl Printer {
                 eprintln!("job {}: {} host(s)", event.job_id, a.targets.len());
             }
             Some(job_event::Kind::Started(_)) => {}
+            Some(job_event::Kind::Queued(q)) => {
+                let host = q.target.as_ref().map(|t| t.host_name.as_str()).unwrap_or_default();
+                eprintln!(
+                    "{}: offline; queued until {} (runs when it reconnects)",
+                    render::safe(host),
+                    render::rfc3339(q.until_ms).as_str().unwrap_or("?")
+                );
+            }
             Some(job_event::Kind::ApprovalRequired(a)) => {
                 eprintln!(
                     "job {} needs a human's approval: `{}` (expires {}); waiting, Ctrl-C leaves it pending",

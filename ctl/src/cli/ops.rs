@@ -62,6 +62,11 @@ pub struct JobFlags {
     /// it is refused, for an AI bridge it waits for a human's approval.
     #[arg(long)]
     elevate: bool,
+    /// Wait this long for hosts that are offline (or drop before the job reaches them): they run
+    /// it when they reconnect, and are reported expired after it. Without it, offline hosts are
+    /// reported unreachable at once.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    queue_for: Option<Duration>,
 }
 
 pub async fn run(channel: Channel, command: OpCommand, output: Output) -> anyhow::Result<ExitCode> {
@@ -106,6 +111,7 @@ pub async fn run_operation(
         concurrency: job.concurrency,
         output_cap_bytes: 0,
         reason: job.reason,
+        queue_for_ms: job.queue_for.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     let mut fleet = FleetClient::new(channel);
     let events = fleet.run_job(request).await?.into_inner();

@@ -139,7 +139,8 @@ fn summary_json(s: Option<&v1::JobSummary>) -> Value {
     let s = s.copied().unwrap_or_default();
     json!({
         "total": s.total, "succeeded": s.succeeded, "failed": s.failed, "timed_out": s.timed_out,
-        "unreachable": s.unreachable, "cancelled": s.cancelled,
+        "unreachable": s.unreachable, "cancelled": s.cancelled, "queued": s.queued, "lost": s.lost,
+        "expired": s.expired, "interrupted": s.interrupted,
     })
 }
 
@@ -150,6 +151,7 @@ fn job_json(j: &v1::Job) -> Value {
         "action": action_json(j.action.as_ref()), "created_at": rfc3339(j.created_at_ms),
         "deadline": rfc3339(j.deadline_ms), "finished_at": rfc3339(j.finished_at_ms),
         "concurrency": j.concurrency, "summary": summary_json(j.summary.as_ref()),
+        "queue_until": rfc3339(j.queue_until_ms),
     })
 }
 
@@ -182,6 +184,9 @@ fn result_text(state: v1::TargetState, result: Option<&v1::CommandResult>) -> St
     let r = result.cloned().unwrap_or_default();
     let mut text = match (state, r.exit_code, r.signal) {
         (v1::TargetState::Unreachable, ..) => format!("unreachable: {}", r.error),
+        (v1::TargetState::Lost, ..) => format!("lost: {}", r.error),
+        (v1::TargetState::Expired, ..) => format!("expired: {}", r.error),
+        (v1::TargetState::Interrupted, ..) => format!("interrupted: {}", r.error),
         (v1::TargetState::TimedOut, ..) => {
             format!("timed out after {}", humantime::format_duration(Duration::from_millis(r.duration_ms)))
         }
@@ -214,7 +219,7 @@ pub fn target_status(host: &str, state: v1::TargetState, result: Option<&v1::Com
 
 pub fn summary_line(job_id: u64, c: &v1::JobCompleted) -> String {
     let s = c.summary.unwrap_or_default();
-    format!(
+    let mut line = format!(
         "job {job_id} {}: {} host(s), {} succeeded, {} failed, {} timed out, {} unreachable, {} cancelled",
         c.state().short_name(),
         s.total,
@@ -223,7 +228,14 @@ pub fn summary_line(job_id: u64, c: &v1::JobCompleted) -> String {
         s.timed_out,
         s.unreachable,
         s.cancelled
-    )
+    );
+    // The delivery outcomes are rare: named only when they happened.
+    for (count, name) in [(s.lost, "lost"), (s.expired, "expired"), (s.interrupted, "interrupted")] {
+        if count > 0 {
+            line.push_str(&format!(", {count} {name}"));
+        }
+    }
+    line
 }
 
 fn result_json(r: Option<&v1::CommandResult>) -> Value {
@@ -385,6 +397,7 @@ pub fn event_json(event: &v1::JobEvent) -> Value {
             "job_id": event.job_id, "event": "accepted",
             "hosts": a.targets.iter().map(|t| t.host_name.clone()).collect::<Vec<_>>(),
             "action": action_json(a.action.as_ref()), "deadline": rfc3339(a.deadline_ms),
+            "queue_until": rfc3339(a.queue_until_ms),
         }),
         Some(job_event::Kind::ApprovalRequired(a)) => json!({
             "job_id": event.job_id, "event": "approval_required",
@@ -396,6 +409,9 @@ pub fn event_json(event: &v1::JobEvent) -> Value {
         Some(job_event::Kind::Started(s)) => {
             json!({"job_id": event.job_id, "event": "started", "host": host(&s.target)})
         }
+        Some(job_event::Kind::Queued(q)) => json!({
+            "job_id": event.job_id, "event": "queued", "host": host(&q.target), "until": rfc3339(q.until_ms),
+        }),
         Some(job_event::Kind::Output(o)) => json!({
             "job_id": event.job_id, "event": "output", "host": host(&o.target),
             "stream": if o.stream() == v1::OutputStream::Stderr { "stderr" } else { "stdout" },

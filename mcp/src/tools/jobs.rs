@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tailops_ops::OperationSpec;
 use tailops_proto::v1::{self, job_event::Kind};
 
-use super::schema::{JOB_ARGS, SELECTOR_ARGS, exposed, object, selector_properties};
+use super::schema::{JOB_ARGS, SELECTOR_ARGS, exposed, object, queue_for_schema, selector_properties};
 use super::{Args, Call, ToolError, ToolResult, capped, time};
 
 /// Output kept per host and stream while a job runs; what reaches the model is cut further.
@@ -22,6 +22,8 @@ const KEEP_OUTPUT_BYTES: usize = 64 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest per-host timeout an assistant may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest an assistant's job may wait for offline hosts.
+const MAX_QUEUE_FOR: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Copy)]
 pub enum JobTool {
@@ -48,6 +50,7 @@ pub fn tools() -> Vec<(Tool, JobTool)> {
         "reason".into(),
         json!({"type": "string", "maxLength": 500, "description": "Why this is needed; shown to a human approver."}),
     );
+    exec.insert("queue_for".into(), queue_for_schema());
     let mut top = selector_properties();
     top.insert(
         "sort".into(),
@@ -139,7 +142,7 @@ pub async fn call(tool: JobTool, args: &Args, call: &Call) -> ToolResult {
     match tool {
         JobTool::Exec => {
             let mut known = SELECTOR_ARGS.to_vec();
-            known.extend(["argv", "timeout", "reason"]);
+            known.extend(["argv", "timeout", "reason", "queue_for"]);
             args.only(&known)?;
             let argv = args.strings("argv")?;
             if argv.first().is_none_or(|program| program.trim().is_empty()) {
@@ -288,6 +291,13 @@ fn job_request(args: &Args, action: v1::job_action::Kind) -> Result<v1::RunJobRe
             humantime::format_duration(MAX_TIMEOUT)
         )));
     }
+    let queue_for = args.duration("queue_for")?.unwrap_or_default();
+    if queue_for > MAX_QUEUE_FOR {
+        return Err(ToolError::InvalidArgument(format!(
+            "queue_for is at most {}",
+            humantime::format_duration(MAX_QUEUE_FOR)
+        )));
+    }
     Ok(v1::RunJobRequest {
         selector: Some(args.selector()?),
         action: Some(v1::JobAction { kind: Some(action), elevated: false }),
@@ -295,12 +305,15 @@ fn job_request(args: &Args, action: v1::job_action::Kind) -> Result<v1::RunJobRe
         concurrency: 0,
         output_cap_bytes: 0,
         reason: args.text("reason")?.unwrap_or_default().to_owned(),
+        queue_for_ms: u64::try_from(queue_for.as_millis()).unwrap_or(u64::MAX),
     })
 }
 
 async fn run(call: &Call, request: v1::RunJobRequest) -> ToolResult {
-    // Wait as long as the job may run (plus a moment for results to arrive), within the limit.
-    let wait = (Duration::from_millis(request.timeout_ms) + Duration::from_secs(5)).min(call.limits.max_wait);
+    // Wait as long as the job may run (plus a moment for results to arrive), within the limit;
+    // a queued job that outlasts it is followed with wait_job.
+    let runs_for = Duration::from_millis(request.queue_for_ms.saturating_add(request.timeout_ms));
+    let wait = (runs_for + Duration::from_secs(5)).min(call.limits.max_wait);
     let events = call.controller.fleet().run_job(call.request(request)).await?.into_inner();
     follow(call, events, wait, Mode::Run).await
 }
@@ -379,6 +392,11 @@ async fn follow(
             Some(Kind::Started(started)) => {
                 if let Some(host) = started.target.and_then(|t| hosts.get_mut(&t.host_id)) {
                     host.state = v1::TargetState::Running;
+                }
+            }
+            Some(Kind::Queued(queued)) => {
+                if let Some(host) = queued.target.and_then(|t| hosts.get_mut(&t.host_id)) {
+                    host.state = v1::TargetState::Queued;
                 }
             }
             Some(Kind::Output(output)) => {
@@ -500,7 +518,13 @@ fn kept(buffer: &[u8]) -> &[u8] {
 }
 
 fn is_final(state: v1::TargetState) -> bool {
-    !matches!(state, v1::TargetState::Pending | v1::TargetState::Running | v1::TargetState::Unspecified)
+    !matches!(
+        state,
+        v1::TargetState::Pending
+            | v1::TargetState::Running
+            | v1::TargetState::Queued
+            | v1::TargetState::Unspecified
+    )
 }
 
 fn hosts_json(hosts: &[HostResult], call: &Call) -> Value {
@@ -627,7 +651,8 @@ fn processes_json(list: &v1::ProcessList, max_rows: usize) -> Value {
 fn summary_json(summary: Option<&v1::JobSummary>) -> Value {
     let s = summary.cloned().unwrap_or_default();
     json!({"total": s.total, "succeeded": s.succeeded, "failed": s.failed, "timed_out": s.timed_out,
-           "unreachable": s.unreachable, "cancelled": s.cancelled})
+           "unreachable": s.unreachable, "cancelled": s.cancelled, "queued": s.queued, "lost": s.lost,
+           "expired": s.expired, "interrupted": s.interrupted})
 }
 
 /// What a job does, in one line.

@@ -43,7 +43,14 @@ pub fn selector_properties() -> Map<String, Value> {
 pub const SELECTOR_ARGS: &[&str] = &["host", "hosts", "labels", "all_hosts"];
 
 /// Arguments every job tool takes besides its selector.
-pub const JOB_ARGS: &[&str] = &["reason", "timeout", "dry_run", "elevate"];
+pub const JOB_ARGS: &[&str] = &["reason", "timeout", "dry_run", "elevate", "queue_for"];
+
+/// The schema of `queue_for`, shared by exec and every operation tool.
+pub fn queue_for_schema() -> Value {
+    json!({"type": "string", "description": "Wait this long for hosts that are offline (e.g. 1h, at most \
+           24h): they run the job when they reconnect and are reported expired after it. By default an \
+           offline host is reported unreachable at once."})
+}
 
 /// The argument name of an operation parameter. Two catalog names mean something else on a
 /// tool: `host` (the fleet host a job runs on) and `timeout` (the job's deadline), so a
@@ -139,6 +146,7 @@ pub fn operation_tool(spec: &'static OperationSpec) -> Tool {
         "timeout".into(),
         json!({"type": "string", "description": "How long the job may run on each host (default 30s), e.g. 2m."}),
     );
+    properties.insert("queue_for".into(), queue_for_schema());
     let note = match spec.tier {
         RiskTier::Observe => "Read-only; runs at once.",
         RiskTier::Control | RiskTier::Admin if spec.mutating => {
