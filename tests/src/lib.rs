@@ -431,6 +431,7 @@ pub fn exec_request(selector: v1::HostSelector, argv: &[&str], timeout: Duration
         concurrency: 0,
         output_cap_bytes: 0,
         reason: String::new(),
+        queue_for_ms: 0,
     }
 }
 
@@ -595,4 +596,102 @@ pub async fn calls(dir: &Path) -> Vec<String> {
 /// Runs a shell snippet (test setup only).
 pub async fn sh(script: &str) -> std::process::Output {
     tokio::process::Command::new("sh").args(["-c", script]).output().await.expect("run sh")
+}
+
+/// A real `tailops-agent` process, enrolled in its own state directory, that can be killed
+/// (SIGKILL: no chance to clean up) and started again on the same state.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub name: String,
+    pub state_dir: TempDir,
+    binary: PathBuf,
+    child: Option<tokio::process::Child>,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Enrolls `name` with the agent binary and starts it; returns once it is online.
+    pub async fn start(controller: &TestController, name: &str) -> Self {
+        // Built before the token's minute starts: a cold build can take longer than that.
+        let binary = binary("tailops-agent").await;
+        let token = controller.token(&[], 1, Duration::from_secs(60)).await;
+        let state_dir = tempfile::tempdir().expect("dir");
+        let enroll = tokio::process::Command::new(&binary)
+            .args(["enroll", "--controller", &controller.url, "--ca-fingerprint"])
+            .arg(controller.fingerprint.to_string())
+            .args(["--name", name, "--state-dir"])
+            .arg(state_dir.path())
+            .env("TAILOPS_JOIN_TOKEN", &token)
+            .output()
+            .await
+            .expect("run enroll");
+        assert!(enroll.status.success(), "{}", text(&enroll.stderr));
+        let log = state_dir.path().join("agent.log");
+        let mut agent = Self { name: name.to_owned(), state_dir, binary, child: None, log };
+        agent.run();
+        controller.wait_online(name, true).await;
+        agent
+    }
+
+    /// Starts the process (again) on its state directory; its log is appended to.
+    pub fn run(&mut self) {
+        // A child's stdio needs a std file; opening one is a moment's work in a test.
+        #[allow(clippy::disallowed_methods)]
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = tokio::process::Command::new(&self.binary)
+            .args(["run", "--state-dir"])
+            .arg(self.state_dir.path())
+            .env("RUST_LOG", "info")
+            .stderr(log.try_clone().expect("log"))
+            .stdout(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start agent");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: the agent dies mid-whatever, leaving its children behind.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill agent");
+        }
+    }
+
+    /// What the agent logged so far.
+    pub async fn log(&self) -> String {
+        tokio::fs::read_to_string(&self.log).await.unwrap_or_default()
+    }
+}
+
+/// Waits (up to 30 s) until `path` exists and holds a line; returns its contents.
+pub async fn wait_for_file(path: &Path) -> String {
+    for _ in 0..300 {
+        if let Ok(text) = tokio::fs::read_to_string(path).await
+            && text.ends_with('\n')
+        {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} was not written", path.display());
+}
+
+/// Reads a job's events until one matches `wanted` (up to 60 s); returns the events read.
+pub async fn events_until(
+    stream: &mut tonic::Streaming<v1::JobEvent>,
+    wanted: impl Fn(&v1::JobEvent) -> bool,
+) -> Vec<v1::JobEvent> {
+    let mut events = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .expect("job stream stalled")
+            .expect("job stream error")
+            .expect("the job ended before the event came");
+        let done = wanted(&event);
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
 }

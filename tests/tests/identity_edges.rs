@@ -107,6 +107,7 @@ fn hello() -> v1::Hello {
         os: "linux".into(),
         arch: "x86_64".into(),
         kernel: "6".into(),
+        running_jobs: Vec::new(),
     }
 }
 
@@ -508,6 +509,7 @@ async fn hello_and_facts_are_bounded_and_cleaned() {
         os: "linux\u{202e}txt.exe".into(),
         arch: "x86_64\u{200b}".into(),
         kernel: "6\r\n\u{7}".into(),
+        running_jobs: Vec::new(),
     };
     let link = RawLink::open(&controller.url, &state, None, hostile).await.expect("the stream is accepted");
     controller.wait_online("loud", true).await;
