@@ -192,9 +192,10 @@ fn at_least_a_second(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 // One thread carries the link, heartbeats, cancels and exec jobs' I/O, all of it light; typed
@@ -249,6 +250,104 @@ async fn main() -> anyhow::Result<()> {
             options.ops = std::sync::Arc::new(ops);
             tailops_agent::run(options, shutdown).await?;
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        let default = ProptestConfig::default();
+        // `PROPTEST_CASES`, when set, is already in the default.
+        let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { 2000 };
+        // No regression files in the source tree: a case worth keeping becomes a unit test.
+        ProptestConfig { cases, failure_persistence: None, ..default }
+    }
+
+    fn hostile_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => any::<String>(),
+            3 => "[a-z=/._-]{0,12}",
+            2 => (prop::sample::select(OpsConfig::TOOLS), "=?[ -~]{0,12}").prop_map(|(t, rest)| format!("{t}{rest}")),
+            1 => "[0-9]{1,25} ?(ns|ms|s|m|h|d|y|years)?",
+            1 => (any::<char>(), 0usize..5000).prop_map(|(c, n)| c.to_string().repeat(n)),
+        ]
+    }
+
+    #[test]
+    fn a_label_needs_a_key() {
+        assert!(parse_label("=lab").unwrap_err().contains("KEY=VALUE"));
+        assert_eq!(parse_label("site=").expect("an empty value is a value"), ("site".into(), String::new()));
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn labels_split_at_the_first_equals_sign_or_are_refused(text in hostile_text()) {
+            match parse_label(&text) {
+                Ok((key, value)) => {
+                    prop_assert!(!key.is_empty() && !key.contains('='));
+                    prop_assert_eq!(format!("{key}={value}"), text);
+                }
+                Err(message) => {
+                    prop_assert!(text.starts_with('=') || !text.contains('='));
+                    prop_assert!(message.contains("KEY=VALUE"), "{}", message);
+                }
+            }
+        }
+
+        /// Only a known tool with a path is accepted; a refusal says which tools exist.
+        #[test]
+        fn tools_are_known_names_with_a_path(text in hostile_text()) {
+            match parse_tool(&text) {
+                Ok((name, path)) => {
+                    prop_assert!(OpsConfig::TOOLS.contains(&name.as_str()));
+                    prop_assert!(!path.as_os_str().is_empty());
+                    prop_assert_eq!(format!("{name}={}", path.display()), text);
+                }
+                Err(message) => {
+                    prop_assert!(
+                        message.contains("NAME=PATH") || message.contains("known: systemctl"),
+                        "{}",
+                        message
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn intervals_are_at_least_a_second_or_refused_with_a_reason(text in hostile_text()) {
+            match at_least_a_second(&text) {
+                Ok(interval) => prop_assert!(interval >= Duration::from_secs(1)),
+                Err(message) => prop_assert!(!message.trim().is_empty()),
+            }
+        }
+
+        /// Whole command lines, flags among them: a verdict, never a panic.
+        #[test]
+        fn any_command_line_gets_a_verdict(
+            words in prop::collection::vec(
+                prop_oneof![
+                    2 => prop::sample::select(&[
+                        "enroll", "run", "--controller", "--token", "--ca-fingerprint", "--name",
+                        "--label", "--label==x", "--tool", "--tool=docker=", "--sample-interval",
+                        "--sample-interval=0s", "--facts-interval", "--files-base", "--files-deny",
+                        "--no-monitoring", "--log", "--help", "sha256:00",
+                    ][..]).prop_map(str::to_owned),
+                    1 => hostile_text(),
+                ],
+                0..8,
+            ),
+        ) {
+            if let Err(e) = Cli::try_parse_from(std::iter::once("tailops-agent".to_owned()).chain(words)) {
+                prop_assert!(!e.render().to_string().trim().is_empty());
+            }
         }
     }
 }

@@ -114,6 +114,13 @@ pub struct MonitoringConfig {
     pub health: HealthThresholds,
 }
 
+impl MonitoringConfig {
+    /// How long raw samples are kept, in ms. Saturating: a huge setting means "keep them".
+    pub fn raw_retention_ms(&self) -> i64 {
+        i64::try_from(self.raw_retention_hours).unwrap_or(i64::MAX).saturating_mul(3_600_000)
+    }
+}
+
 impl Default for MonitoringConfig {
     fn default() -> Self {
         Self {
@@ -283,6 +290,9 @@ impl Default for Limits {
     }
 }
 
+/// The longest any `[network]` timeout or age may be.
+pub const MAX_NETWORK_SECS: u64 = 10 * 365 * 24 * 3600;
+
 impl Network {
     /// Refuses limits that would make the listener useless; says which field to fix.
     pub fn validate(&self) -> Result<(), String> {
@@ -303,6 +313,21 @@ impl Network {
                 "{name} must be at least 1; remove it from [network] in controller.toml to use the default"
             ));
         }
+        // Each is added to the current time for a deadline, which must not overflow.
+        let durations = [
+            ("tls_handshake_timeout_secs", self.tls_handshake_timeout_secs),
+            ("unauthenticated_timeout_secs", self.unauthenticated_timeout_secs),
+            ("http2_keepalive_interval_secs", self.http2_keepalive_interval_secs),
+            ("http2_keepalive_timeout_secs", self.http2_keepalive_timeout_secs),
+            ("max_connection_age_secs", self.max_connection_age_secs),
+            ("max_connection_age_grace_secs", self.max_connection_age_grace_secs),
+        ];
+        if let Some((name, value)) = durations.iter().find(|(_, value)| *value > MAX_NETWORK_SECS) {
+            return Err(format!(
+                "{name} = {value} is more than {MAX_NETWORK_SECS} seconds (ten years); [network] in \
+                 controller.toml"
+            ));
+        }
         Ok(())
     }
 }
@@ -314,7 +339,8 @@ impl ControllerConfig {
 
     /// Silence longer than this takes a host offline.
     pub fn offline_after(&self) -> Duration {
-        self.heartbeat_interval() * self.timing.offline_after_missed.max(1)
+        // Saturating: both factors come from the file, and their product can overflow.
+        self.heartbeat_interval().saturating_mul(self.timing.offline_after_missed.max(1))
     }
 
     /// `https://<first advertised name>:<port>`, the URL agents and profiles use.

@@ -14,6 +14,8 @@ pub mod config;
 pub mod data_dir;
 pub mod jobs;
 pub mod monitoring;
+#[cfg(test)]
+mod properties;
 pub mod rate_limit;
 pub mod result_writer;
 pub mod retention;

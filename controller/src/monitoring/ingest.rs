@@ -52,10 +52,12 @@ pub fn validate(
         )));
     }
     let total = batch.samples.len();
+    let (oldest, newest) =
+        (now_ms.saturating_sub(raw_retention_ms), now_ms.saturating_add(MAX_CLOCK_SKEW_MS));
     let mut samples: Vec<v1::MetricSample> = batch
         .samples
         .into_iter()
-        .filter(|s| s.at_ms > now_ms - raw_retention_ms && s.at_ms <= now_ms + MAX_CLOCK_SKEW_MS)
+        .filter(|s| s.at_ms > oldest && s.at_ms <= newest)
         .filter(plausible)
         .map(|mut s| {
             s.cpu_percent = s.cpu_percent.clamp(0.0, 100.0);
@@ -111,6 +113,13 @@ pub fn validate_facts(mut update: v1::FactsUpdate) -> Result<v1::FactsUpdate, In
     if let Some((key, _)) = update.set.iter().find(|(_, v)| v.len() > MAX_FACT_VALUE) {
         return Err(IngestError::Invalid(format!("fact {key:?} is longer than {MAX_FACT_VALUE} bytes")));
     }
+    // Whether such a key would end up set or removed depended on what was stored before.
+    if let Some(key) = update.removed.iter().find(|k| update.set.contains_key(*k)) {
+        return Err(IngestError::Invalid(format!("fact {key:?} is both set and removed in one update")));
+    }
+    // A key removed twice would count, and be recorded in the history, twice.
+    update.removed.sort_unstable();
+    update.removed.dedup();
     for value in update.set.values_mut() {
         if value.chars().any(is_hidden) {
             *value = value.chars().map(|c| if is_hidden(c) { '?' } else { c }).collect();

@@ -82,8 +82,7 @@ impl Monitoring {
         batch: v1::MetricsBatch,
         now_ms: i64,
     ) -> Result<usize, IngestError> {
-        let raw_retention_ms = i64::try_from(self.config.raw_retention_hours).unwrap_or(0) * 3_600_000;
-        let samples = ingest::validate(batch, now_ms, raw_retention_ms)?;
+        let samples = ingest::validate(batch, now_ms, self.config.raw_retention_ms())?;
         let series = match self.view(host_id, |v| v.series) {
             Some(series) => series,
             None => {

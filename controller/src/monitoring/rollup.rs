@@ -102,7 +102,7 @@ pub async fn rollup_once(
     // Retention deletes whole minutes (and hours) only, so buckets from these horizons on are
     // complete and may be recomputed; an older bucket is final even if a late sample lands in it.
     let raw_horizon = floor(now_ms - hours(config.raw_retention_hours), MINUTE);
-    let minute_horizon = floor(now_ms - hours(config.minute_retention_days * 24), HOUR);
+    let minute_horizon = floor(now_ms - hours(config.minute_retention_days.saturating_mul(24)), HOUR);
 
     // Minutes, from raw samples.
     let late_from = late.take();
@@ -163,8 +163,10 @@ pub async fn rollup_once(
     let minute_cutoff = minute_horizon.min(hours_done);
     report.pruned_rows += prune(store, MetricTable::Minute, minute_cutoff).await?;
     report.pruned_rows +=
-        prune(store, MetricTable::Hour, now_ms - hours(config.hour_retention_days * 24)).await?;
-    report.pruned_rows += store.prune_fact_changes(now_ms - hours(config.change_retention_days * 24)).await?;
+        prune(store, MetricTable::Hour, now_ms - hours(config.hour_retention_days.saturating_mul(24)))
+            .await?;
+    report.pruned_rows +=
+        store.prune_fact_changes(now_ms - hours(config.change_retention_days.saturating_mul(24))).await?;
     Ok(report)
 }
 

@@ -79,7 +79,7 @@ impl MonitoringApi for MonitoringService {
             return Err(Status::invalid_argument("the range is empty: --since must be before --until"));
         }
         let config = self.state.monitoring.config();
-        let raw_kept_from = now - i64::try_from(config.raw_retention_hours).unwrap_or(0) * 3_600_000;
+        let raw_kept_from = now.saturating_sub(config.raw_retention_ms());
         let resolution = match req.resolution() {
             v1::Resolution::Auto => {
                 let span = until - since;

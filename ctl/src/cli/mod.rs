@@ -5,6 +5,8 @@ mod exec;
 mod friendly;
 mod monitor;
 mod ops;
+#[cfg(test)]
+mod properties;
 mod render;
 
 use std::path::PathBuf;
