@@ -58,6 +58,10 @@ enum Command {
         monitoring: MonitoringArgs,
         #[command(flatten)]
         ops: OpsArgs,
+        /// Longest wait between reconnect attempts (doubling from 0.5s, jittered). Lower it where
+        /// a controller outage is short and rare, e.g. the network-partition tests.
+        #[arg(long, env = "TAILOPS_MAX_BACKOFF", default_value = "30s", value_parser = at_least_100ms)]
+        max_backoff: Duration,
     },
 }
 
@@ -191,6 +195,15 @@ fn at_least_a_second(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Lower would let an agent that cannot reach its controller retry in a busy loop.
+fn at_least_100ms(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s} is too short; use 100ms or more"));
+    }
+    Ok(d)
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -233,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
             println!("Start the agent with: tailops-agent run --state-dir {}", state.dir.display());
             Ok(())
         }
-        Command::Run { state_dir, monitoring, ops } => {
+        Command::Run { state_dir, monitoring, ops, max_backoff } => {
             let ops = ops.config().await?;
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
@@ -248,6 +261,8 @@ async fn main() -> anyhow::Result<()> {
             let mut options = LinkOptions::new(state_dir);
             options.monitor = monitoring.options();
             options.ops = std::sync::Arc::new(ops);
+            options.max_backoff = max_backoff;
+            options.min_backoff = options.min_backoff.min(max_backoff);
             tailops_agent::run(options, shutdown).await?;
             Ok(())
         }

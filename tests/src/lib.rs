@@ -3,6 +3,7 @@
 //! SQLite. Nothing is mocked.
 
 pub mod mcp_client;
+pub mod netns;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
