@@ -689,8 +689,9 @@ impl JobManager {
             (v1::JobState::Rejected, "approval.reject")
         };
         let deadline_ms = if approve {
-            now_ms()
-                .saturating_add(i64::try_from((job.queue_for + job.timeout).as_millis()).unwrap_or(i64::MAX))
+            now_ms().saturating_add(
+                i64::try_from(job.queue_for.saturating_add(job.timeout).as_millis()).unwrap_or(i64::MAX),
+            )
         } else {
             0
         };
@@ -944,7 +945,7 @@ impl JobManager {
         // Whether the host was connected since this controller started waiting for it.
         let mut seen = false;
         // Until when a host that may have the job is waited for once it is away.
-        let mut away_until = Instant::now() + self.timing.recovery_window;
+        let mut away_until = after(Instant::now(), self.timing.recovery_window);
         loop {
             let Some(agent) = self.agents.get(host_id).filter(|a| !a.closed.is_cancelled()) else {
                 if self.shutdown.is_cancelled() {
@@ -1060,7 +1061,7 @@ impl JobManager {
     fn offline_deadline(&self, last_seen_ms: i64) -> Instant {
         let window = i64::try_from(self.timing.offline_after.as_millis()).unwrap_or(i64::MAX);
         let left = last_seen_ms.saturating_add(window).saturating_sub(now_ms());
-        Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
+        after(Instant::now(), Duration::from_millis(u64::try_from(left).unwrap_or(0)))
     }
 
     /// Records one host's outcome, and once it is stored tells the job's watchers (what a
@@ -1140,6 +1141,13 @@ enum Resumed {
 /// Job ids of one agent's hello that are looked at; an agent runs far fewer at once.
 const MAX_REPORTED_RUNNING: usize = 4096;
 
+/// `now + span`, with spans from configuration beyond any real job cut to a century (an
+/// `Instant` overflows where a configured limit need not).
+fn after(now: Instant, span: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now + span.min(CENTURY)
+}
+
 /// The wall-clock time (unix ms) of `instant`.
 fn wall_clock(instant: Instant) -> i64 {
     let now = Instant::now();
@@ -1153,7 +1161,7 @@ fn wall_clock(instant: Instant) -> i64 {
 
 /// The instant of wall-clock time `ms` (unix ms); now, if that has passed.
 fn instant_of(ms: i64) -> Instant {
-    Instant::now() + Duration::from_millis(u64::try_from(ms.saturating_sub(now_ms())).unwrap_or(0))
+    after(Instant::now(), Duration::from_millis(u64::try_from(ms.saturating_sub(now_ms())).unwrap_or(0)))
 }
 
 /// How one host's part of a job ended, before it is recorded.
@@ -1282,8 +1290,8 @@ impl LiveJob {
     /// covers the queue window, so a host that comes at its end still gets the whole timeout.
     fn start_clock(&self) {
         let now = Instant::now();
-        let _ = self.queue_until.set((!self.queue_for.is_zero()).then(|| now + self.queue_for));
-        let _ = self.deadline.set(now + self.queue_for + self.timeout);
+        let _ = self.queue_until.set((!self.queue_for.is_zero()).then(|| after(now, self.queue_for)));
+        let _ = self.deadline.set(after(now, self.queue_for.saturating_add(self.timeout)));
     }
 
     /// Sets the clock of a job resumed after a restart from its stored wall-clock times.
@@ -1294,7 +1302,7 @@ impl LiveJob {
 
     /// The running deadline (see [`Self::start_clock`]).
     fn deadline(&self) -> Instant {
-        *self.deadline.get_or_init(|| Instant::now() + self.queue_for + self.timeout)
+        *self.deadline.get_or_init(|| after(Instant::now(), self.queue_for.saturating_add(self.timeout)))
     }
 
     /// Until when offline hosts are waited for, if the job queues.

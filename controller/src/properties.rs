@@ -254,23 +254,35 @@ fn run_job_request() -> impl Strategy<Value = v1::RunJobRequest> {
         any::<u32>(),
         near(vec![0, OBSERVE_MAX_OUTPUT_CAP, limits.max_output_cap_bytes]),
         prop_oneof![3 => hostile_text(), 1 => near(vec![1024]).prop_map(|n| "r".repeat((n % 4096) as usize))],
+        near(vec![0, limits.max_queue_for_secs * 1000]),
     )
-        .prop_map(|(selector, action, timeout_ms, concurrency, output_cap_bytes, reason)| {
-            v1::RunJobRequest { selector, action, timeout_ms, concurrency, output_cap_bytes, reason }
-        })
+        .prop_map(
+            |(selector, action, timeout_ms, concurrency, output_cap_bytes, reason, queue_for_ms)| {
+                v1::RunJobRequest {
+                    selector,
+                    action,
+                    timeout_ms,
+                    concurrency,
+                    output_cap_bytes,
+                    reason,
+                    queue_for_ms,
+                }
+            },
+        )
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
     prop_oneof![
         3 => Just(Limits::default()),
-        1 => (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<usize>()).prop_map(
-            |(default_timeout, max_timeout, default_cap, max_cap, argv)| Limits {
+        1 => (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<usize>(), any::<u64>()).prop_map(
+            |(default_timeout, max_timeout, default_cap, max_cap, argv, max_queue)| Limits {
                 default_job_timeout_secs: default_timeout,
                 max_job_timeout_secs: max_timeout,
                 default_output_cap_bytes: default_cap,
                 max_output_cap_bytes: max_cap,
                 max_argv_bytes: argv,
                 max_join_token_uses: 1,
+                max_queue_for_secs: max_queue,
             }
         ),
     ]
@@ -312,6 +324,7 @@ proptest! {
                 let selector = &job.selector;
                 prop_assert!(selector.all || !selector.labels.is_empty() || !selector.hosts.is_empty());
                 prop_assert!(job.timeout <= Duration::from_secs(limits.max_job_timeout_secs));
+                prop_assert!(job.queue_for <= Duration::from_secs(limits.max_queue_for_secs));
                 let max_cap = if control { limits.max_output_cap_bytes } else {
                     limits.max_output_cap_bytes.min(OBSERVE_MAX_OUTPUT_CAP)
                 };

@@ -40,6 +40,49 @@ async fn a_cut_link_mid_fan_out_fails_only_that_host_which_comes_back_after_heal
 }
 
 #[tokio::test]
+async fn work_queued_for_a_cut_off_host_runs_once_after_the_link_heals() {
+    let Some(fleet) = NetnsFleet::start(2, |_| {}).await else { return };
+    fleet.cut(VICTIM).await;
+    fleet.wait_online(VICTIM, false, fleet.offline_window() + fleet.heartbeat_interval() + SLACK).await;
+
+    // Namespaces share the filesystem: the test reads what the agent's job wrote.
+    let marker = fleet.agent_state_dir(VICTIM).join("queued-ran");
+    let script = format!("echo ran >> '{}'; echo queued", marker.display());
+    let only_victim = v1::HostSelector { hosts: vec![VICTIM.to_owned()], ..Default::default() };
+    let mut request = exec_request(only_victim, &["sh", "-c", &script], Duration::from_secs(30));
+    request.queue_for_ms = 120_000;
+    let mut stream = fleet.fleet().await.run_job(request).await.expect("accepted").into_inner();
+    let before = events_until(&mut stream, |e| matches!(e.kind, Some(v1::job_event::Kind::Queued(_)))).await;
+    let queued = before.last().and_then(|e| match &e.kind {
+        Some(v1::job_event::Kind::Queued(q)) => q.target.clone(),
+        _ => None,
+    });
+    assert_eq!(queued.map(|t| t.host_name).as_deref(), Some(VICTIM));
+
+    let took = heal_and_wait_online(&fleet, Fault::Cut).await;
+    eprintln!("{VICTIM}: back online {took:?} after the heal");
+    let mut events = before;
+    events.extend(collect_events(stream).await);
+    let finished: Vec<&v1::TargetFinished> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(v1::job_event::Kind::Finished(f))
+                if f.target.as_ref().is_some_and(|t| t.host_name == VICTIM) =>
+            {
+                Some(f)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(finished[0].state(), v1::TargetState::Succeeded, "{:?}", finished[0]);
+    assert_eq!(output_of(&events, VICTIM, v1::OutputStream::Stdout), "queued\n");
+    assert_eq!(completed(&events).state(), v1::JobState::Succeeded);
+    let lines = tokio::fs::read_to_string(&marker).await.expect("marker").lines().count();
+    assert_eq!(lines, 1, "the queued job ran {lines} times");
+}
+
+#[tokio::test]
 async fn a_blackholed_link_mid_fan_out_is_found_by_missed_heartbeats_and_recovers() {
     let Some(mut fleet) = NetnsFleet::start(3, |_| {}).await else { return };
     let Some(method) = fleet.blackhole_method() else {
@@ -127,15 +170,10 @@ async fn fault_mid_fan_out(fleet: &mut NetnsFleet, fault: Fault) {
         eprintln!("{host}: succeeded after {took:?}");
     }
 
-    // Today the state is UNREACHABLE; a state for "the agent vanished mid-job" (LOST) may take
-    // its place, and either says the same thing here.
+    // The job had reached the host, which then went away for longer than the offline window.
     let lost = &finished[VICTIM];
     let state = lost.state().as_str_name();
-    assert!(
-        lost.state() != v1::TargetState::Succeeded
-            && (state.contains("UNREACHABLE") || state.contains("LOST")),
-        "{VICTIM} ended {state}: {lost:?}"
-    );
+    assert_eq!(lost.state(), v1::TargetState::Lost, "{VICTIM} ended {state}: {lost:?}");
     let error = lost.result.clone().unwrap_or_default().error.to_lowercase();
     assert!(
         ["disconnect", "offline", "lost", "silent"].iter().any(|w| error.contains(w)),
@@ -185,13 +223,6 @@ async fn heal_and_run_again(fleet: &NetnsFleet, fault: Fault) {
 
 /// Undoes `fault` on `VICTIM` and waits until the controller lists it online again; returns how
 /// long that took.
-///
-/// QUEUED DELIVERY (issue 14 §3, "queued work runs once"): `--queue-for` is being built on
-/// another branch. Once it lands, add a test here: fault `VICTIM`, submit a job for it with a
-/// queue window longer than the outage (appending a line to a file under
-/// `fleet.agent_state_dir(VICTIM)`, which the test can read: namespaces share the filesystem),
-/// then call this, wait for the job to complete, and assert one `Finished` event, `Succeeded`,
-/// and exactly one line in the file.
 async fn heal_and_wait_online(fleet: &NetnsFleet, fault: Fault) -> Duration {
     match fault {
         Fault::Cut => fleet.heal(VICTIM).await,
