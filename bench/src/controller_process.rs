@@ -134,6 +134,13 @@ impl ControllerProcess {
         serde_json::from_str(&reply).with_context(|| format!("lag report {reply:?}"))
     }
 
+    /// Kills the controller with SIGKILL: no shutdown, no flush, as a crash or an OOM kill would.
+    pub async fn kill(self) -> anyhow::Result<()> {
+        let Self { mut child, .. } = self;
+        child.kill().await.context("killing the controller process")?;
+        Ok(())
+    }
+
     /// Stops the controller gracefully: closing its stdin makes it cancel its shutdown token and
     /// exit once `serve` has returned (every agent stream closed). Killed if it takes too long.
     pub async fn stop(self) -> anyhow::Result<()> {

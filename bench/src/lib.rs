@@ -335,6 +335,30 @@ impl Bench {
         Ok(())
     }
 
+    /// Kills the controller process (SIGKILL) and starts a new one on the same data directory
+    /// and port. Only with the controller in its own process: a runtime cannot be killed.
+    pub fn kill_and_restart_controller(&mut self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        let ControllerHost::OwnProcess { binary, process } = &mut self.controller else {
+            anyhow::bail!("killing the controller needs it in its own process (--controller-process)");
+        };
+        let old = process.take();
+        let new = self.sim_rt.block_on(async {
+            if let Some(old) = old {
+                (*old).kill().await?;
+            }
+            ControllerProcess::spawn(binary, data.path(), self.addr).await
+        })?;
+        let addr = new.addr();
+        *process = Some(Box::new(new));
+        self.set_addr(addr);
+        Ok(())
+    }
+
+    pub async fn audit(&self) -> anyhow::Result<tailops_proto::v1::audit_client::AuditClient<Channel>> {
+        Ok(tailops_proto::v1::audit_client::AuditClient::new(tailopsctl::connect(&self.admin).await?))
+    }
+
     pub async fn fleet(&self) -> anyhow::Result<FleetClient<Channel>> {
         Ok(FleetClient::new(tailopsctl::connect(&self.admin).await?)
             .max_decoding_message_size(64 * 1024 * 1024))

@@ -52,6 +52,12 @@ struct Args {
     /// How long the ingest scenario pushes.
     #[arg(long, default_value = "20s", value_parser = humantime_duration)]
     ingest_window: Duration,
+    /// Fan-out clients running while the crash scenario kills the controller.
+    #[arg(long, default_value_t = 4)]
+    crash_clients: usize,
+    /// How long the crash scenario lets fan-outs and ingest run before the kill.
+    #[arg(long, default_value = "3s", value_parser = humantime_duration)]
+    crash_after: Duration,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -78,6 +84,9 @@ enum Group {
     Ingest,
     /// The real agent binary, idle.
     Footprint,
+    /// SIGKILL of the controller mid fan-out and ingest, then recovery (needs
+    /// --controller-process; runs on the fleet of the last --agents size).
+    Crash,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -223,6 +232,30 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let crash = if args.only.contains(&Group::Crash) {
+        if bench.agent_count() == 0 {
+            let n = args.agents.last().copied().unwrap_or(200);
+            let (_, states) = scenarios::enroll(&bench, n, args.enroll_parallel)?;
+            bench.run_agents(states);
+            bench.wait_online(n, Duration::from_secs(300))?;
+        }
+        let r = scenarios::crash(&mut bench, args.crash_clients, args.ingest_agents, args.crash_after)?;
+        println!(
+            "crash    {:>6} agents: {} jobs ({} in flight, {} results seen) survived SIGKILL; listening again after \
+             {:.2} s, all online {:.2} s and all jobs settled {:.2} s after the restart; in flight ended {:?}",
+            r.agents,
+            r.jobs,
+            r.jobs_in_flight,
+            r.results_seen,
+            r.seconds_to_listen,
+            r.seconds_to_all_online,
+            r.seconds_to_all_settled,
+            r.in_flight_outcomes
+        );
+        Some(r)
+    } else {
+        None
+    };
     let footprint = if args.footprint.is_zero() || !args.only.contains(&Group::Footprint) {
         None
     } else {
@@ -248,6 +281,7 @@ fn main() -> anyhow::Result<()> {
         "reconnect": reconnect,
         "ingest": ingest,
         "agent_footprint": footprint,
+        "crash": crash,
     });
     let json = serde_json::to_string_pretty(&results)?;
     bench.sim_rt.block_on(async {

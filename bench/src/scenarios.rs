@@ -344,3 +344,213 @@ async fn count_rows(database: &Path) -> anyhow::Result<u64> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM metrics_raw").fetch_one(&mut conn).await?;
     Ok(u64::try_from(n)?)
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CrashResult {
+    pub agents: usize,
+    /// Jobs started before the kill.
+    pub jobs: usize,
+    /// Jobs a client had not seen complete when the controller died.
+    pub jobs_in_flight: usize,
+    /// Hosts' results a client had seen finish before the kill (all must be stored).
+    pub results_seen: usize,
+    /// Seconds from the kill until the new controller listened.
+    pub seconds_to_listen: f64,
+    /// Seconds from the restart until every agent was online again.
+    pub seconds_to_all_online: f64,
+    /// Seconds from the restart until every job had a final state.
+    pub seconds_to_all_settled: f64,
+    /// Final states of the hosts' parts of the jobs that were in flight.
+    pub in_flight_outcomes: std::collections::BTreeMap<String, u64>,
+    /// Audit rows verified after the restart.
+    pub audit_rows: u64,
+}
+
+/// What one fan-out client saw of its jobs before the controller died.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Job id -> host id -> state of every `finished` event seen.
+    finished: std::collections::BTreeMap<u64, std::collections::BTreeMap<String, i32>>,
+    completed: std::collections::BTreeSet<u64>,
+}
+
+/// Kills the controller (SIGKILL) while `clients` clients start fan-outs to every agent one after
+/// another and `ingest_agents` streams push samples, then restarts it and checks what survived:
+/// the database's integrity, every host result a client saw finish, the audit chain, a final
+/// state for every job, every agent back online. Fails with the first broken guarantee.
+pub fn crash(
+    bench: &mut Bench,
+    clients: usize,
+    ingest_agents: usize,
+    kill_after: Duration,
+) -> anyhow::Result<CrashResult> {
+    let agents = bench.agent_count();
+    let ingest_states = bench.enroll(ingest_agents, 32)?;
+    let (clients_seen, ingesters) = bench.sim_rt.block_on(async {
+        let mut ingesters = Vec::new();
+        let base = tailops_proto::time::now_ms() - 40 * 3_600_000;
+        for (i, state) in ingest_states.iter().enumerate() {
+            let (outbox, inbound) = crate::open_link(state).await?;
+            ingesters.push(tokio::spawn(async move {
+                let mut at = base + i64::try_from(i).unwrap_or(0);
+                loop {
+                    let samples = (0..50)
+                        .map(|_| {
+                            at += 1000;
+                            synthetic_sample(at)
+                        })
+                        .collect();
+                    let batch = v1::agent_message::Kind::Metrics(v1::MetricsBatch { samples });
+                    if outbox.send(v1::AgentMessage { kind: Some(batch) }).await.is_err() {
+                        break;
+                    }
+                }
+                drop(inbound);
+            }));
+        }
+        let mut clients_seen = Vec::new();
+        for _ in 0..clients {
+            let fleet = bench.fleet().await?;
+            clients_seen.push(tokio::spawn(fan_out_until_error(fleet)));
+        }
+        tokio::time::sleep(kill_after).await;
+        anyhow::Ok((clients_seen, ingesters))
+    })?;
+
+    let killed = std::time::Instant::now();
+    bench.kill_and_restart_controller()?;
+    let seconds_to_listen = killed.elapsed().as_secs_f64();
+    let restarted = std::time::Instant::now();
+
+    let mut seen = Seen::default();
+    bench.sim_rt.block_on(async {
+        for client in clients_seen {
+            let client = client.await?;
+            seen.finished.extend(client.finished);
+            seen.completed.extend(client.completed);
+        }
+        for ingester in ingesters {
+            ingester.abort();
+        }
+        anyhow::Ok(())
+    })?;
+    let seconds_to_all_online = {
+        bench.wait_online(agents, Duration::from_secs(300))?;
+        restarted.elapsed().as_secs_f64()
+    };
+
+    bench.sim_rt.block_on(async {
+        let mut fleet = bench.fleet().await?;
+        // Every job reaches a final state: its hosts report after the restart, or the recovery
+        // window passes.
+        let mut outcomes = std::collections::BTreeMap::new();
+        let mut results_seen = 0;
+        for (&job_id, finished) in &seen.finished {
+            let settle_limit = tokio::time::Instant::now() + Duration::from_secs(180);
+            let (job, targets) = loop {
+                let response = fleet.get_job(v1::GetJobRequest { job_id }).await?.into_inner();
+                let job = response.job.ok_or_else(|| anyhow::anyhow!("job {job_id} is missing after the restart"))?;
+                if !matches!(job.state(), v1::JobState::Running | v1::JobState::PendingApproval) {
+                    break (job, response.targets);
+                }
+                if tokio::time::Instant::now() > settle_limit {
+                    anyhow::bail!("job {job_id} was still {:?} three minutes after the restart", job.state());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            // What a client saw finish was stored, with the state it saw.
+            for (host_id, state) in finished {
+                let stored = targets
+                    .iter()
+                    .find(|t| t.target.as_ref().is_some_and(|t| &t.host_id == host_id))
+                    .map(|t| t.state);
+                anyhow::ensure!(
+                    stored == Some(*state),
+                    "job {job_id} host {host_id}: a client saw state {state} before the crash, the store has {stored:?}"
+                );
+                results_seen += 1;
+            }
+            if !seen.completed.contains(&job_id) {
+                for t in &targets {
+                    *outcomes.entry(t.state().short_name().to_owned()).or_insert(0u64) += 1;
+                }
+            }
+            anyhow::ensure!(
+                targets.iter().all(|t| !matches!(
+                    t.state(),
+                    v1::TargetState::Pending | v1::TargetState::Running | v1::TargetState::Queued
+                )),
+                "job {job_id} ended {:?} with unfinished hosts",
+                job.state()
+            );
+        }
+        let seconds_to_all_settled = restarted.elapsed().as_secs_f64();
+
+        let integrity = integrity_check(&bench.database()).await?;
+        anyhow::ensure!(integrity == "ok", "PRAGMA integrity_check after the crash: {integrity}");
+        let verified =
+            bench.audit().await?.verify_audit(v1::VerifyAuditRequest::default()).await?.into_inner();
+        anyhow::ensure!(verified.intact, "the audit chain is broken after the crash: {}", verified.problem);
+
+        let jobs = seen.finished.len();
+        let jobs_in_flight = seen.finished.keys().filter(|id| !seen.completed.contains(id)).count();
+        anyhow::Ok(CrashResult {
+            agents,
+            jobs,
+            jobs_in_flight,
+            results_seen,
+            seconds_to_listen,
+            seconds_to_all_online,
+            seconds_to_all_settled,
+            in_flight_outcomes: outcomes,
+            audit_rows: verified.rows_checked,
+        })
+    })
+}
+
+/// Starts fan-outs to every host one after another until the controller goes away; returns what
+/// it saw.
+async fn fan_out_until_error(
+    mut fleet: tailops_proto::v1::fleet_client::FleetClient<tonic::transport::Channel>,
+) -> Seen {
+    let mut seen = Seen::default();
+    loop {
+        let request = v1::RunJobRequest {
+            selector: Some(v1::HostSelector { all: true, ..Default::default() }),
+            action: Some(v1::JobAction {
+                elevated: false,
+                kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),
+            }),
+            timeout_ms: 60_000,
+            ..Default::default()
+        };
+        let Ok(response) = fleet.run_job(request).await else { return seen };
+        let mut events = response.into_inner();
+        loop {
+            match events.message().await {
+                Ok(Some(event)) => match event.kind {
+                    Some(v1::job_event::Kind::Accepted(_)) => {
+                        seen.finished.entry(event.job_id).or_default();
+                    }
+                    Some(v1::job_event::Kind::Finished(f)) => {
+                        let host = f.target.map(|t| t.host_id).unwrap_or_default();
+                        seen.finished.entry(event.job_id).or_default().insert(host, f.state);
+                    }
+                    Some(v1::job_event::Kind::Completed(_)) => {
+                        seen.completed.insert(event.job_id);
+                    }
+                    _ => {}
+                },
+                Ok(None) => break,
+                Err(_) => return seen,
+            }
+        }
+    }
+}
+
+async fn integrity_check(database: &Path) -> anyhow::Result<String> {
+    use sqlx::ConnectOptions;
+    let mut conn =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(database).read_only(true).connect().await?;
+    Ok(sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut conn).await?)
+}

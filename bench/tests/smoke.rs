@@ -62,4 +62,11 @@ fn every_scenario_runs(mode: ControllerMode) {
     let ingest = scenarios::ingest(&bench, 2, 10, Duration::from_millis(500)).expect("ingest");
     assert_eq!(ingest.agents, 2);
     assert!(ingest.rows > 0, "samples reached SQLite");
+
+    if own_process {
+        // The scenario checks its own guarantees and fails with the first one broken.
+        let crash = scenarios::crash(&mut bench, 2, 2, Duration::from_millis(500)).expect("crash recovery");
+        assert_eq!(crash.agents, 3);
+        assert!(crash.jobs > 0, "{crash:?}");
+    }
 }
