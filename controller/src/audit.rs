@@ -109,15 +109,20 @@ pub struct AuditLog {
     queue: mpsc::Sender<Command>,
     /// Set while rows cannot be written (disk full, database error); cleared once they are.
     failing: Arc<AtomicBool>,
+    /// The database file, named when rows cannot be written.
+    database: Arc<std::path::Path>,
 }
 
 /// The audit log cannot be written: actions that change anything are refused until it can.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "the audit log cannot be written (disk full or database error), so actions that change anything \
-     are refused until it can; check the controller's log and free disk space"
+    "the audit log cannot be written (disk full or database error at {}), so actions that change \
+     anything are refused until it can; free space on that disk or check the controller's log",
+    database.display()
 )]
-pub struct AuditUnavailable;
+pub struct AuditUnavailable {
+    pub database: Arc<std::path::Path>,
+}
 
 impl From<AuditUnavailable> for tonic::Status {
     fn from(e: AuditUnavailable) -> Self {
@@ -144,13 +149,18 @@ impl AuditLog {
         let head = read_head(&store).await?;
         let (queue, rx) = mpsc::channel(QUEUE);
         let failing = Arc::new(AtomicBool::new(false));
+        let database = Arc::from(store.path());
         tokio::spawn(writer(store, telemetry, rx, head, failing.clone()));
-        Ok(Self { queue, failing })
+        Ok(Self { queue, failing, database })
     }
 
     /// Fails while the log cannot be written: an action that would go unrecorded is not taken.
     pub fn ensure_writable(&self) -> Result<(), AuditUnavailable> {
-        if self.failing.load(Ordering::Relaxed) { Err(AuditUnavailable) } else { Ok(()) }
+        if self.failing.load(Ordering::Relaxed) {
+            Err(AuditUnavailable { database: self.database.clone() })
+        } else {
+            Ok(())
+        }
     }
 
     /// Queues a record. Waits only if the writer is a full queue behind, so audit rows are never

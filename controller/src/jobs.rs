@@ -61,6 +61,10 @@ impl From<JobError> for Status {
             JobError::PermissionDenied(m) => Status::permission_denied(m),
             JobError::FailedPrecondition(m) => Status::failed_precondition(m),
             JobError::AuditUnavailable(e) => e.into(),
+            JobError::Store(e) if e.is_disk_full() => {
+                tracing::error!(error = %e, "job refused: the disk is full");
+                Status::resource_exhausted(e.to_string())
+            }
             JobError::Store(e) => {
                 tracing::error!(error = %e, "job store failure");
                 Status::internal("the controller could not record the job; see its log")
@@ -396,6 +400,12 @@ impl JobManager {
 
         let running = self.store.jobs_in_state(v1::JobState::Running).await?;
         let running_count = running.len();
+        let last_seen: HashMap<String, i64> = if running.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.list_hosts().await?.into_iter().map(|h| (h.id, h.last_seen_ms)).collect()
+        };
+        let offline_after_ms = i64::try_from(self.timing.offline_after.as_millis()).unwrap_or(i64::MAX);
         for r in running {
             let targets: Vec<v1::JobTarget> = r.targets.iter().filter_map(|t| t.target.clone()).collect();
             let action = r.job.action.clone().unwrap_or_default();
@@ -424,9 +434,15 @@ impl JobManager {
             let mut unfinished = Vec::new();
             for detail in &r.targets {
                 let Some(target) = detail.target.clone() else { continue };
+                // A host not heard from since before the job was created was offline when it
+                // started: the job cannot have reached it.
+                let heard_since = last_seen
+                    .get(&target.host_id)
+                    .is_some_and(|&seen| seen >= r.job.created_at_ms.saturating_sub(offline_after_ms));
                 match detail.state() {
                     // Queued: it never reached its host, which is waited for as before.
                     v1::TargetState::Queued => unfinished.push((target, Resumed::No)),
+                    state if is_unfinished(state) && !heard_since => unfinished.push((target, Resumed::No)),
                     state if is_unfinished(state) => unfinished.push((target, Resumed::Yes)),
                     _ => job.restore_finished(detail),
                 }
@@ -516,7 +532,8 @@ impl JobManager {
                 reach,
                 targets: targets.clone(),
             })
-            .await?;
+            .await
+            .map_err(|e| self.store.name_disk_full(e))?;
         tracing::info!(job = id, by = %requested_by, hosts = targets.len(), needs_approval, "job created");
 
         let job = Arc::new(LiveJob::new(

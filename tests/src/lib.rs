@@ -50,8 +50,13 @@ impl TestController {
 
     /// Starts a controller after `configure` adjusts its configuration (on top of fast timing).
     pub async fn start_with(configure: impl FnOnce(&mut ControllerConfig)) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), configure).await
+    }
+
+    /// Like [`Self::start_with`], with its data directory at `dir/controller` (which the caller
+    /// may have prepared, e.g. as a small filesystem of its own).
+    pub async fn start_in(dir: TempDir, configure: impl FnOnce(&mut ControllerConfig)) -> Self {
         tailops_pki::install_crypto_provider();
-        let dir = tempfile::tempdir().expect("tempdir");
         let data = DataDir::new(dir.path().join("controller"));
         let options = InitOptions {
             trust_domain: "test.tailops".into(),

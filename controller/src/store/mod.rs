@@ -2,7 +2,7 @@
 //! another backend can replace it without touching the services.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,12 @@ pub type Labels = BTreeMap<String, String>;
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error(
+        "the controller's disk is full: its database ({}) cannot grow, so nothing that needs a \
+         write can be done; free space on that disk (reads go on meanwhile)",
+        .0.display()
+    )]
+    DiskFull(PathBuf),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt stored value: {0}")]
@@ -198,6 +204,8 @@ pub struct Store {
     /// the tail of every large fan-out.
     writer: SqlitePool,
     host_keys: Arc<Mutex<HostKeyCache>>,
+    /// The database file, named in errors a person must act on (a full disk).
+    path: Arc<Path>,
 }
 
 /// What selectors and scopes look at in a host.
@@ -266,7 +274,27 @@ struct HostKeyCache {
     keys: Option<Arc<[HostKey]>>,
 }
 
+impl StoreError {
+    /// Whether the write failed because the disk (or the filesystem's quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::DiskFull(_) => true,
+            // SQLITE_FULL is result code 13; an extended code keeps it in its low byte.
+            Self::Db(sqlx::Error::Database(db)) => {
+                db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 13)
+            }
+            Self::Db(sqlx::Error::Io(io)) => io.raw_os_error() == Some(nix::libc::ENOSPC),
+            _ => false,
+        }
+    }
+}
+
 impl Store {
+    /// `e`, naming the database file if the disk is full.
+    pub fn name_disk_full(&self, e: StoreError) -> StoreError {
+        if e.is_disk_full() { StoreError::DiskFull(self.path.to_path_buf()) } else { e }
+    }
+
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
@@ -284,7 +312,12 @@ impl Store {
         sqlx::migrate!("./migrations").run(&writer).await?;
         restrict_to_owner(path).await;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-        Ok(Self { pool, writer, host_keys: Arc::default() })
+        Ok(Self { pool, writer, host_keys: Arc::default(), path: Arc::from(path) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Read-only connections, for modules that keep their own tables (the audit log).
@@ -303,7 +336,20 @@ impl Store {
     pub(crate) async fn write_transaction(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            // A commit that failed (a full disk) leaves the one writing connection believing it
+            // is still inside that transaction (SQLite rolled it back, so sqlx's own rollback
+            // fails too), and it then refuses every later one: the store would never write
+            // again. A fresh connection starts clean.
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                tracing::warn!("the writing database connection was left in a failed transaction; reconnecting");
+                if let Ok(stuck) = self.writer.acquire().await {
+                    let _ = stuck.close().await;
+                }
+                Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            begun => Ok(begun?),
+        }
     }
 
     // ----- join tokens and enrollment -------------------------------------------------------
