@@ -427,6 +427,11 @@ impl Bench {
         self.agents.len()
     }
 
+    /// The names of the running simulated agents.
+    pub fn agent_names(&self) -> Vec<String> {
+        self.agents.iter().map(|a| a.state.config.name.clone()).collect()
+    }
+
     /// Number of hosts the controller reports online.
     pub async fn online(&self) -> anyhow::Result<usize> {
         let hosts = self.fleet().await?.list_hosts(v1::ListHostsRequest::default()).await?.into_inner().hosts;

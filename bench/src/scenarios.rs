@@ -374,8 +374,8 @@ struct Seen {
     completed: std::collections::BTreeSet<u64>,
 }
 
-/// Kills the controller (SIGKILL) while `clients` clients start fan-outs to every agent one after
-/// another and `ingest_agents` streams push samples, then restarts it and checks what survived:
+/// Kills the controller (SIGKILL) while `clients` clients start fan-outs to every simulated agent
+/// one after another and `ingest_agents` streams push 50 samples every 100 ms each, then restarts it and checks what survived:
 /// the database's integrity, every host result a client saw finish, the audit chain, a final
 /// state for every job, every agent back online. Fails with the first broken guarantee.
 pub fn crash(
@@ -404,14 +404,17 @@ pub fn crash(
                     if outbox.send(v1::AgentMessage { kind: Some(batch) }).await.is_err() {
                         break;
                     }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 drop(inbound);
             }));
         }
         let mut clients_seen = Vec::new();
+        // The ingest streams are hosts too, but run no jobs: the fan-outs name the agents.
+        let selector = v1::HostSelector { hosts: bench.agent_names(), ..Default::default() };
         for _ in 0..clients {
             let fleet = bench.fleet().await?;
-            clients_seen.push(tokio::spawn(fan_out_until_error(fleet)));
+            clients_seen.push(tokio::spawn(fan_out_until_error(fleet, selector.clone())));
         }
         tokio::time::sleep(kill_after).await;
         anyhow::Ok((clients_seen, ingesters))
@@ -512,11 +515,12 @@ pub fn crash(
 /// it saw.
 async fn fan_out_until_error(
     mut fleet: tailops_proto::v1::fleet_client::FleetClient<tonic::transport::Channel>,
+    selector: v1::HostSelector,
 ) -> Seen {
     let mut seen = Seen::default();
     loop {
         let request = v1::RunJobRequest {
-            selector: Some(v1::HostSelector { all: true, ..Default::default() }),
+            selector: Some(selector.clone()),
             action: Some(v1::JobAction {
                 elevated: false,
                 kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),

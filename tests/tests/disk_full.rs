@@ -1,7 +1,9 @@
 //! A full disk under the controller's data directory: writes are refused with an error that
 //! names the database, reads go on, nothing stored is damaged, and the controller recovers by
-//! itself once space is freed. The data directory is a small tmpfs of its own (needs root, as
-//! CI has; skipped with a message elsewhere).
+//! itself once space is freed. Under an agent's state directory: a job is refused before it
+//! starts (it could not be journaled, so it could run twice), naming the journal, and runs once
+//! space is freed. Each directory is a small tmpfs of its own (needs root, as CI has; skipped
+//! with a message elsewhere).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,7 +47,8 @@ async fn fill(path: &Path) {
 
 #[tokio::test]
 async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_recovers_when_space_is_freed() {
-    let _ = tracing_subscriber::fmt().with_env_filter("tailops_controller=warn").with_test_writer().try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter("tailops_controller=warn").with_test_writer().try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("controller");
     let Some(_mounted) = mount_small_tmpfs(&data).await else { return };
@@ -117,6 +120,46 @@ async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_recovers_when_space_
     assert!(verified.intact, "{verified:?}");
     let integrity = integrity_check(&data.join("tailops.db")).await;
     assert_eq!(integrity, "ok");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_agent_disk_refuses_jobs_by_name_before_they_start_and_recovers() {
+    let controller = TestController::start().await;
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let state = agent_dir.path().join("state");
+    let Some(_mounted) = mount_small_tmpfs(&state).await else { return };
+    let token = controller.token(&[], 1, Duration::from_secs(60)).await;
+    tailops_agent::enroll(controller.enroll_options(&token, "cramped", &state)).await.expect("enroll");
+    let mut options = tailops_agent::LinkOptions::new(&state);
+    options.monitor = None;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { tailops_agent::run(options, stop).await });
+    controller.wait_online("cramped", true).await;
+
+    let marker = agent_dir.path().join("ran");
+    let script = format!("echo ran >> '{}'", marker.display());
+    let filler = state.join("filler");
+    fill(&filler).await;
+    let request = exec_request(all_hosts(), &["sh", "-c", &script], Duration::from_secs(10));
+    let (state_of, result, _) = run_request(&controller, "cramped", request).await;
+    assert_eq!(state_of, v1::TargetState::Failed, "{result:?}");
+    assert!(
+        result.error.contains("cannot record the job in its journal")
+            && result.error.contains("jobs/journal"),
+        "{}",
+        result.error
+    );
+    assert!(!marker.exists(), "a job that could not be journaled ran");
+
+    tokio::fs::remove_file(&filler).await.expect("free space");
+    let request = exec_request(all_hosts(), &["sh", "-c", &script], Duration::from_secs(10));
+    let (state_of, result, _) = run_request(&controller, "cramped", request).await;
+    assert_eq!(state_of, v1::TargetState::Succeeded, "{result:?}");
+    assert_eq!(tokio::fs::read_to_string(&marker).await.expect("marker"), "ran\n");
+    shutdown.cancel();
+    let _ = task.await;
     controller.stop().await;
 }
 

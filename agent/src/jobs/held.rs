@@ -1,7 +1,8 @@
-//! Results the controller has not yet confirmed storing: one file per job under
-//! `STATE_DIR/jobs/held/`, sent on every reconnect until the controller says it stored them, so
-//! a result that finishes while the controller is away (or restarting) is delivered later with
-//! its real exit code.
+//! Results the controller has not yet confirmed storing, sent on every reconnect until the
+//! controller says it stored them, so a result that finishes while the controller is away (or
+//! restarting) is delivered later with its real exit code. A result is held in memory first and
+//! written to `STATE_DIR/jobs/held/ID.pb` when it is not confirmed at once ([`HeldResults::persist`]):
+//! most are confirmed within milliseconds and never touch the disk.
 //!
 //! Bounded in count and bytes: beyond either, the oldest held result is dropped (and logged);
 //! asked for it again, the agent says it had to drop it.
@@ -21,7 +22,9 @@ pub const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug)]
 pub struct HeldResults {
     dir: PathBuf,
-    /// Job id -> encoded size, in job-id order (oldest first).
+    /// Results not written to disk yet, with when they were kept.
+    fresh: BTreeMap<u64, (v1::CommandResult, tokio::time::Instant)>,
+    /// Job id -> encoded size of the results on disk, in job-id order (oldest first).
     sizes: BTreeMap<u64, usize>,
     bytes: usize,
     max: usize,
@@ -37,7 +40,14 @@ impl HeldResults {
 
     async fn open_bounded(dir: &Path, max: usize, max_bytes: usize) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(dir).await?;
-        let mut held = Self { dir: dir.to_owned(), sizes: BTreeMap::new(), bytes: 0, max, max_bytes };
+        let mut held = Self {
+            dir: dir.to_owned(),
+            fresh: BTreeMap::new(),
+            sizes: BTreeMap::new(),
+            bytes: 0,
+            max,
+            max_bytes,
+        };
         let mut entries = tokio::fs::read_dir(dir).await?;
         while let Some(entry) = entries.next_entry().await? {
             let name = entry.file_name();
@@ -67,14 +77,38 @@ impl HeldResults {
     }
 
     pub fn contains(&self, job_id: u64) -> bool {
-        self.sizes.contains_key(&job_id)
+        self.fresh.contains_key(&job_id) || self.sizes.contains_key(&job_id)
     }
 
     pub fn ids(&self) -> Vec<u64> {
-        self.sizes.keys().copied().collect()
+        let mut ids: Vec<u64> = self.fresh.keys().chain(self.sizes.keys()).copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
-    /// Keeps `result` until [`Self::remove`]; written whole or not at all.
+    /// Keeps `result` in memory until [`Self::remove`] or [`Self::persist`].
+    pub fn keep(&mut self, job_id: u64, result: v1::CommandResult) {
+        self.fresh.insert(job_id, (result, tokio::time::Instant::now()));
+    }
+
+    /// Writes the results held only in memory since before `kept_before` to disk.
+    pub async fn persist_older(&mut self, kept_before: tokio::time::Instant) -> std::io::Result<()> {
+        let old: Vec<u64> =
+            self.fresh.iter().filter(|(_, (_, at))| *at < kept_before).map(|(id, _)| *id).collect();
+        for job_id in old {
+            if let Some((result, _)) = self.fresh.remove(&job_id) {
+                self.put(job_id, &result).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every result held only in memory to disk.
+    pub async fn persist_all(&mut self) -> std::io::Result<()> {
+        self.persist_older(tokio::time::Instant::now() + std::time::Duration::from_secs(1)).await
+    }
+
+    /// Keeps `result` on disk until [`Self::remove`]; written whole or not at all.
     pub async fn put(&mut self, job_id: u64, result: &v1::CommandResult) -> std::io::Result<()> {
         let bytes = result.encode_to_vec();
         let temporary = self.dir.join(format!("{job_id}.tmp"));
@@ -99,7 +133,10 @@ impl HeldResults {
     }
 
     pub async fn get(&self, job_id: u64) -> Option<v1::CommandResult> {
-        if !self.contains(job_id) {
+        if let Some((result, _)) = self.fresh.get(&job_id) {
+            return Some(result.clone());
+        }
+        if !self.sizes.contains_key(&job_id) {
             return None;
         }
         let bytes = tokio::fs::read(self.path(job_id)).await.ok()?;
@@ -107,6 +144,7 @@ impl HeldResults {
     }
 
     pub async fn remove(&mut self, job_id: u64) {
+        self.fresh.remove(&job_id);
         if let Some(size) = self.sizes.remove(&job_id) {
             self.bytes -= size;
             if let Err(e) = tokio::fs::remove_file(self.path(job_id)).await
@@ -139,8 +177,15 @@ mod tests {
         held.remove(5).await;
         tokio::fs::write(dir.path().join("9.pb"), b"\xff\xff\xff").await.expect("write");
         tokio::fs::write(dir.path().join("11.tmp"), b"half").await.expect("write");
-        let held = HeldResults::open(dir.path()).await.expect("reopen");
+        let mut held = HeldResults::open(dir.path()).await.expect("reopen");
         assert_eq!(held.ids(), vec![3]);
+        // Held in memory only: gone after a reopen unless persisted.
+        held.keep(13, result(2, ""));
+        held.persist_all().await.expect("persist");
+        held.keep(12, result(1, ""));
+        assert_eq!(held.get(12).await.and_then(|r| r.exit_code), Some(1));
+        let held = HeldResults::open(dir.path()).await.expect("reopen");
+        assert_eq!(held.ids(), vec![3, 13]);
         assert_eq!(held.get(3).await.and_then(|r| r.exit_code), Some(3));
         assert!(!dir.path().join("9.pb").exists() && !dir.path().join("11.tmp").exists());
     }

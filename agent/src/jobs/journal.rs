@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::fs::{File, OpenOptions};
 use tokio::io::AsyncWriteExt;
@@ -44,11 +45,14 @@ pub struct Group {
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    file: File,
+    /// Appended to on the blocking pool: one hop writes a record and flushes it.
+    file: Arc<std::fs::File>,
     entries: HashMap<u64, Entry>,
     order: VecDeque<u64>,
     lines: usize,
     remembered: usize,
+    /// `D` records not written yet: they ride along with the next flushed write.
+    unwritten_done: Vec<u64>,
 }
 
 impl Journal {
@@ -71,6 +75,7 @@ impl Journal {
             order: VecDeque::new(),
             lines: 0,
             remembered,
+            unwritten_done: Vec::new(),
         };
         for line in text.lines() {
             journal.apply(line);
@@ -99,7 +104,9 @@ impl Journal {
 
     /// Records that `job_id` starts, on disk, before it does.
     pub async fn started(&mut self, job_id: u64) -> std::io::Result<()> {
-        self.write(&format!("S {job_id}\n"), true).await?;
+        let mut lines = self.take_unwritten_done();
+        lines.push_str(&format!("S {job_id}\n"));
+        self.write(&lines, true).await?;
         self.apply_started(job_id);
         Ok(())
     }
@@ -113,28 +120,43 @@ impl Journal {
         Ok(())
     }
 
-    /// Records that the controller stored `job_id`'s result. Not flushed: if the record is lost
-    /// in a crash, the job is only reported once more, and the controller ignores the repeat.
-    pub async fn done(&mut self, job_id: u64) -> std::io::Result<()> {
-        if !matches!(self.entries.get(&job_id), Some(Entry::Open { .. })) {
+    /// Records that the controller stored `job_id`'s result. Written with the next record that
+    /// is flushed (or [`Self::write_done`]): if it is lost in a crash, the job is only reported
+    /// once more after the restart, and the controller ignores the repeat.
+    pub fn done(&mut self, job_id: u64) {
+        if matches!(self.entries.get(&job_id), Some(Entry::Open { .. })) {
+            self.entries.insert(job_id, Entry::Done);
+            self.unwritten_done.push(job_id);
+        }
+    }
+
+    /// Writes the `D` records [`Self::done`] holds back.
+    pub async fn write_done(&mut self) -> std::io::Result<()> {
+        if self.unwritten_done.is_empty() {
             return Ok(());
         }
-        self.write(&format!("D {job_id}\n"), false).await?;
-        self.entries.insert(job_id, Entry::Done);
-        Ok(())
+        let lines = self.take_unwritten_done();
+        self.write(&lines, false).await
+    }
+
+    fn take_unwritten_done(&mut self) -> String {
+        self.unwritten_done.drain(..).map(|id| format!("D {id}\n")).collect()
     }
 
     async fn write(&mut self, line: &str, flush: bool) -> std::io::Result<()> {
         if self.lines >= 2 * self.remembered {
             self.compact().await?;
         }
-        self.file.write_all(line.as_bytes()).await?;
-        if flush {
-            self.file.sync_data().await?;
-        } else {
-            self.file.flush().await?;
-        }
-        self.lines += 1;
+        let file = self.file.clone();
+        let bytes = line.as_bytes().to_vec();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            (&*file).write_all(&bytes)?;
+            if flush { file.sync_data() } else { Ok(()) }
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.lines += line.lines().count();
         Ok(())
     }
 
@@ -194,12 +216,15 @@ impl Journal {
         tokio::fs::rename(&temporary, &self.path).await?;
         self.file = append(&self.path).await?;
         self.lines = text.lines().count();
+        // Written just now with the entries they mark.
+        self.unwritten_done.clear();
         Ok(())
     }
 }
 
-async fn append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o600).open(path).await
+async fn append(path: &Path) -> std::io::Result<Arc<std::fs::File>> {
+    let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path).await?;
+    Ok(Arc::new(file.into_std().await))
 }
 
 #[cfg(test)]
@@ -214,7 +239,8 @@ mod tests {
         journal.started(7).await.expect("start");
         journal.group(7, Group { pgid: 4242, start_time: 99 }).await.expect("group");
         journal.started(8).await.expect("start");
-        journal.done(8).await.expect("done");
+        journal.done(8);
+        journal.write_done().await.expect("done");
         drop(journal);
         // A crash in the middle of a record leaves half a line.
         let mut file = OpenOptions::new().append(true).open(&path).await.expect("open");
@@ -237,8 +263,9 @@ mod tests {
         let mut journal = Journal::open_remembering(&path, 16).await.expect("open");
         for id in 1..=100 {
             journal.started(id).await.expect("start");
-            journal.done(id).await.expect("done");
+            journal.done(id);
         }
+        journal.write_done().await.expect("done");
         assert!(journal.lines <= 2 * 16 + 1, "{} lines", journal.lines);
         drop(journal);
         let journal = Journal::open_remembering(&path, 16).await.expect("reopen");

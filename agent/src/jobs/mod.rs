@@ -60,6 +60,8 @@ pub struct JobRunner {
 
 /// How long a stopping agent waits for its cancelled jobs to record their results.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// A result the controller has not confirmed storing after this long is written to disk.
+const PERSIST_UNCONFIRMED_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Book {
@@ -97,7 +99,7 @@ impl JobRunner {
             let lost = v1::CommandResult { lost: true, error: what, ..Default::default() };
             book.held.put(job_id, &lost).await.map_err(io(&held_dir))?;
         }
-        Ok(Arc::new(Self {
+        let runner = Arc::new(Self {
             executor,
             ops,
             workers: Workers::new(MAX_WORKERS),
@@ -106,7 +108,9 @@ impl JobRunner {
             running: Mutex::default(),
             uplink: Uplink::default(),
             stopping: CancellationToken::new(),
-        }))
+        });
+        tokio::spawn(persister(Arc::downgrade(&runner)));
+        Ok(runner)
     }
 
     /// The jobs running now, for the hello of a new session.
@@ -124,9 +128,28 @@ impl JobRunner {
         tokio::spawn(async move { runner.resend_held().await });
     }
 
-    /// The session ended: job messages wait for the next one (results) or are dropped (output).
-    pub fn detach(&self) {
+    /// The session ended: job messages wait for the next one (results, now kept on disk) or
+    /// are dropped (output).
+    pub fn detach(self: &Arc<Self>) {
         self.uplink.set(None);
+        let runner = self.clone();
+        tokio::spawn(async move { runner.persist(None).await });
+    }
+
+    /// Writes held results that are only in memory to disk (those kept before `kept_before`,
+    /// or all), with the journal's pending records.
+    async fn persist(&self, kept_before: Option<tokio::time::Instant>) {
+        let mut book = self.book.lock().await;
+        let persisted = match kept_before {
+            Some(before) => book.held.persist_older(before).await,
+            None => book.held.persist_all().await,
+        };
+        if let Err(e) = persisted {
+            tracing::warn!(error = %e, "could not keep unconfirmed results on disk");
+        }
+        if let Err(e) = book.journal.write_done().await {
+            tracing::warn!(error = %e, "could not write the job journal");
+        }
     }
 
     /// Takes a job from the controller: runs it if this host never started it, and otherwise
@@ -162,6 +185,7 @@ impl JobRunner {
         self.stopping.cancel();
         let tokens: Vec<CancellationToken> = self.lock_running().values().cloned().collect();
         if tokens.is_empty() {
+            self.persist(None).await;
             return;
         }
         tracing::info!(jobs = tokens.len(), "stopping: cancelling the jobs that run");
@@ -172,6 +196,7 @@ impl JobRunner {
         while !self.lock_running().is_empty() && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.persist(None).await;
     }
 
     pub fn cancel(&self, job_id: u64) {
@@ -186,9 +211,7 @@ impl JobRunner {
         let mut book = self.book.lock().await;
         for &job_id in job_ids {
             book.held.remove(job_id).await;
-            if let Err(e) = book.journal.done(job_id).await {
-                tracing::warn!(job = job_id, error = %e, "could not record a delivered result in the journal");
-            }
+            book.journal.done(job_id);
         }
     }
 
@@ -237,9 +260,15 @@ impl JobRunner {
         if result.cancelled && self.stopping.is_cancelled() && result.error.is_empty() {
             result.error = "the agent was stopped while the job ran".into();
         }
-        if let Err(e) = self.book.lock().await.held.put(job_id, &result).await {
-            // It is still sent now; only a redelivery after a reconnect would miss it.
+        let linked = self.uplink.is_up();
+        let mut book = self.book.lock().await;
+        if linked {
+            // Most results are confirmed within milliseconds; the others go to disk (`persister`).
+            book.held.keep(job_id, result.clone());
+        } else if let Err(e) = book.held.put(job_id, &result).await {
+            // It is still sent on the next connection, unless the agent stops first.
             tracing::warn!(job = job_id, error = %e, "could not keep the result on disk");
+            book.held.keep(job_id, result.clone());
         }
         result
     }
@@ -284,6 +313,20 @@ impl JobRunner {
     }
 }
 
+/// Once a second, writes to disk the results the controller has not confirmed within
+/// [`PERSIST_UNCONFIRMED_AFTER`], and the journal's pending records; ends with the runner.
+async fn persister(runner: std::sync::Weak<JobRunner>) {
+    let mut tick = tokio::time::interval(PERSIST_UNCONFIRMED_AFTER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(runner) = runner.upgrade() else { return };
+        if let Some(before) = tokio::time::Instant::now().checked_sub(PERSIST_UNCONFIRMED_AFTER) {
+            runner.persist(Some(before)).await;
+        }
+    }
+}
+
 /// The current session's outbox, if a session is up.
 #[derive(Debug, Default)]
 struct Uplink {
@@ -293,6 +336,14 @@ struct Uplink {
 impl Uplink {
     fn set(&self, outbox: Option<mpsc::Sender<v1::AgentMessage>>) {
         *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = outbox;
+    }
+
+    fn is_up(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|o| !o.is_closed())
     }
 
     /// Sends on the current session; false when there is none or it ended meanwhile.
