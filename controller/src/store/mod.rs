@@ -342,7 +342,9 @@ impl Store {
             // fails too), and it then refuses every later one: the store would never write
             // again. A fresh connection starts clean.
             Err(sqlx::Error::InvalidSavePointStatement) => {
-                tracing::warn!("the writing database connection was left in a failed transaction; reconnecting");
+                tracing::warn!(
+                    "the writing database connection was left in a failed transaction; reconnecting"
+                );
                 if let Ok(stuck) = self.writer.acquire().await {
                     let _ = stuck.close().await;
                 }
