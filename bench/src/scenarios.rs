@@ -246,21 +246,9 @@ pub fn ingest(
         let base = tailops_proto::time::now_ms() - 40 * 3_600_000;
         for (i, (outbox, inbound)) in streams.into_iter().enumerate() {
             tasks.push(tokio::spawn(async move {
-                let mut at = base + i64::try_from(i).unwrap_or(0) % 1000;
-                let mut sent = 0u64;
-                while tokio::time::Instant::now() < deadline {
-                    let samples = (0..samples_per_batch)
-                        .map(|_| {
-                            at += 1000;
-                            synthetic_sample(at)
-                        })
-                        .collect();
-                    let batch = v1::agent_message::Kind::Metrics(v1::MetricsBatch { samples });
-                    if outbox.send(v1::AgentMessage { kind: Some(batch) }).await.is_err() {
-                        break;
-                    }
-                    sent += samples_per_batch as u64;
-                }
+                let from = base + i64::try_from(i).unwrap_or(0) % 1000;
+                let sent =
+                    push_samples(&outbox, from, samples_per_batch, Duration::ZERO, Some(deadline)).await;
                 drop(inbound);
                 sent
             }));
@@ -291,6 +279,36 @@ pub fn ingest(
             controller_lag: bench.controller_lag().await?,
         })
     })
+}
+
+/// Pushes batches of `per_batch` samples, one a second of sample time from `from_ms` on, `pause`
+/// apart, until `deadline` (if any) or the stream closes; returns how many samples were sent.
+async fn push_samples(
+    outbox: &tokio::sync::mpsc::Sender<v1::AgentMessage>,
+    from_ms: i64,
+    per_batch: usize,
+    pause: Duration,
+    deadline: Option<tokio::time::Instant>,
+) -> u64 {
+    let mut at = from_ms;
+    let mut sent = 0u64;
+    while deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
+        let samples = (0..per_batch)
+            .map(|_| {
+                at += 1000;
+                synthetic_sample(at)
+            })
+            .collect();
+        let batch = v1::agent_message::Kind::Metrics(v1::MetricsBatch { samples });
+        if outbox.send(v1::AgentMessage { kind: Some(batch) }).await.is_err() {
+            break;
+        }
+        sent += per_batch as u64;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    sent
 }
 
 /// A sample shaped like a real host's: two disks, three interfaces.
@@ -392,20 +410,8 @@ pub fn crash(
         for (i, state) in ingest_states.iter().enumerate() {
             let (outbox, inbound) = crate::open_link(state).await?;
             ingesters.push(tokio::spawn(async move {
-                let mut at = base + i64::try_from(i).unwrap_or(0);
-                loop {
-                    let samples = (0..50)
-                        .map(|_| {
-                            at += 1000;
-                            synthetic_sample(at)
-                        })
-                        .collect();
-                    let batch = v1::agent_message::Kind::Metrics(v1::MetricsBatch { samples });
-                    if outbox.send(v1::AgentMessage { kind: Some(batch) }).await.is_err() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                let from = base + i64::try_from(i).unwrap_or(0);
+                push_samples(&outbox, from, 50, Duration::from_millis(100), None).await;
                 drop(inbound);
             }));
         }

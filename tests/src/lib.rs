@@ -245,18 +245,30 @@ impl TestController {
 }
 
 async fn set_fast_timing(data: &DataDir, configure: impl FnOnce(&mut ControllerConfig)) {
-    let path = data.file(data_dir::CONFIG_FILE);
+    write_test_config(data.path(), TEST_HEARTBEAT, 3, configure).await;
+}
+
+/// Rewrites the configuration in the controller data directory `data` for tests: liveness from
+/// `heartbeat` and `missed` heartbeats, rate limits out of the way of tests that make many calls
+/// in a burst (the limits get their own tests), then `configure`.
+pub(crate) async fn write_test_config(
+    data: &Path,
+    heartbeat: Duration,
+    missed: u32,
+    configure: impl FnOnce(&mut ControllerConfig),
+) -> ControllerConfig {
+    let path = data.join(data_dir::CONFIG_FILE);
     let text = tokio::fs::read_to_string(&path).await.expect("read config");
     let mut config: ControllerConfig = toml::from_str(&text).expect("parse config");
-    config.timing.heartbeat_interval_ms = u64::try_from(TEST_HEARTBEAT.as_millis()).expect("ms");
-    config.timing.offline_after_missed = 3;
-    // Tests make many admin calls in a burst; the limits get their own tests.
+    config.timing.heartbeat_interval_ms = u64::try_from(heartbeat.as_millis()).expect("ms");
+    config.timing.offline_after_missed = missed;
     config.rate_limits.admin_per_minute = 10_000;
     config.rate_limits.control_per_minute = 10_000;
     config.rate_limits.exec_per_minute = 10_000;
     config.rate_limits.enroll_per_minute_per_address = 10_000;
     configure(&mut config);
     tokio::fs::write(&path, toml::to_string(&config).expect("toml")).await.expect("write config");
+    config
 }
 
 /// Samples every half second; facts once at start (then every minute), so tests that do not
@@ -604,13 +616,15 @@ pub async fn sh(script: &str) -> std::process::Output {
     tokio::process::Command::new("sh").args(["-c", script]).output().await.expect("run sh")
 }
 
-/// A real `tailops-agent` process, enrolled in its own state directory, that can be killed
-/// (SIGKILL: no chance to clean up) and started again on the same state.
+/// A real `tailops-agent` process (without monitoring: heartbeats alone show whether its link is
+/// alive), enrolled in its own state directory, that can be killed (SIGKILL: no chance to clean
+/// up) and started again on the same state. Killed when dropped.
 #[derive(Debug)]
 pub struct AgentProcess {
     pub name: String,
     pub state_dir: TempDir,
     binary: PathBuf,
+    args: Vec<String>,
     child: Option<tokio::process::Child>,
     log: PathBuf,
 }
@@ -618,6 +632,11 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Enrolls `name` with the agent binary and starts it; returns once it is online.
     pub async fn start(controller: &TestController, name: &str) -> Self {
+        Self::start_with(controller, name, &[]).await
+    }
+
+    /// Like [`Self::start`], with extra arguments for `tailops-agent run`.
+    pub async fn start_with(controller: &TestController, name: &str, args: &[String]) -> Self {
         // Built before the token's minute starts: a cold build can take longer than that.
         let binary = binary("tailops-agent").await;
         let token = controller.token(&[], 1, Duration::from_secs(60)).await;
@@ -633,7 +652,8 @@ impl AgentProcess {
             .expect("run enroll");
         assert!(enroll.status.success(), "{}", text(&enroll.stderr));
         let log = state_dir.path().join("agent.log");
-        let mut agent = Self { name: name.to_owned(), state_dir, binary, child: None, log };
+        let args = args.to_vec();
+        let mut agent = Self { name: name.to_owned(), state_dir, binary, args, child: None, log };
         agent.run();
         controller.wait_online(name, true).await;
         agent
@@ -645,8 +665,9 @@ impl AgentProcess {
         #[allow(clippy::disallowed_methods)]
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = tokio::process::Command::new(&self.binary)
-            .args(["run", "--state-dir"])
+            .args(["run", "--no-monitoring", "--state-dir"])
             .arg(self.state_dir.path())
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stderr(log.try_clone().expect("log"))
             .stdout(log)
@@ -666,6 +687,17 @@ impl AgentProcess {
     /// What the agent logged so far.
     pub async fn log(&self) -> String {
         tokio::fs::read_to_string(&self.log).await.unwrap_or_default()
+    }
+
+    /// Resident memory of the agent process, from `/proc/PID/status`.
+    pub async fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().and_then(tokio::process::Child::id).expect("running");
+        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await.expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 }
 

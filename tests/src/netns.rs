@@ -566,18 +566,7 @@ async fn free_subnet(pid: u32, n: u32) -> Result<(u8, u8), Unavailable> {
 /// Slower than the in-process tests' 200 ms: these are separate processes on a shared machine,
 /// and a healthy agent marked offline would fail the very hosts that must succeed.
 async fn write_test_config(data: &Path, configure: impl FnOnce(&mut ControllerConfig)) -> ControllerConfig {
-    let path = data.join(data_dir::CONFIG_FILE);
-    let text = tokio::fs::read_to_string(&path).await.expect("read config");
-    let mut config: ControllerConfig = toml::from_str(&text).expect("parse config");
-    config.timing.heartbeat_interval_ms = 500;
-    config.timing.offline_after_missed = 4;
-    config.rate_limits.admin_per_minute = 10_000;
-    config.rate_limits.control_per_minute = 10_000;
-    config.rate_limits.exec_per_minute = 10_000;
-    config.rate_limits.enroll_per_minute_per_address = 10_000;
-    configure(&mut config);
-    tokio::fs::write(&path, toml::to_string(&config).expect("toml")).await.expect("write config");
-    config
+    crate::write_test_config(data, Duration::from_millis(500), 4, configure).await
 }
 
 async fn log_file(path: &Path) -> Stdio {

@@ -17,53 +17,6 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-/// A `tailops-agent run` process, killed when dropped.
-struct AgentProcess {
-    child: tokio::process::Child,
-    _state: TempDir,
-}
-
-impl AgentProcess {
-    /// Enrolls `name` with the real binary and runs it with `args` (no monitoring: heartbeats
-    /// alone show whether the link is alive).
-    async fn start(controller: &TestController, name: &str, args: &[String]) -> Self {
-        // First: the first call in a test process builds the binaries, which can outlast a token.
-        let program = binary("tailops-agent").await;
-        let token = controller.token(&[], 1, Duration::from_secs(60)).await;
-        let state = tempfile::tempdir().expect("dir");
-        let enroll = tokio::process::Command::new(&program)
-            .args(["enroll", "--controller", &controller.url, "--ca-fingerprint"])
-            .arg(controller.fingerprint.to_string())
-            .args(["--name", name, "--state-dir"])
-            .arg(state.path())
-            .env("TAILOPS_JOIN_TOKEN", &token)
-            .output()
-            .await
-            .expect("run enroll");
-        assert!(enroll.status.success(), "{}", text(&enroll.stderr));
-        let child = tokio::process::Command::new(&program)
-            .args(["run", "--no-monitoring", "--state-dir"])
-            .arg(state.path())
-            .args(args)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start agent");
-        controller.wait_online(name, true).await;
-        Self { child, _state: state }
-    }
-
-    /// Resident memory of the agent process, from `/proc/PID/status`.
-    async fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await.expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-}
-
 async fn online(admin: &mut FleetClient<Channel>, name: &str) -> bool {
     let hosts = admin.list_hosts(v1::ListHostsRequest::default()).await.expect("list hosts").into_inner();
     hosts.hosts.iter().any(|h| h.name == name && h.online)
@@ -200,7 +153,7 @@ async fn many_names(n: usize) -> TempDir {
 async fn the_exponential_file_search_as_mcp_neither_stalls_the_agent_nor_outlives_its_job() {
     let controller = TestController::start().await;
     let root = many_names(200).await;
-    let agent = AgentProcess::start(&controller, "h3", &arg("--files-observe-root", root.path())).await;
+    let agent = AgentProcess::start_with(&controller, "h3", &arg("--files-observe-root", root.path())).await;
     let bridge = controller.principal("bridge", "assistant", "mcp", None).await;
     let mut fleet = controller.fleet_as(&bridge).await;
     let pattern = format!("{}#", "*".repeat(30));
@@ -260,7 +213,7 @@ async fn tailing_a_huge_log_as_a_viewer_gives_a_truncated_result_not_a_lost_host
     let log = root.path().join("big.log");
     let text: String = (0..10_000).map(|i| format!("{i:05} {}\n", "x".repeat(994))).collect();
     tokio::fs::write(&log, &text).await.expect("write log");
-    let _agent = AgentProcess::start(&controller, "m6", &arg("--files-observe-root", root.path())).await;
+    let _agent = AgentProcess::start_with(&controller, "m6", &arg("--files-observe-root", root.path())).await;
     let viewer = controller.principal("user", "val", "viewer", None).await;
     let mut fleet = controller.fleet_as(&viewer).await;
     let path = log.display().to_string();
@@ -302,7 +255,7 @@ async fn a_tool_that_ignores_sigterm_dies_with_its_grandchildren_at_the_deadline
     let pid_file = dir.path().join("grandchild.pid");
     let tool = stubborn_tool(dir.path(), &pid_file).await;
     let _agent =
-        AgentProcess::start(&controller, "l13", &[format!("--tool=systemctl={}", tool.display())]).await;
+        AgentProcess::start_with(&controller, "l13", &[format!("--tool=systemctl={}", tool.display())]).await;
     let mut fleet = controller.fleet().await;
 
     let request = op_request_with("l13", "service.list", &[], false, Duration::from_secs(2));
@@ -346,7 +299,8 @@ async fn a_tool_printing_without_end_is_cut_off_at_the_deadline_in_bounded_memor
     )
     .await;
     let agent =
-        AgentProcess::start(&controller, "flood", &[format!("--tool=systemctl={}", tool.display())]).await;
+        AgentProcess::start_with(&controller, "flood", &[format!("--tool=systemctl={}", tool.display())])
+            .await;
     let before = agent.rss_kib().await;
     let mut fleet = controller.fleet().await;
     let request = op_request_with("flood", "service.list", &[], false, Duration::from_secs(3));
@@ -369,7 +323,8 @@ async fn a_follow_job_ends_on_cancel_and_the_host_stays_online() {
     let root = tempfile::tempdir().expect("dir");
     let log = root.path().join("app.log");
     tokio::fs::write(&log, "first\n").await.expect("write log");
-    let _agent = AgentProcess::start(&controller, "follow", &arg("--files-observe-root", root.path())).await;
+    let _agent =
+        AgentProcess::start_with(&controller, "follow", &arg("--files-observe-root", root.path())).await;
     let bridge = controller.principal("bridge", "assistant", "mcp", None).await;
     let mut fleet = controller.fleet_as(&bridge).await;
     let request = op_request_with(
@@ -407,7 +362,7 @@ async fn network_checks_refuse_metadata_addresses_before_anything_runs() {
     let traceroute = stand_in(&dir.path().join("traceroute"), &record).await;
     let args =
         [format!("--tool=ping={}", ping.display()), format!("--tool=traceroute={}", traceroute.display())];
-    let _agent = AgentProcess::start(&controller, "l7", &args).await;
+    let _agent = AgentProcess::start_with(&controller, "l7", &args).await;
 
     for (name, params) in [
         ("net.port", vec![("host", "169.254.169.254"), ("port", "80")]),
