@@ -427,6 +427,33 @@ impl Bench {
         self.agents.len()
     }
 
+    /// Stops simulated agents `from..from + n` (mod the fleet) and starts them again on their
+    /// state: a rolling reconnect, as after an agent upgrade or a network blip.
+    pub fn restart_agents(&mut self, from: usize, n: usize) {
+        let total = self.agents.len();
+        for i in (0..n.min(total)).map(|k| (from + k) % total) {
+            let agent = &mut self.agents[i];
+            agent.shutdown.cancel();
+            let shutdown = CancellationToken::new();
+            let mut options = LinkOptions::new(agent.state.dir.clone());
+            options.executor = Arc::new(InstantExecutor);
+            options.monitor = None;
+            self.sim_rt.spawn(tailops_agent::run_with_state(agent.state.clone(), options, shutdown.clone()));
+            agent.shutdown = shutdown;
+        }
+    }
+
+    /// Open file descriptors of the controller's process (own-process mode only).
+    pub async fn controller_fds(&self) -> Option<usize> {
+        let pid = self.controller_pid()?;
+        let mut entries = tokio::fs::read_dir(format!("/proc/{pid}/fd")).await.ok()?;
+        let mut n = 0;
+        while let Ok(Some(_)) = entries.next_entry().await {
+            n += 1;
+        }
+        Some(n)
+    }
+
     /// The names of the running simulated agents.
     pub fn agent_names(&self) -> Vec<String> {
         self.agents.iter().map(|a| a.state.config.name.clone()).collect()

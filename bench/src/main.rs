@@ -58,6 +58,21 @@ struct Args {
     /// How long the crash scenario lets fan-outs and ingest run before the kill.
     #[arg(long, default_value = "3s", value_parser = humantime_duration)]
     crash_after: Duration,
+    /// How long the soak runs.
+    #[arg(long, default_value = "60m", value_parser = humantime_duration)]
+    soak_window: Duration,
+    /// One soak round (a fan-out, a batch of reconnects, a measurement) this often.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    soak_every: Duration,
+    /// Soak rounds before this are left out of the RSS growth.
+    #[arg(long, default_value = "2m", value_parser = humantime_duration)]
+    soak_warmup: Duration,
+    /// Agents reconnecting per soak round, in a rolling window over the fleet.
+    #[arg(long, default_value_t = 20)]
+    soak_reconnects: usize,
+    /// Streams carrying the soak's samples (one per agent every 10 s, in all).
+    #[arg(long, default_value_t = 20)]
+    soak_streams: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -87,6 +102,9 @@ enum Group {
     /// SIGKILL of the controller mid fan-out and ingest, then recovery (needs
     /// --controller-process; runs on the fleet of the last --agents size).
     Crash,
+    /// Fan-outs, rolling reconnects and sample ingest for --soak-window, recording the
+    /// controller's RSS, descriptors and lag (needs --controller-process).
+    Soak,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -232,6 +250,43 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let needs_fleet = args.only.contains(&Group::Crash) || args.only.contains(&Group::Soak);
+    if needs_fleet && bench.agent_count() == 0 {
+        let n = args.agents.last().copied().unwrap_or(200);
+        let (_, states) = scenarios::enroll(&bench, n, args.enroll_parallel)?;
+        bench.run_agents(states);
+        bench.wait_online(n, Duration::from_secs(300))?;
+    }
+    let soak = if args.only.contains(&Group::Soak) {
+        let r = scenarios::soak(
+            &mut bench,
+            args.soak_window,
+            args.soak_every,
+            args.soak_warmup,
+            args.soak_reconnects,
+            args.soak_streams,
+        )?;
+        println!(
+            "soak     {:>6} agents: {:.0} s, {} fan-outs, {} reconnects, {} samples; controller RSS {:+.1} % after \
+             warm-up ({:.1} -> {:.1} MiB), fds {} -> {}",
+            r.agents,
+            r.window_s,
+            r.fanouts,
+            r.reconnects,
+            r.samples,
+            r.rss_growth_pct,
+            r.points
+                .iter()
+                .find(|p| p.at_s >= args.soak_warmup.as_secs_f64())
+                .map_or(0.0, |p| p.controller_rss_bytes as f64 / 1_048_576.0),
+            r.points.last().map_or(0.0, |p| p.controller_rss_bytes as f64 / 1_048_576.0),
+            r.fds_after_warmup,
+            r.fds_at_end
+        );
+        Some(r)
+    } else {
+        None
+    };
     let crash = if args.only.contains(&Group::Crash) {
         if bench.agent_count() == 0 {
             let n = args.agents.last().copied().unwrap_or(200);
@@ -282,6 +337,7 @@ fn main() -> anyhow::Result<()> {
         "ingest": ingest,
         "agent_footprint": footprint,
         "crash": crash,
+        "soak": soak,
     });
     let json = serde_json::to_string_pretty(&results)?;
     bench.sim_rt.block_on(async {

@@ -564,3 +564,137 @@ async fn integrity_check(database: &Path) -> anyhow::Result<String> {
         sqlx::sqlite::SqliteConnectOptions::new().filename(database).read_only(true).connect().await?;
     Ok(sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut conn).await?)
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakPoint {
+    pub at_s: f64,
+    pub controller_rss_bytes: u64,
+    pub controller_fds: usize,
+    /// Scheduling lag of the controller runtime since the previous point.
+    pub lag_wakeup_p99_ms: f64,
+    pub fanout_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakResult {
+    pub agents: usize,
+    pub window_s: f64,
+    pub fanouts: usize,
+    pub reconnects: usize,
+    pub samples: u64,
+    /// RSS growth from the first point after warm-up to the last, in percent.
+    pub rss_growth_pct: f64,
+    /// Open descriptors at the first point after warm-up and at the last.
+    pub fds_after_warmup: usize,
+    pub fds_at_end: usize,
+    pub points: Vec<SoakPoint>,
+}
+
+/// Holds the fleet busy for `window`: a fan-out to every agent each `every`, a rolling set of
+/// `reconnect_batch` agents reconnecting each `every`, and `sample_streams` streams pushing
+/// samples at the rate of `agents` monitored hosts (one sample per host each 10 s). Records the
+/// controller's RSS, descriptors and lag at each round; the first `warmup` is not counted in the
+/// growth. Needs the controller in its own process.
+pub fn soak(
+    bench: &mut Bench,
+    window: Duration,
+    every: Duration,
+    warmup: Duration,
+    reconnect_batch: usize,
+    sample_streams: usize,
+) -> anyhow::Result<SoakResult> {
+    anyhow::ensure!(bench.controller_pid().is_some(), "the soak needs the controller in its own process");
+    let agents = bench.agent_count();
+    let selector = v1::HostSelector { hosts: bench.agent_names(), ..Default::default() };
+    let streams = bench.enroll(sample_streams, 32)?;
+    // One sample per monitored host every 10 s, spread over the streams.
+    let per_stream_per_second = (agents as f64 / 10.0 / sample_streams.max(1) as f64).max(0.1);
+    let pause = Duration::from_secs_f64(1.0 / per_stream_per_second);
+    let pushers = bench.sim_rt.block_on(async {
+        let base = tailops_proto::time::now_ms() - 40 * 3_600_000;
+        let mut pushers = Vec::new();
+        for (i, state) in streams.iter().enumerate() {
+            let (outbox, inbound) = crate::open_link(state).await?;
+            pushers.push(tokio::spawn(async move {
+                let from = base + i64::try_from(i).unwrap_or(0);
+                let sent = push_samples(&outbox, from, 1, pause, None).await;
+                drop(inbound);
+                sent
+            }));
+        }
+        anyhow::Ok(pushers)
+    })?;
+    let started = std::time::Instant::now();
+    let mut points = Vec::new();
+    let (mut fanouts, mut reconnects, mut next_reconnect) = (0, 0, 0);
+    while started.elapsed() < window {
+        let round = std::time::Instant::now();
+        let fanout_ms = bench.sim_rt.block_on(async {
+            let mut fleet = bench.fleet().await?;
+            let request = v1::RunJobRequest {
+                selector: Some(selector.clone()),
+                action: Some(v1::JobAction {
+                    elevated: false,
+                    kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),
+                }),
+                timeout_ms: 60_000,
+                ..Default::default()
+            };
+            let sent = tokio::time::Instant::now();
+            let mut events = fleet.run_job(request).await?.into_inner();
+            while let Some(event) = events.message().await? {
+                if matches!(event.kind, Some(v1::job_event::Kind::Completed(_))) {
+                    break;
+                }
+            }
+            anyhow::Ok(sent.elapsed().as_secs_f64() * 1000.0)
+        })?;
+        fanouts += 1;
+        bench.restart_agents(next_reconnect, reconnect_batch);
+        next_reconnect += reconnect_batch;
+        reconnects += reconnect_batch.min(agents);
+        let point = bench.sim_rt.block_on(async {
+            let lag = bench.controller_lag().await?;
+            bench.reset_lag().await?;
+            let pid = bench.controller_pid().map(|p| p.to_string()).unwrap_or_default();
+            anyhow::Ok(SoakPoint {
+                at_s: started.elapsed().as_secs_f64(),
+                controller_rss_bytes: crate::measure::rss_bytes(&pid).await,
+                controller_fds: bench.controller_fds().await.unwrap_or(0),
+                lag_wakeup_p99_ms: lag.wakeup.p99_ms,
+                fanout_ms,
+            })
+        })?;
+        points.push(point);
+        let rest = every.saturating_sub(round.elapsed());
+        bench.sim_rt.block_on(async { tokio::time::sleep(rest).await });
+    }
+    let samples = bench.sim_rt.block_on(async {
+        let mut samples = 0;
+        for pusher in pushers {
+            pusher.abort();
+            samples += pusher.await.unwrap_or(0);
+        }
+        samples
+    });
+    let warm: Vec<&SoakPoint> = points.iter().filter(|p| p.at_s >= warmup.as_secs_f64()).collect();
+    let (first, last) = match (warm.first(), warm.last()) {
+        (Some(first), Some(last)) => (*first, *last),
+        _ => anyhow::bail!("the soak window ended before the warm-up did; make it longer"),
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let rss_growth_pct = (last.controller_rss_bytes as f64 - first.controller_rss_bytes as f64)
+        / first.controller_rss_bytes.max(1) as f64
+        * 100.0;
+    Ok(SoakResult {
+        agents,
+        window_s: started.elapsed().as_secs_f64(),
+        fanouts,
+        reconnects,
+        samples,
+        rss_growth_pct,
+        fds_after_warmup: first.controller_fds,
+        fds_at_end: last.controller_fds,
+        points,
+    })
+}

@@ -64,6 +64,10 @@ fn every_scenario_runs(mode: ControllerMode) {
     assert!(ingest.rows > 0, "samples reached SQLite");
 
     if own_process {
+        let soak =
+            scenarios::soak(&mut bench, Duration::from_secs(3), Duration::from_secs(1), Duration::ZERO, 1, 1)
+                .expect("soak");
+        assert!(soak.fanouts >= 2 && soak.points.iter().all(|p| p.controller_fds > 0), "{soak:?}");
         // The scenario checks its own guarantees and fails with the first one broken.
         let crash = scenarios::crash(&mut bench, 2, 2, Duration::from_millis(500)).expect("crash recovery");
         assert_eq!(crash.agents, 3);
