@@ -49,15 +49,7 @@ pub fn fanout(bench: &Bench, runs: usize) -> anyhow::Result<FanoutResult> {
         let mut fleet = bench.fleet().await?;
         let mut latencies = Vec::with_capacity(runs);
         for _ in 0..runs {
-            let request = v1::RunJobRequest {
-                selector: Some(v1::HostSelector { all: true, ..Default::default() }),
-                action: Some(v1::JobAction {
-                    elevated: false,
-                    kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),
-                }),
-                timeout_ms: 60_000,
-                ..Default::default()
-            };
+            let request = no_op_job(v1::HostSelector { all: true, ..Default::default() });
             let started = tokio::time::Instant::now();
             let mut events = fleet.run_job(request).await?.into_inner();
             let summary = loop {
@@ -311,6 +303,19 @@ async fn push_samples(
     sent
 }
 
+/// A job that runs `true` on the hosts `selector` names: the fan-outs' unit of work.
+fn no_op_job(selector: v1::HostSelector) -> v1::RunJobRequest {
+    v1::RunJobRequest {
+        selector: Some(selector),
+        action: Some(v1::JobAction {
+            elevated: false,
+            kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),
+        }),
+        timeout_ms: 60_000,
+        ..Default::default()
+    }
+}
+
 /// A sample shaped like a real host's: two disks, three interfaces.
 fn synthetic_sample(at_ms: i64) -> v1::MetricSample {
     #[allow(clippy::cast_precision_loss)]
@@ -525,15 +530,7 @@ async fn fan_out_until_error(
 ) -> Seen {
     let mut seen = Seen::default();
     loop {
-        let request = v1::RunJobRequest {
-            selector: Some(selector.clone()),
-            action: Some(v1::JobAction {
-                elevated: false,
-                kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),
-            }),
-            timeout_ms: 60_000,
-            ..Default::default()
-        };
+        let request = no_op_job(selector.clone());
         let Ok(response) = fleet.run_job(request).await else { return seen };
         let mut events = response.into_inner();
         loop {
@@ -631,15 +628,7 @@ pub fn soak(
         let round = std::time::Instant::now();
         let fanout_ms = bench.sim_rt.block_on(async {
             let mut fleet = bench.fleet().await?;
-            let request = v1::RunJobRequest {
-                selector: Some(selector.clone()),
-                action: Some(v1::JobAction {
-                    elevated: false,
-                    kind: Some(v1::job_action::Kind::Exec(v1::ExecAction { argv: vec!["true".into()] })),
-                }),
-                timeout_ms: 60_000,
-                ..Default::default()
-            };
+            let request = no_op_job(selector.clone());
             let sent = tokio::time::Instant::now();
             let mut events = fleet.run_job(request).await?.into_inner();
             while let Some(event) = events.message().await? {
