@@ -607,16 +607,28 @@ pub fn soak(
     // One sample per monitored host every 10 s, spread over the streams.
     let per_stream_per_second = (agents as f64 / 10.0 / sample_streams.max(1) as f64).max(0.1);
     let pause = Duration::from_secs_f64(1.0 / per_stream_per_second);
+    // Counted as they go: the pushers are stopped, not finished, when the window ends.
+    let pushed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pushers = bench.sim_rt.block_on(async {
         let base = tailops_proto::time::now_ms() - 40 * 3_600_000;
         let mut pushers = Vec::new();
         for (i, state) in streams.iter().enumerate() {
             let (outbox, inbound) = crate::open_link(state).await?;
+            let pushed = pushed.clone();
             pushers.push(tokio::spawn(async move {
-                let from = base + i64::try_from(i).unwrap_or(0);
-                let sent = push_samples(&outbox, from, 1, pause, None).await;
+                let mut at = base + i64::try_from(i).unwrap_or(0);
+                // One sample per batch, `pause` apart, like a host's monitor.
+                loop {
+                    at += 1_000;
+                    let batch = v1::MetricsBatch { samples: vec![synthetic_sample(at)] };
+                    let message = v1::AgentMessage { kind: Some(v1::agent_message::Kind::Metrics(batch)) };
+                    if outbox.send(message).await.is_err() {
+                        break;
+                    }
+                    pushed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(pause).await;
+                }
                 drop(inbound);
-                sent
             }));
         }
         anyhow::Ok(pushers)
@@ -658,14 +670,10 @@ pub fn soak(
         let rest = every.saturating_sub(round.elapsed());
         bench.sim_rt.block_on(async { tokio::time::sleep(rest).await });
     }
-    let samples = bench.sim_rt.block_on(async {
-        let mut samples = 0;
-        for pusher in pushers {
-            pusher.abort();
-            samples += pusher.await.unwrap_or(0);
-        }
-        samples
-    });
+    for pusher in pushers {
+        pusher.abort();
+    }
+    let samples = pushed.load(std::sync::atomic::Ordering::Relaxed);
     let warm: Vec<&SoakPoint> = points.iter().filter(|p| p.at_s >= warmup.as_secs_f64()).collect();
     let (first, last) = match (warm.first(), warm.last()) {
         (Some(first), Some(last)) => (*first, *last),

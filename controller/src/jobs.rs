@@ -1091,8 +1091,9 @@ impl JobManager {
             self.results.write(HostResult { job_id: job.id, host_id: target.host_id.clone(), outcome }).await;
         let stored = stored.await.unwrap_or(false);
         if self.shutdown.is_cancelled() && !stored {
-            // Stopping: the next start resumes this host's part from what is stored.
-            return;
+            // Stopping: the next start resumes this host's part from what is stored, so the job
+            // must not be recorded complete now either.
+            return std::future::pending().await;
         }
         job.push(job_event::Kind::Finished(finished));
         if stored && reported {

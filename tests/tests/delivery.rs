@@ -286,6 +286,42 @@ async fn an_agent_restarted_mid_job_reports_it_lost_and_kills_what_it_left() {
     controller.stop().await;
 }
 
+#[tokio::test]
+async fn an_approval_still_gates_a_queued_job_whose_window_starts_at_the_approval() {
+    let controller = TestController::start().await;
+    let mut away = controller.agent("away", &[]).await;
+    away.pause().await;
+    controller.wait_online("away", false).await;
+    let bridge = controller.principal("bridge", "claude", "mcp", None).await;
+    let marker = away.state_dir.path().join("approved-ran");
+    let command = append_once(&marker, "approved");
+    let request = queued(host("away"), &argv(&command), Duration::from_secs(30), Duration::from_secs(120));
+    let mut stream =
+        controller.fleet_as(&bridge).await.run_job(request).await.expect("accepted").into_inner();
+    let job_id = until_approval_required(&mut stream).await;
+
+    // Waiting for a human, the host is not yet queued, and coming back changes nothing.
+    away.resume();
+    controller.wait_online("away", true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(lines(&marker).await, 0, "a job waiting for approval ran");
+    away.pause().await;
+    controller.wait_online("away", false).await;
+
+    let decided = v1::DecideApprovalRequest { job_id, approve: true, reason: String::new() };
+    controller.fleet().await.decide_approval(decided).await.expect("approve");
+    let queued_at = events_until(&mut stream, is_queued).await;
+    let Some(job_event::Kind::Queued(q)) = &queued_at.last().expect("queued").kind else { panic!("queued") };
+    // The queue window counts from the approval, not from the request.
+    let (job, _) = get_job(&controller, job_id).await;
+    assert!(q.until_ms > job.created_at_ms + 120_000, "{q:?} {job:?}");
+    away.resume();
+    let events = collect_events(stream).await;
+    assert_eq!(finished_by_host(&events)["away"].state(), v1::TargetState::Succeeded);
+    assert_eq!(lines(&marker).await, 1);
+    controller.stop().await;
+}
+
 async fn get_job(controller: &TestController, job_id: u64) -> (v1::Job, Vec<v1::TargetDetail>) {
     let response =
         controller.fleet().await.get_job(v1::GetJobRequest { job_id }).await.expect("get job").into_inner();
