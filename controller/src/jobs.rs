@@ -844,7 +844,7 @@ impl JobManager {
     /// about jobs this host was not given are dropped: an agent cannot report for another. A
     /// result for a job that is over (a repeat sent after a reconnect) is confirmed as stored
     /// once the store has it, so the agent forgets it.
-    pub fn on_agent_message(self: &Arc<Self>, host_id: &str, message: AgentJobMessage) {
+    pub async fn on_agent_message(&self, host_id: &str, message: AgentJobMessage) {
         let job_id = message.job_id();
         let is_result = matches!(message, AgentJobMessage::Finished(_));
         let job = self.lock_live().get(&job_id).cloned();
@@ -856,24 +856,26 @@ impl JobManager {
         if accepted {
             return;
         }
-        if is_result {
-            let manager = self.clone();
-            let host_id = host_id.to_owned();
-            tokio::spawn(async move {
-                match manager.store.result_settled(job_id, &host_id).await {
-                    Ok(true) => manager.confirm_stored(&host_id, job_id),
-                    Ok(false) => {
-                        tracing::debug!(job = job_id, host = %host_id, "repeated result for a part still in flight; not confirmed yet")
-                    }
-                    Err(e) => tracing::warn!(job = job_id, error = %e, "could not look up a repeated result"),
-                }
-            });
-        } else {
+        if !is_result {
             tracing::debug!(
                 job = job_id,
                 host = host_id,
                 "message for a job this host is not running; dropped"
             );
+            return;
+        }
+        // Looked up on the agent's own stream, not in a task of its own: an agent sending
+        // results for made-up jobs slows only itself (its stream is paced), never the store.
+        match self.store.result_settled(job_id, host_id).await {
+            Ok(true) => self.confirm_stored(host_id, job_id),
+            Ok(false) => {
+                tracing::debug!(
+                    job = job_id,
+                    host = host_id,
+                    "repeated result for a part still in flight; not confirmed yet"
+                );
+            }
+            Err(e) => tracing::warn!(job = job_id, error = %e, "could not look up a repeated result"),
         }
     }
 

@@ -259,13 +259,13 @@ async fn read_agent_stream(
                 tracing::debug!(host = %conn.host_name, "repeated hello ignored");
             }
             agent_message::Kind::JobStarted(m) => {
-                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Started(m))
+                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Started(m)).await
             }
             agent_message::Kind::JobOutput(m) => {
-                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Output(m))
+                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Output(m)).await
             }
             agent_message::Kind::JobFinished(m) => {
-                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Finished(m));
+                state.jobs.on_agent_message(&conn.host_id, AgentJobMessage::Finished(m)).await;
             }
             agent_message::Kind::RenewCertificate(renew) => {
                 // One renewal per stream and interval: a looping agent cannot make the CA sign
