@@ -12,6 +12,7 @@ pub async fn hello(running_jobs: Vec<u64>) -> v1::Hello {
         os: os_name().await,
         arch: std::env::consts::ARCH.to_owned(),
         kernel: read_trimmed("/proc/sys/kernel/osrelease").await,
+        clock_ms: tailops_proto::time::now_ms(),
     }
 }
 

@@ -16,6 +16,11 @@ use crate::{Fingerprint, PkiError, offset_to_unix_ms};
 
 /// How far back a new certificate's validity starts, so hosts with a slightly slow clock accept it.
 const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5 * 60);
+/// The same for the CA and server certificates, which every agent checks against its own clock: a host
+/// up to an hour slow still connects right after `init` or a rotation. Client certificates are
+/// only checked by the controller that issued them, by the clock that issued them, and keep the
+/// short allowance (renewal at 70% of the lifetime counts from `notBefore`).
+const SERVER_CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(3600);
 /// Lifetime of the CA itself.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -57,7 +62,7 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.serial_number = Some(random_serial());
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - CLOCK_SKEW_ALLOWANCE;
+        params.not_before = now - SERVER_CLOCK_SKEW_ALLOWANCE;
         params.not_after = now + CA_LIFETIME;
         let cert = params.self_signed(&key)?;
         Self::load(trust_domain, &cert.pem(), &key.serialize_pem())
@@ -101,6 +106,7 @@ impl CertificateAuthority {
     ) -> Result<(IssuedCertificate, String), PkiError> {
         let key = KeyPair::generate()?;
         let mut params = leaf_params("tailops-controller", lifetime);
+        params.not_before = OffsetDateTime::now_utc() - SERVER_CLOCK_SKEW_ALLOWANCE;
         for name in names {
             params.subject_alt_names.push(match name.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -228,6 +234,30 @@ mod tests {
         let principal = PrincipalId::new("test.local", PrincipalKind::Agent, "h").expect("id");
         let err = ca.sign_csr("not a csr", &principal, Duration::from_secs(60));
         assert!(matches!(err, Err(PkiError::BadCsr(_))));
+    }
+
+    #[test]
+    fn server_certificate_is_valid_for_agents_with_an_hour_slow_clock() {
+        let ca = CertificateAuthority::generate("test.local").expect("ca");
+        let now_ms = i64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis(),
+        )
+        .expect("ms");
+        let (server, _key) = ca
+            .issue_server_certificate(&["localhost".to_owned()], Duration::from_secs(86_400))
+            .expect("server");
+        let info = CertificateInfo::from_pem(&server.pem).expect("parse");
+        assert!(
+            info.not_before_ms <= now_ms - 3_599_000,
+            "server notBefore {} vs now {now_ms}",
+            info.not_before_ms
+        );
+        // Client certificates keep the short allowance: their renewal point counts from it.
+        let principal = PrincipalId::new("test.local", PrincipalKind::Agent, "h").expect("id");
+        let (client, _key) =
+            ca.issue_client_with_new_key(&principal, Duration::from_secs(60)).expect("client");
+        let info = CertificateInfo::from_pem(&client.pem).expect("parse");
+        assert!((now_ms - info.not_before_ms) <= 301_000, "client notBefore {}", info.not_before_ms);
     }
 
     #[test]

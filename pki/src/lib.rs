@@ -57,6 +57,13 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
+    // A certificate that is "not valid yet" or "expired" by this machine's clock is more often a
+    // wrong clock than a wrong certificate; say what to check.
+    if text.contains("certificate not valid yet") || text.contains("certificate expired") {
+        text.push_str(
+            " (if this machine's clock is wrong, fix its time sync first: compare `date -u` here and on the controller)",
+        );
+    }
     text
 }
 

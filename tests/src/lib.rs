@@ -354,7 +354,22 @@ pub async fn binary(name: &str) -> PathBuf {
     BUILT
         .get_or_init(|| async {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = tokio::process::Command::new(cargo)
+            // Cargo sets these for test processes, not for the `cargo nextest` that built them;
+            // ring's build script watches them, so passing them on rebuilt ring and everything
+            // above it (~40 s) on every alternation between the two builds.
+            let per_test = std::env::vars_os().filter_map(|(key, _)| {
+                let name = key.to_str()?;
+                let set_for_tests = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
+                    .iter()
+                    .any(|prefix| name.starts_with(prefix))
+                    || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&name);
+                set_for_tests.then_some(key)
+            });
+            let mut command = tokio::process::Command::new(cargo);
+            for key in per_test {
+                command.env_remove(key);
+            }
+            let status = command
                 .args(["build", "--workspace", "--bins"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
@@ -616,32 +631,70 @@ pub async fn sh(script: &str) -> std::process::Output {
     tokio::process::Command::new("sh").args(["-c", script]).output().await.expect("run sh")
 }
 
-/// A real `tailops-agent` process (without monitoring: heartbeats alone show whether its link is
-/// alive), enrolled in its own state directory, that can be killed (SIGKILL: no chance to clean
-/// up) and started again on the same state. Killed when dropped.
+/// A real `tailops-agent` process (without monitoring unless asked: heartbeats alone show
+/// whether its link is alive), enrolled in its own state directory, that can be killed (SIGKILL:
+/// no chance to clean up) and started again on the same state. Killed when dropped.
 #[derive(Debug)]
 pub struct AgentProcess {
     pub name: String,
     pub state_dir: TempDir,
     binary: PathBuf,
-    args: Vec<String>,
+    launch: AgentLaunch,
     child: Option<tokio::process::Child>,
     log: PathBuf,
+}
+
+/// How an [`AgentProcess`] is started.
+#[derive(Debug, Clone, Default)]
+pub struct AgentLaunch {
+    /// Environment for the agent, enrollment included (e.g. [`faketime`]).
+    pub env: Vec<(String, String)>,
+    /// Extra arguments for `tailops-agent run`.
+    pub args: Vec<String>,
+    /// Sample every second instead of `--no-monitoring`.
+    pub monitoring: bool,
+}
+
+/// Environment that shifts a process's wall clock by `offset` (`-10m`, `+2h`) through
+/// libfaketime (Debian package `faketime`, installed by `.ci/deps`), preloaded into the agent
+/// itself so that killing it kills the agent. Monotonic clocks are left alone: timers and
+/// timeouts work as on a real host whose clock is set wrong.
+pub fn faketime(offset: &str) -> Vec<(String, String)> {
+    let library = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"]
+        .iter()
+        .map(|dir| Path::new(dir).join("faketime/libfaketime.so.1"))
+        .find(|path| path.is_file())
+        .expect(
+            "the clock-skew tests need libfaketime (Debian package faketime; `.ci/deps` installs it as root)",
+        );
+    [
+        ("LD_PRELOAD", library.to_string_lossy().as_ref()),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec()
 }
 
 impl AgentProcess {
     /// Enrolls `name` with the agent binary and starts it; returns once it is online.
     pub async fn start(controller: &TestController, name: &str) -> Self {
-        Self::start_with(controller, name, &[]).await
+        Self::launch(controller, name, AgentLaunch::default()).await
     }
 
     /// Like [`Self::start`], with extra arguments for `tailops-agent run`.
     pub async fn start_with(controller: &TestController, name: &str, args: &[String]) -> Self {
+        Self::launch(controller, name, AgentLaunch { args: args.to_vec(), ..AgentLaunch::default() }).await
+    }
+
+    /// Enrolls and starts `name` as `launch` says; returns once it is online.
+    pub async fn launch(controller: &TestController, name: &str, launch: AgentLaunch) -> Self {
         // Built before the token's minute starts: a cold build can take longer than that.
         let binary = binary("tailops-agent").await;
         let token = controller.token(&[], 1, Duration::from_secs(60)).await;
         let state_dir = tempfile::tempdir().expect("dir");
         let enroll = tokio::process::Command::new(&binary)
+            .envs(launch.env.iter().cloned())
             .args(["enroll", "--controller", &controller.url, "--ca-fingerprint"])
             .arg(controller.fingerprint.to_string())
             .args(["--name", name, "--state-dir"])
@@ -652,8 +705,7 @@ impl AgentProcess {
             .expect("run enroll");
         assert!(enroll.status.success(), "{}", text(&enroll.stderr));
         let log = state_dir.path().join("agent.log");
-        let args = args.to_vec();
-        let mut agent = Self { name: name.to_owned(), state_dir, binary, args, child: None, log };
+        let mut agent = Self { name: name.to_owned(), state_dir, binary, launch, child: None, log };
         agent.run();
         controller.wait_online(name, true).await;
         agent
@@ -664,10 +716,15 @@ impl AgentProcess {
         // A child's stdio needs a std file; opening one is a moment's work in a test.
         #[allow(clippy::disallowed_methods)]
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let monitoring: &[&str] =
+            if self.launch.monitoring { &["--sample-interval", "1s"] } else { &["--no-monitoring"] };
         let child = tokio::process::Command::new(&self.binary)
-            .args(["run", "--no-monitoring", "--state-dir"])
+            .envs(self.launch.env.iter().cloned())
+            .arg("run")
+            .args(monitoring)
+            .arg("--state-dir")
             .arg(self.state_dir.path())
-            .args(&self.args)
+            .args(&self.launch.args)
             .env("RUST_LOG", "info")
             .stderr(log.try_clone().expect("log"))
             .stdout(log)

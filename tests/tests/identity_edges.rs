@@ -108,6 +108,8 @@ fn hello() -> v1::Hello {
         arch: "x86_64".into(),
         kernel: "6".into(),
         running_jobs: Vec::new(),
+        // Not said: the controller measures no clock offset and re-times nothing.
+        clock_ms: 0,
     }
 }
 
@@ -510,6 +512,7 @@ async fn hello_and_facts_are_bounded_and_cleaned() {
         arch: "x86_64\u{200b}".into(),
         kernel: "6\r\n\u{7}".into(),
         running_jobs: Vec::new(),
+        clock_ms: i64::MIN,
     };
     let link = RawLink::open(&controller.url, &state, None, hostile).await.expect("the stream is accepted");
     controller.wait_online("loud", true).await;

@@ -14,6 +14,8 @@ pub struct HealthInput<'a> {
     pub latest: Option<&'a v1::MetricSample>,
     pub failed_units: &'a [String],
     pub cores: Option<u32>,
+    /// Controller minus host clock, when measured.
+    pub clock_offset_ms: Option<i64>,
     pub now_ms: i64,
     pub stale_after_ms: i64,
 }
@@ -24,6 +26,9 @@ const DEGRADED_FROM: u32 = 50;
 /// Failed units cost this much each, up to `MAX_UNIT_PENALTY`.
 const UNIT_PENALTY: u32 = 20;
 const MAX_UNIT_PENALTY: u32 = 60;
+/// A clock a minute or more off: samples are re-timed, but logs, certificates and schedules on
+/// the host are not; worth a look, not an alarm.
+const CLOCK_PENALTY: u32 = 10;
 /// Failed units named in the reasons; the rest are counted.
 const NAMED_UNITS: usize = 5;
 
@@ -80,6 +85,10 @@ pub fn assess(input: &HealthInput<'_>, limits: &HealthThresholds) -> v1::Health 
                 sample.load1, limits.load_per_core_warn
             ));
         }
+    }
+    if let Some(reason) = input.clock_offset_ms.and_then(super::clock::reason) {
+        penalty += CLOCK_PENALTY;
+        reasons.push(reason);
     }
     if !input.failed_units.is_empty() {
         let n = u32::try_from(input.failed_units.len()).unwrap_or(u32::MAX);
@@ -149,6 +158,7 @@ mod tests {
             latest,
             failed_units: failed,
             cores: Some(4),
+            clock_offset_ms: Some(30),
             now_ms: NOW,
             stale_after_ms: 60_000,
         }
@@ -173,6 +183,15 @@ mod tests {
         assert!(all.contains("memory at 94%"), "{all}");
         assert!(all.contains("disk /srv at 96%"), "{all}");
         assert!(all.contains("1 failed unit(s): nginx.service"), "{all}");
+    }
+
+    #[test]
+    fn a_wrong_clock_is_a_reason_not_an_alarm() {
+        let s = sample(5.0, 4 * GIB, 20 * GIB);
+        let skewed = HealthInput { clock_offset_ms: Some(-600_000), ..input(Some(&s), &[]) };
+        let h = assess(&skewed, &HealthThresholds::default());
+        assert_eq!((h.score, h.status()), (90, v1::HealthStatus::Healthy));
+        assert!(h.reasons[0].starts_with("clock 10m 0s ahead of the controller's"), "{:?}", h.reasons);
     }
 
     #[test]

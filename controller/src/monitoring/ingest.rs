@@ -18,7 +18,8 @@ pub const MAX_SAMPLES_PER_BATCH: usize = 2_000;
 const MAX_DISKS: usize = 256;
 const MAX_INTERFACES: usize = 512;
 const MAX_NAME: usize = 1024;
-/// Clocks disagree; a sample from further in the future than this is refused.
+/// Sample times are re-timed by the host's measured clock offset first (`clock`); one still further in
+/// the future than this is refused.
 const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
 pub const MAX_FACTS: usize = 20_000;
 pub const MAX_FACT_KEY: usize = 512;

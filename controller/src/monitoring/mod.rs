@@ -4,7 +4,9 @@
 //! - [`ingest`]: validation and the batched sample writer.
 //! - [`rollup`]: raw → 1 minute → 1 hour, and retention.
 //! - [`health`]: the health score and its reasons.
+//! - [`clock`]: each host's clock offset, and re-timing its samples by it.
 
+pub mod clock;
 pub mod health;
 pub mod ingest;
 pub mod rollup;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::MonitoringConfig;
 use crate::store::{FactsApplied, Store, StoreError};
 use crate::telemetry::Telemetry;
+use clock::ClockOffset;
 use health::HealthInput;
 use ingest::{IngestError, SampleWriter};
 use rollup::LateSamples;
@@ -34,6 +37,8 @@ struct HostView {
     latest: Option<v1::MetricSample>,
     failed_units: Vec<String>,
     cores: Option<u32>,
+    /// Controller minus host clock, as last measured on the host's stream.
+    clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -79,9 +84,11 @@ impl Monitoring {
     pub async fn ingest(
         &self,
         host_id: &str,
-        batch: v1::MetricsBatch,
+        mut batch: v1::MetricsBatch,
+        clock: ClockOffset,
         now_ms: i64,
     ) -> Result<usize, IngestError> {
+        clock::retime(&mut batch, clock);
         let samples = ingest::validate(batch, now_ms, self.config.raw_retention_ms())?;
         let series = match self.view(host_id, |v| v.series) {
             Some(series) => series,
@@ -102,6 +109,17 @@ impl Monitoring {
             self.writer.write(host_id, series, samples, newest).await;
         }
         Ok(accepted)
+    }
+
+    /// Records what the host's stream measured of its clock (kept while it is offline).
+    pub fn observe_clock(&self, host_id: &str, clock: ClockOffset) {
+        let Some(offset) = clock.measured_ms() else { return };
+        // Heartbeats re-measure every few seconds; the view changes only when the clock does.
+        let unchanged =
+            self.view(host_id, |v| v.clock_offset_ms).is_some_and(|known| known.abs_diff(offset) < 1_000);
+        if !unchanged {
+            self.update(host_id, |v| v.clock_offset_ms = Some(offset));
+        }
     }
 
     /// Applies a facts update: stores it, records changes, refreshes the in-memory view.
@@ -147,6 +165,7 @@ impl Monitoring {
             latest: view.latest.as_ref(),
             failed_units: &view.failed_units,
             cores: view.cores,
+            clock_offset_ms: view.clock_offset_ms,
             now_ms,
             stale_after_ms: i64::try_from(self.config.stale_after_secs).unwrap_or(i64::MAX / 1000) * 1000,
         };

@@ -16,6 +16,7 @@ use crate::agents::{AgentConnection, ClonePolicy, Refused};
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
 use crate::jobs::AgentJobMessage;
+use crate::monitoring::clock::ClockOffset;
 use crate::monitoring::ingest::{MAX_HELLO_FIELD, clean_text};
 use crate::rate_limit::{Bucket, MessagePacer};
 use crate::revocation::Revoked;
@@ -194,8 +195,12 @@ impl AgentLink for AgentLinkService {
             let _ = conn.outbox.try_send(Ok(v1::ControllerMessage { kind: Some(cancel) }));
         }
 
+        let mut clock = ClockOffset::default();
+        clock.observe(hello.clock_ms, now);
+        self.state.monitoring.observe_clock(&host_id, clock);
+
         let state = self.state.clone();
-        tokio::spawn(async move { read_agent_stream(state, conn, principal, inbound, revoked).await });
+        tokio::spawn(async move { read_agent_stream(state, conn, principal, inbound, revoked, clock).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -208,6 +213,7 @@ async fn read_agent_stream(
     principal: Principal,
     mut inbound: Streaming<v1::AgentMessage>,
     mut revoked: Pin<Box<dyn Future<Output = Revoked> + Send>>,
+    mut clock: ClockOffset,
 ) {
     let mut last_renewal: Option<std::time::Instant> = None;
     // The handshake checked the certificate's period once; the stream may not outlive it. The
@@ -240,9 +246,12 @@ async fn read_agent_stream(
         };
         conn.touch(now_ms());
         match kind {
-            agent_message::Kind::Heartbeat(_) => {}
+            agent_message::Kind::Heartbeat(beat) => {
+                clock.observe(beat.sent_at_ms, now_ms());
+                state.monitoring.observe_clock(&conn.host_id, clock);
+            }
             agent_message::Kind::Metrics(batch) => {
-                if let Err(e) = state.monitoring.ingest(&conn.host_id, batch, now_ms()).await {
+                if let Err(e) = state.monitoring.ingest(&conn.host_id, batch, clock, now_ms()).await {
                     tracing::warn!(host = %conn.host_name, error = %e, "samples refused");
                 }
             }
