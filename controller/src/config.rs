@@ -76,6 +76,10 @@ pub struct Network {
     /// reconnect within a second.
     pub max_connection_age_secs: u64,
     pub max_connection_age_grace_secs: u64,
+    /// A job watcher (`WatchJob`, or `RunJob`'s event stream) that has not taken its next
+    /// event this long, while events wait for it, is ended with `RESOURCE_EXHAUSTED`: a client
+    /// that stops reading cannot hold a job's output in memory. Watching again replays the job.
+    pub watch_stall_timeout_secs: u64,
 }
 
 impl Default for Network {
@@ -92,6 +96,7 @@ impl Default for Network {
             max_concurrent_streams: 256,
             max_connection_age_secs: 24 * 3600,
             max_connection_age_grace_secs: 300,
+            watch_stall_timeout_secs: 60,
         }
     }
 }
@@ -274,6 +279,9 @@ pub struct Limits {
     pub max_join_token_uses: u32,
     /// The longest a job may wait for offline hosts (`--queue-for`).
     pub max_queue_for_secs: u64,
+    /// Output all running jobs may hold in memory together; beyond it, output is cut (and the
+    /// results say so) until running jobs finish.
+    pub max_live_output_bytes: u64,
 }
 
 impl Default for Limits {
@@ -286,6 +294,7 @@ impl Default for Limits {
             max_argv_bytes: 128 * 1024,
             max_join_token_uses: 10_000,
             max_queue_for_secs: 7 * 24 * 3600,
+            max_live_output_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -307,6 +316,7 @@ impl Network {
             ("http2_keepalive_timeout_secs", self.http2_keepalive_timeout_secs),
             ("max_concurrent_streams", u64::from(self.max_concurrent_streams)),
             ("max_connection_age_secs", self.max_connection_age_secs),
+            ("watch_stall_timeout_secs", self.watch_stall_timeout_secs),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!(
@@ -321,6 +331,7 @@ impl Network {
             ("http2_keepalive_timeout_secs", self.http2_keepalive_timeout_secs),
             ("max_connection_age_secs", self.max_connection_age_secs),
             ("max_connection_age_grace_secs", self.max_connection_age_grace_secs),
+            ("watch_stall_timeout_secs", self.watch_stall_timeout_secs),
         ];
         if let Some((name, value)) = durations.iter().find(|(_, value)| *value > MAX_NETWORK_SECS) {
             return Err(format!(

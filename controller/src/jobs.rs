@@ -25,6 +25,7 @@ use crate::audit::{AuditLog, AuditRecord, AuditUnavailable};
 use crate::auth::{Grant, Principal, Risk, Tier};
 use crate::config::Limits;
 use crate::now_ms;
+use crate::output_budget::{OutputAccount, OutputBudget};
 use crate::result_writer::{HostResult, JobEnd, ResultWriter};
 use crate::store::{HostIdentity, HostKey, NewJob, Store, StoreError, TargetOutcome, summarize};
 use crate::telemetry::Telemetry;
@@ -308,6 +309,16 @@ pub struct DeliveryTiming {
     pub recovery_window: Duration,
 }
 
+/// The manager's limits and clocks, from the controller's configuration.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// How long a job waits for approval.
+    pub approval_ttl: Duration,
+    pub timing: DeliveryTiming,
+    /// What the output of all running jobs may hold in memory together.
+    pub output_budget: OutputBudget,
+}
+
 #[derive(Debug)]
 pub struct JobManager {
     store: Store,
@@ -320,6 +331,8 @@ pub struct JobManager {
     /// is in flight is recorded as finished (the next start resumes it).
     shutdown: CancellationToken,
     live: Mutex<HashMap<u64, Arc<LiveJob>>>,
+    /// What the output of all running jobs may hold in memory together.
+    output_budget: OutputBudget,
 }
 
 impl JobManager {
@@ -327,13 +340,23 @@ impl JobManager {
         store: Store,
         agents: Arc<AgentRegistry>,
         audit: AuditLog,
-        approval_ttl: Duration,
-        timing: DeliveryTiming,
+        settings: JobSettings,
         telemetry: Telemetry,
         shutdown: CancellationToken,
     ) -> Self {
+        let JobSettings { approval_ttl, timing, output_budget } = settings;
         let results = ResultWriter::start(store.clone(), telemetry);
-        Self { store, agents, audit, results, approval_ttl, timing, shutdown, live: Mutex::default() }
+        Self {
+            store,
+            agents,
+            audit,
+            results,
+            approval_ttl,
+            timing,
+            shutdown,
+            live: Mutex::default(),
+            output_budget,
+        }
     }
 
     /// Replaces the stored states of `job_id`'s unfinished hosts with their live ones (queued,
@@ -377,6 +400,7 @@ impl JobManager {
                     output_cap: p.output_cap,
                     timeout: Duration::from_millis(p.timeout_ms),
                     queue_for: Duration::from_millis(p.queue_for_ms),
+                    output: self.output_budget.account(),
                 },
                 targets.clone(),
             ));
@@ -420,6 +444,7 @@ impl JobManager {
                     output_cap: r.output_cap,
                     timeout: Duration::from_millis(r.timeout_ms),
                     queue_for: Duration::from_millis(r.queue_for_ms),
+                    output: self.output_budget.account(),
                 },
                 targets.clone(),
             ));
@@ -546,6 +571,7 @@ impl JobManager {
                 output_cap: req.output_cap,
                 timeout: req.timeout,
                 queue_for: req.queue_for,
+                output: self.output_budget.account(),
             },
             targets.clone(),
         ));
@@ -1264,6 +1290,8 @@ pub struct LiveJob {
     cancel: CancellationToken,
     state: Mutex<LiveState>,
     changed: watch::Sender<u64>,
+    /// What its output holds of the controller's budget (handed back when the job is dropped).
+    output: OutputAccount,
 }
 
 /// What a job runs on each host, and under which limits.
@@ -1275,6 +1303,8 @@ struct HostWork {
     output_cap: u64,
     timeout: Duration,
     queue_for: Duration,
+    /// The job's share of the controller's live output budget.
+    output: OutputAccount,
 }
 
 #[derive(Debug)]
@@ -1297,6 +1327,9 @@ struct TargetRun {
     output_events: Vec<usize>,
     stdout_bytes: usize,
     stderr_bytes: usize,
+    /// Output was cut because the controller's live output budget was spent.
+    stdout_cut: bool,
+    stderr_cut: bool,
 }
 
 enum Next {
@@ -1341,7 +1374,7 @@ impl LiveJob {
         work: HostWork,
         targets: Vec<v1::JobTarget>,
     ) -> Self {
-        let HostWork { action, reach, output_cap, timeout, queue_for } = work;
+        let HostWork { action, reach, output_cap, timeout, queue_for, output } = work;
         let order = targets.iter().map(|t| t.host_id.clone()).collect();
         let targets = targets
             .into_iter()
@@ -1355,6 +1388,8 @@ impl LiveJob {
                     output_events: Vec::new(),
                     stdout_bytes: 0,
                     stderr_bytes: 0,
+                    stdout_cut: false,
+                    stderr_cut: false,
                 };
                 (target.host_id, run)
             })
@@ -1374,6 +1409,7 @@ impl LiveJob {
             cancel: CancellationToken::new(),
             state: Mutex::new(LiveState { events: Vec::new(), order, targets, completed: false }),
             changed: watch::Sender::new(0),
+            output,
         }
     }
 
@@ -1511,14 +1547,25 @@ impl LiveJob {
             else {
                 return false;
             };
-            let produced = match stream {
-                v1::OutputStream::Stderr => &mut t.stderr_bytes,
-                _ => &mut t.stdout_bytes,
+            let (produced, cut) = match stream {
+                v1::OutputStream::Stderr => (&mut t.stderr_bytes, &mut t.stderr_cut),
+                _ => (&mut t.stdout_bytes, &mut t.stdout_cut),
             };
             // The agent enforces the cap; this is the controller's own bound on what it keeps.
             data.truncate(cap.saturating_sub(*produced));
             if data.is_empty() {
                 return true;
+            }
+            let granted = self.output.take(data.len());
+            if granted < data.len() {
+                if !*cut {
+                    tracing::warn!(job = self.id, host = %t.target.host_name, "the controller's live output budget (limits.max_live_output_bytes) is spent; this host's output is cut");
+                }
+                *cut = true;
+                data.truncate(granted);
+                if data.is_empty() {
+                    return true;
+                }
             }
             *produced += data.len();
             t.output_events.push(next_event);
@@ -1548,12 +1595,15 @@ impl LiveJob {
 
     /// Records the host's final state; returns what to store and the event that tells
     /// watchers (sent once it is stored).
-    fn settle(&self, host_id: &str, finish: Finish) -> (TargetOutcome, v1::TargetFinished) {
+    fn settle(&self, host_id: &str, mut finish: Finish) -> (TargetOutcome, v1::TargetFinished) {
         let mut state = self.lock();
         let (target, indices, started_at_ms) = match state.targets.get_mut(host_id) {
             Some(t) => {
                 t.state = finish.state;
                 t.report = None;
+                // Said like the host's own cap: output was produced and not kept.
+                finish.result.stdout_truncated |= t.stdout_cut;
+                finish.result.stderr_truncated |= t.stderr_cut;
                 (t.target.clone(), std::mem::take(&mut t.output_events), t.started_at_ms)
             }
             None => (v1::JobTarget { host_id: host_id.to_owned(), host_name: String::new() }, Vec::new(), 0),
@@ -1637,6 +1687,9 @@ fn is_unfinished(state: v1::TargetState) -> bool {
     matches!(state, v1::TargetState::Pending | v1::TargetState::Running | v1::TargetState::Queued)
 }
 
+/// Output of a finished job is replayed in events of at most this many bytes.
+const REPLAY_CHUNK: usize = 256 * 1024;
+
 /// The event sequence of a job that finished before this watcher arrived, rebuilt from SQLite.
 fn replay_finished(job: &v1::Job, targets: &[v1::TargetDetail]) -> Vec<v1::JobEvent> {
     let event = |kind| v1::JobEvent { job_id: job.id, kind: Some(kind) };
@@ -1649,11 +1702,13 @@ fn replay_finished(job: &v1::Job, targets: &[v1::TargetDetail]) -> Vec<v1::JobEv
     }))];
     for t in targets {
         for (stream, data) in [(v1::OutputStream::Stdout, &t.stdout), (v1::OutputStream::Stderr, &t.stderr)] {
-            if !data.is_empty() {
+            // In pieces: a host's output (up to the 64 MiB cap) in one event would not fit in a
+            // gRPC message.
+            for piece in data.chunks(REPLAY_CHUNK) {
                 events.push(event(job_event::Kind::Output(v1::TargetOutput {
                     target: t.target.clone(),
                     stream: stream as i32,
-                    data: data.clone(),
+                    data: piece.to_vec(),
                 })));
             }
         }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod data_dir;
 pub mod jobs;
 pub mod monitoring;
+pub mod output_budget;
 #[cfg(test)]
 mod properties;
 pub mod rate_limit;

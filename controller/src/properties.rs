@@ -283,6 +283,7 @@ fn limits() -> impl Strategy<Value = Limits> {
                 max_argv_bytes: argv,
                 max_join_token_uses: 1,
                 max_queue_for_secs: max_queue,
+                max_live_output_bytes: Limits::default().max_live_output_bytes,
             }
         ),
     ]

@@ -21,8 +21,9 @@ use crate::audit::AuditLog;
 use crate::auth::{AuthLayer, Authorizer};
 use crate::config::ControllerConfig;
 use crate::data_dir::{self, DataDir};
-use crate::jobs::{DeliveryTiming, JobManager};
+use crate::jobs::{DeliveryTiming, JobManager, JobSettings};
 use crate::monitoring::Monitoring;
+use crate::output_budget::OutputBudget;
 use crate::rate_limit::RateLimiter;
 use crate::revocation::Revocations;
 use crate::services::audit::AuditService;
@@ -126,8 +127,11 @@ impl Controller {
             self.store.clone(),
             agents.clone(),
             audit.clone(),
-            approval_ttl,
-            delivery,
+            JobSettings {
+                approval_ttl,
+                timing: delivery,
+                output_budget: OutputBudget::new(self.config.limits.max_live_output_bytes),
+            },
             telemetry.clone(),
             shutdown.clone(),
         ));

@@ -16,6 +16,7 @@ use crate::audit::AuditRecord;
 use crate::jobs::{JobError, JobRequest, authorised_risk, selector_matches};
 use crate::rate_limit::Bucket;
 use crate::services::enrollment::hash_secret;
+use crate::services::stall_guard::stall_guarded;
 use crate::services::{internal, validate_labels, visible_hosts};
 use crate::store::NewJoinToken;
 use crate::{AppState, now_ms};
@@ -99,11 +100,16 @@ impl FleetService {
         )
     }
 
+    /// The stream a client gets for job `job_id`: ended when the principal's certificate is
+    /// revoked, and when the client stops reading (`stall_guard`).
     fn guarded(
         &self,
         principal: &Principal,
+        job_id: u64,
         events: impl Stream<Item = Result<v1::JobEvent, Status>> + Send + 'static,
     ) -> EventStream {
+        let stall = Duration::from_secs(self.state.config.network.watch_stall_timeout_secs);
+        let events = stall_guarded(job_id, events, stall);
         Box::pin(self.state.revocations.guard(events, principal.uri(), principal.serial.clone()))
     }
 }
@@ -225,7 +231,7 @@ impl Fleet for FleetService {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Response::new(self.guarded(&principal, self.until_shutdown(job.id, job.events()))))
+        Ok(Response::new(self.guarded(&principal, job.id, self.until_shutdown(job.id, job.events()))))
     }
 
     type WatchJobStream = EventStream;
@@ -240,7 +246,7 @@ impl Fleet for FleetService {
             return Err(out_of_scope(id));
         }
         let events = self.state.jobs.watch(id).await?;
-        Ok(Response::new(self.guarded(&principal, self.until_shutdown(id, events))))
+        Ok(Response::new(self.guarded(&principal, id, self.until_shutdown(id, events))))
     }
 
     async fn list_jobs(

@@ -6,6 +6,7 @@ pub mod enrollment;
 pub mod fleet;
 pub mod identity;
 pub mod monitoring;
+pub mod stall_guard;
 
 use std::collections::BTreeMap;
 
