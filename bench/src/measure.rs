@@ -190,6 +190,16 @@ pub async fn rss_bytes(pid: &str) -> u64 {
     status_kib(pid, "VmRSS:").await
 }
 
+/// The anonymous part of the resident set (heap, stacks), in bytes: what a leak grows.
+pub async fn rss_anon_bytes(pid: &str) -> u64 {
+    status_kib(pid, "RssAnon:").await
+}
+
+/// The file-backed part of the resident set (the binary's pages, mapped files), in bytes.
+pub async fn rss_file_bytes(pid: &str) -> u64 {
+    status_kib(pid, "RssFile:").await
+}
+
 /// The most resident memory the process ever had, in bytes.
 pub async fn peak_rss_bytes(pid: &str) -> u64 {
     status_kib(pid, "VmHWM:").await

@@ -566,6 +566,9 @@ async fn integrity_check(database: &Path) -> anyhow::Result<String> {
 pub struct SoakPoint {
     pub at_s: f64,
     pub controller_rss_bytes: u64,
+    /// The anonymous (heap) and file-backed parts of `controller_rss_bytes`.
+    pub controller_rss_anon_bytes: u64,
+    pub controller_rss_file_bytes: u64,
     pub controller_fds: usize,
     /// Scheduling lag of the controller runtime since the previous point.
     pub lag_wakeup_p99_ms: f64,
@@ -661,6 +664,8 @@ pub fn soak(
             anyhow::Ok(SoakPoint {
                 at_s: started.elapsed().as_secs_f64(),
                 controller_rss_bytes: crate::measure::rss_bytes(&pid).await,
+                controller_rss_anon_bytes: crate::measure::rss_anon_bytes(&pid).await,
+                controller_rss_file_bytes: crate::measure::rss_file_bytes(&pid).await,
                 controller_fds: bench.controller_fds().await.unwrap_or(0),
                 lag_wakeup_p99_ms: lag.wakeup.p99_ms,
                 fanout_ms,
